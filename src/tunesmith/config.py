@@ -1,0 +1,307 @@
+"""The run config: one typed schema, loaded from YAML plus `--set key=value` overrides.
+
+`RunConfig` is the single source of truth for every setting. The field docstrings are the help
+text (`tunesmith config-reference` prints them), names follow Hugging Face `TrainingArguments`
+where one exists, and unknown keys are rejected with the nearest valid key. All problems in a
+file are reported together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from tunesmith.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    source: str = "demo:minilm"
+    """Where the pre-trained weights come from: a hub id (`bert-base-uncased`), a local
+    `save_pretrained` directory, or a `demo:` alias (`demo:minilm`)."""
+    trust_remote_code: bool = False
+    """Allow a model folder to run its own Python code. Off unless you trust the source."""
+    dropout: float | None = None
+    """Override every dropout probability in the model config (hidden, attention, classifier).
+    `null` keeps the pre-trained model's values."""
+
+
+class DataConfig(_Section):
+    train: str | None = None
+    """Training file: CSV, TSV, JSONL or Parquet (format from the extension)."""
+    validation: str | None = None
+    """Validation file. When absent, `validation_split` of the training rows is held out."""
+    validation_split: float = 0.1
+    """Fraction of training rows held out for validation (seeded and stratified by label)."""
+    text_column: str = "text"
+    """Column holding the input text."""
+    text_pair_column: str | None = None
+    """Optional second text column for sentence-pair tasks (e.g. premise/hypothesis)."""
+    label_column: str = "label"
+    """Column holding the label (names or integers)."""
+    max_length: int = 128
+    """Longest input in tokens; longer texts are truncated (and counted in the log)."""
+    bad_rows: Literal["skip", "error"] = "skip"
+    """Rows with empty text or a missing label: `skip` drops them with a count and a warning,
+    `error` stops the run and names the rows."""
+    max_train_samples: int | None = None
+    """Use only the first N training rows (after shuffling with the seed); handy for quick runs."""
+    max_eval_samples: int | None = None
+    """Use only the first N validation rows (after shuffling with the seed)."""
+
+
+class TrainingConfig(_Section):
+    num_train_epochs: float = 3
+    """Number of passes over the training data (may be fractional)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; overrides `num_train_epochs` when set."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of the top layer group (the head)."""
+    per_device_train_batch_size: int = 32
+    """Examples per micro-batch on each device."""
+    per_device_eval_batch_size: int = 64
+    """Examples per evaluation batch on each device."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated before each optimizer step."""
+    weight_decay: float = 0.01
+    """AdamW weight decay; never applied to biases and normalization weights."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this value; `null` disables clipping."""
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate decay after warm-up."""
+    warmup_ratio: float | None = None
+    """Fraction of all optimizer steps spent warming up (default 0.1 when neither warm-up key is set)."""
+    warmup_steps: int | None = None
+    """Number of warm-up steps; give this or `warmup_ratio`, not both."""
+    seed: int = 42
+    """Seed for splits, shuffling, initialization and dropout."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """`auto` uses bf16 on GPUs that have it, fp16 on other GPUs and full precision on CPU."""
+    eval_strategy: Literal["epoch", "steps"] = "epoch"
+    """Evaluate at the end of every epoch, or every `eval_steps` optimizer steps."""
+    eval_steps: int | None = None
+    """Optimizer steps between evaluations when `eval_strategy: steps`."""
+    metric_for_best_model: str = "accuracy"
+    """Validation metric that selects the best checkpoint and drives early stopping:
+    `accuracy`, `macro_f1` or `loss`."""
+    early_stopping_patience: int | None = 3
+    """Stop after this many evaluations without improvement; `null` never stops early."""
+    early_stopping_threshold: float = 0.0
+    """Smallest change of the metric that counts as an improvement."""
+    label_smoothing_factor: float = 0.0
+    """Label smoothing for the cross-entropy loss (0 disables)."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """`balanced` weights the loss by inverse class frequency, for imbalanced labels."""
+    group_by_length: bool = True
+    """Batch examples of similar length together so less padding is computed."""
+    logging_steps: int = 10
+    """Optimizer steps between progress-bar updates of the loss and learning rate."""
+    save_total_limit: int = 1
+    """How many step checkpoints to keep in `checkpoints/` (the best model is kept separately)."""
+    dataloader_num_workers: int = 0
+    """Worker processes for data loading (inputs are pre-tokenized, so 0 is usually fastest)."""
+
+
+class StrategyConfig(_Section):
+    freeze: Literal["none", "head_only"] | int = "none"
+    """Which layer groups are frozen: `none`, `head_only` (train only the head), or an integer k
+    (freeze the first k groups, counting from the embeddings)."""
+    gradual_unfreezing: bool = False
+    """ULMFiT-style: start with only the head trainable and unfreeze one more group per epoch,
+    from the top down (never below the `freeze` floor)."""
+    layer_lr_decay: float = 1.0
+    """Discriminative learning rates: each group going down gets the learning rate of the group
+    above times this factor (1.0 = one rate for all; 0.8 is a common choice)."""
+
+
+class RunConfig(_Section):
+    task: Literal["text-classification"] = "text-classification"
+    """What is being fine-tuned."""
+    output_dir: str = "runs/run"
+    """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
+    overwrite_output_dir: bool = False
+    """Replace an earlier run in `output_dir` (otherwise a directory holding a run is refused)."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunConfig:
+        problems = []
+        t, d = self.training, self.data
+        if t.warmup_ratio is not None and t.warmup_steps is not None:
+            problems.append("training.warmup_ratio and training.warmup_steps are both set; keep one")
+        if t.eval_strategy == "steps" and not t.eval_steps:
+            problems.append("training.eval_strategy is 'steps' but training.eval_steps is not set")
+        if not 0.0 < d.validation_split < 1.0:
+            problems.append(f"data.validation_split must be between 0 and 1, got {d.validation_split}")
+        if t.metric_for_best_model not in ("accuracy", "macro_f1", "loss"):
+            problems.append(
+                f"training.metric_for_best_model: unknown metric {t.metric_for_best_model!r}; "
+                "choose one of accuracy, macro_f1, loss"
+            )
+        if isinstance(self.strategy.freeze, int) and self.strategy.freeze < 0:
+            problems.append("strategy.freeze must be 'none', 'head_only' or a non-negative integer")
+        for key, value in [
+            ("training.learning_rate", t.learning_rate),
+            ("training.num_train_epochs", t.num_train_epochs),
+            ("training.per_device_train_batch_size", t.per_device_train_batch_size),
+            ("training.per_device_eval_batch_size", t.per_device_eval_batch_size),
+            ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
+            ("data.max_length", d.max_length),
+            ("strategy.layer_lr_decay", self.strategy.layer_lr_decay),
+        ]:
+            if value <= 0:
+                problems.append(f"{key} must be greater than 0, got {value}")
+        if problems:
+            # Raised as ValueError so pydantic merges these with any field errors.
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.training.metric_for_best_model != "loss"
+
+    @property
+    def warmup(self) -> tuple[float | None, int | None]:
+        t = self.training
+        if t.warmup_ratio is None and t.warmup_steps is None:
+            return 0.1, None
+        return t.warmup_ratio, t.warmup_steps
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "strategy": StrategyConfig}
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Builds a validated RunConfig from a YAML file, a dict or an existing config, plus overrides.
+
+    Args:
+        source: Path to a YAML file, a nested dict, a RunConfig, or None for all defaults.
+        overrides: `key=value` strings; keys are dotted (`training.learning_rate=1e-4`) or bare
+            when the name is unique (`learning_rate=1e-4`). Values are parsed as YAML.
+
+    Raises:
+        ConfigError: listing every problem found, each with the key, the value and a fix.
+    """
+    label = None
+    if isinstance(source, RunConfig):
+        raw = source.model_dump()
+    elif isinstance(source, dict):
+        raw = dict(source)
+    elif source is None:
+        raw = {}
+    else:
+        label = str(source)
+        raw = _read_yaml(Path(source))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return validate_dict(raw, label)
+
+
+def validate_dict(raw: dict[str, Any], label: str | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()], label) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"the top level must be a mapping of keys, got {type(raw).__name__}"], str(path))
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"override {item!r} is not of the form key=value (e.g. training.learning_rate=1e-4)"])
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] not in RunConfig.model_fields:
+        owners = [name for name, section in SECTIONS.items() if parts[0] in section.model_fields]
+        if len(owners) == 1:
+            parts = [owners[0], parts[0]]
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"override {item!r}: {part!r} is not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """Turns one pydantic error into a message naming the key, the value and a fix."""
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("int", "literal", "constrained"))]
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "value_error" and not key:
+        return str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    expected = err["msg"]
+    if kind == "literal_error":
+        expected = expected.replace("Input should be", "must be one of")
+    return f"{key}: {value!r} is not valid ({expected})"
+
+
+def _unknown_key(loc: list[str]) -> str:
+    *parents, name = loc
+    schema: type[BaseModel] = RunConfig
+    for p in parents:
+        schema = SECTIONS.get(p, schema)
+    valid = list(schema.model_fields)
+    where = ".".join(parents) or "top level"
+    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if not hint and not parents:
+        # A bare training key at the top level: point to its section.
+        owners = [f"{s}.{name}" for s, sec in SECTIONS.items() if name in sec.model_fields]
+        hint = owners[:1]
+    if not hint:
+        # A key put in the wrong section.
+        for s, sec in SECTIONS.items():
+            close = difflib.get_close_matches(name, list(sec.model_fields), n=1, cutoff=0.75)
+            if close:
+                hint = [f"{s}.{close[0]}"]
+                break
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(valid)}"
+    return f"{'.'.join(loc)}: unknown key in {where}{suggestion}"
+
+
+def dump_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Data readers and the preflight checks that run before any model loads."""

@@ -1,0 +1,173 @@
+"""Labelled rows: read a file, check the columns and rows, split, and map labels to ids.
+
+This is the preflight for every supervised task with columns of inputs and one label column.
+It runs before any weights load, so a bad file fails in a second, not after a model download.
+Problems are reported with the file and line numbers and what to do about them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.readers import read_table
+from tunesmith.errors import DataError
+
+log = logging.getLogger("tunesmith")
+
+
+@dataclass
+class LabelledRows:
+    """Rows of one split: input columns, string labels, and the line each row came from."""
+
+    source: str
+    inputs: dict[str, list[str]]
+    labels: list[str]
+    lines: list[int]
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: list[int] | np.ndarray, source: str | None = None) -> LabelledRows:
+        idx = [int(i) for i in indices]
+        return LabelledRows(
+            source=source or self.source,
+            inputs={c: [v[i] for i in idx] for c, v in self.inputs.items()},
+            labels=[self.labels[i] for i in idx],
+            lines=[self.lines[i] for i in idx],
+        )
+
+
+def load_labelled(
+    path: str | Path, input_columns: list[str], label_column: str | None, bad_rows: str
+) -> LabelledRows:
+    """Reads a file and keeps rows whose inputs and label are present.
+
+    Args:
+        path: CSV, TSV, JSONL or Parquet file.
+        input_columns: Columns that must hold non-empty text.
+        label_column: Column holding the label, or None for unlabelled data (prediction).
+        bad_rows: "skip" drops rows with an empty input or label and warns with the count;
+            "error" raises naming the first offending lines.
+
+    Raises:
+        DataError: missing columns (the columns found are listed), bad rows under "error",
+            or no usable rows.
+    """
+    frame = read_table(path)
+    wanted = input_columns + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        found = ", ".join(repr(c) for c in frame.columns)
+        keys = {c: "data.label_column" if c == label_column else "data.text_column" for c in missing}
+        fix = "; ".join(f"set {keys[c]} to the right name" for c in missing[:1])
+        raise DataError(f"{path}: column {missing[0]!r} not found; columns are {found} ({fix})")
+    cells = frame[wanted].apply(lambda col: col.str.strip())
+    empty = cells.eq("")
+    bad = empty.any(axis=1)
+    lines = [int(i) for i in frame.index]
+    if bad.any():
+        bad_lines = [i for i, b in zip(lines, bad.tolist()) if b]
+        what = _describe_bad(empty[bad], input_columns, label_column)
+        shown = ", ".join(str(n) for n in bad_lines[:10]) + (" ..." if len(bad_lines) > 10 else "")
+        if bad_rows == "error":
+            raise DataError(
+                f"{path}: {len(bad_lines)} rows with {what} (lines {shown}); fix them or set data.bad_rows: skip"
+            )
+        log.warning("%s: skipping %d rows with %s (lines %s)", path, len(bad_lines), what, shown)
+    keep = ~bad.to_numpy()
+    rows = LabelledRows(
+        source=str(path),
+        inputs={c: frame[c][keep].tolist() for c in input_columns},
+        labels=frame[label_column][keep].str.strip().tolist() if label_column else [""] * int(keep.sum()),
+        lines=[n for n, k in zip(lines, keep) if k],
+        skipped=int(bad.sum()),
+    )
+    if len(rows) == 0:
+        raise DataError(f"{path}: no usable rows (all {len(frame)} rows have an empty input or label)")
+    return rows
+
+
+def _describe_bad(empty, input_columns: list[str], label_column: str | None) -> str:
+    parts = []
+    if empty[input_columns].any(axis=None):
+        parts.append("empty text")
+    if label_column and empty[label_column].any():
+        parts.append("a missing label")
+    return " or ".join(parts)
+
+
+def stratified_split(rows: LabelledRows, fraction: float, seed: int) -> tuple[LabelledRows, LabelledRows]:
+    """Holds out `fraction` of the rows for validation, keeping the label proportions.
+
+    Raises:
+        DataError: a label has a single row (it cannot be in both splits) or the split is empty.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(rows.labels)
+    names, counts = np.unique(labels, return_counts=True)
+    lonely = names[counts < 2].tolist()
+    if lonely:
+        raise DataError(
+            f"{rows.source}: labels {lonely[:5]} have a single row, too few to split into train and validation; "
+            "add rows, drop those labels, or give data.validation"
+        )
+    n_val = max(len(names), int(round(len(rows) * fraction)))
+    if n_val >= len(rows):
+        raise DataError(f"{rows.source}: {len(rows)} rows are too few to hold out a validation split")
+    train_idx, val_idx = train_test_split(
+        np.arange(len(rows)), test_size=n_val, stratify=labels, random_state=seed
+    )
+    return rows.subset(sorted(train_idx)), rows.subset(sorted(val_idx), f"{rows.source} (held-out split)")
+
+
+def label_names_of(train: LabelledRows) -> list[str]:
+    """The label vocabulary: integers in numeric order, otherwise names in sorted order.
+
+    Raises:
+        DataError: only one label occurs in the training data.
+    """
+    names = sorted(set(train.labels))
+    if all(_is_int(n) for n in names):
+        names = sorted(names, key=int)
+    if len(names) < 2:
+        raise DataError(
+            f"{train.source}: only one label ({names[0]!r}) in the training data; classification needs at least two"
+        )
+    return names
+
+
+def check_known_labels(rows: LabelledRows, label_names: list[str]) -> None:
+    """Raises DataError when `rows` hold labels the model was not trained on, naming lines."""
+    known = set(label_names)
+    unseen: dict[str, list[int]] = {}
+    for label, line in zip(rows.labels, rows.lines):
+        if label not in known:
+            unseen.setdefault(label, []).append(line)
+    if unseen:
+        listed = "; ".join(
+            f"{label!r} (lines {', '.join(map(str, lines[:5]))}{' ...' if len(lines) > 5 else ''})"
+            for label, lines in list(unseen.items())[:5]
+        )
+        raise DataError(
+            f"{rows.source}: labels not seen in training: {listed}. Known labels: {', '.join(label_names)}. "
+            "Fix the labels or add training rows for them"
+        )
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def sample(rows: LabelledRows, limit: int | None, seed: int) -> LabelledRows:
+    """At most `limit` rows, drawn with the seed (all rows, in order, when limit is None)."""
+    if limit is None or limit >= len(rows):
+        return rows
+    rng = np.random.default_rng(seed)
+    return rows.subset(sorted(rng.permutation(len(rows))[:limit]))

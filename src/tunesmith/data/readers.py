@@ -1,0 +1,114 @@
+"""Reading tabular data files (CSV, TSV, JSONL, Parquet) into a DataFrame of strings.
+
+Everything is read as text with no "NA" guessing, so a review that says "null" stays a review;
+missing values become empty strings and the validation step decides what to do with them. Each
+reader turns parser failures into a `DataError` that names the file and, where known, the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tunesmith.errors import DataError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Reads a data file into a DataFrame whose cells are strings ("" where missing).
+
+    The frame's index is the human line/row number used in error messages (1-based, counting
+    a CSV header as line 1).
+
+    Raises:
+        DataError: the file is missing, empty, of an unknown format, or does not parse.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"expected a data file but got a directory: {path}")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unknown data format {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); it needs a header row and at least one data row")
+    frame = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "parquet": _read_parquet}[
+        fmt
+    ](path)
+    if len(frame) == 0:
+        raise DataError(f"{path} has no data rows (only a header?)")
+    return frame
+
+
+def _read_delimited(path: Path) -> pd.DataFrame:
+    tsv = path.suffix.lower() == ".tsv"
+    try:
+        frame = pd.read_csv(
+            path,
+            sep="\t" if tsv else ",",
+            # GLUE-style TSV files are unquoted: a lone " inside a sentence is text, not a quote.
+            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8",
+        )
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save the file as UTF-8"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: cannot parse as {'TSV' if tsv else 'CSV'}: {_first_line(exc)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty; it needs a header row and at least one data row") from None
+    frame.index = range(2, len(frame) + 2)
+    return frame
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows, lines = [], []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save as UTF-8") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append({k: _as_text(v) for k, v in row.items()})
+        lines.append(number)
+    frame = pd.DataFrame(rows, index=lines, dtype=str).fillna("")
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
+    frame = frame.apply(lambda col: col.map(_as_text)).astype(str)
+    frame.index = range(1, len(frame) + 1)
+    return frame
+
+
+def _as_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

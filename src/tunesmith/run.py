@@ -1,0 +1,185 @@
+"""The public entry points: `finetune`, `evaluate`, `predict` and `inspect`.
+
+Each takes a config (path, dict or RunConfig), checks the data before any weights load, and
+returns plain results. The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RunConfig, dump_config, load_config
+from tunesmith.errors import DataError
+
+log = logging.getLogger("tunesmith")
+
+
+@dataclass
+class RunResult:
+    """What a fine-tuning run produced."""
+
+    run_dir: Path
+    baseline: dict[str, Any]
+    final: dict[str, Any]
+    best_step: int | None
+    stopped_early: bool
+    train_seconds: float
+    samples_per_second: float
+
+    @property
+    def best_model_dir(self) -> Path:
+        return self.run_dir / "best"
+
+
+def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, quiet: bool = False) -> RunResult:
+    """Fine-tunes the configured pre-trained model and writes the run directory.
+
+    Raises:
+        ConfigError, DataError, ModelSourceError, RunDirError: problems the user can fix.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from tunesmith.engine.loop import fit
+    from tunesmith.engine.progress import ProgressDisplay
+    from tunesmith.engine.run_dir import prepare_run_dir
+    from tunesmith.report.model_card import write_model_card
+    from tunesmith.tasks import get_task
+
+    config = load_config(config, overrides)
+    task = get_task(config)
+    task.preflight()
+    run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir)
+    dump_config(config, run_dir / "config.yaml")
+    _quiet_libraries()
+    set_seed(config.training.seed)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config),
+                              gradient_accumulation_steps=config.training.gradient_accumulation_steps)
+    model = task.build_model()
+    data_facts = task.describe()
+    log.info("training on %d rows, validating on %d rows, labels: %s",
+             data_facts["train"]["rows"], data_facts["validation"]["rows"], ", ".join(task.label_names))
+    result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet))
+    facts = {"steps": result.state.global_step, "epochs": result.state.global_step / result.steps_per_epoch,
+             "train_seconds": result.train_seconds, "stopped_early": result.state.stopped_early}
+    data_facts = task.describe()
+    (run_dir / "data.json").write_text(json.dumps(data_facts, indent=2), encoding="utf-8")
+    write_model_card(run_dir / "README.md", config, data_facts, result.baseline, result.final, facts)
+    if (run_dir / "best").exists():
+        shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
+    return RunResult(run_dir, result.baseline, result.final, result.state.best_step, result.state.stopped_early,
+                     result.train_seconds, result.train_samples / max(result.train_seconds, 1e-9))
+
+
+def evaluate(model: str, data: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Scores a fine-tuned model (folder, run directory or hub id) on a labelled file."""
+    config = _inference_config(model, overrides, validation=data)
+    task, model_obj, accelerator, loader = _inference_setup(config, labelled=True)
+    from tunesmith.engine.evaluation import evaluate as run_eval
+
+    return run_eval(model_obj, loader, task, accelerator)
+
+
+def predict(model: str, data: str, output: str, overrides: list[str] | None = None) -> Path:
+    """Writes predicted labels and per-label probabilities for every row of `data` to CSV or JSONL."""
+    out = Path(output)
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise DataError(f"output {out}: use a .csv or .jsonl file name")
+    config = _inference_config(model, overrides, validation=data)
+    task, model_obj, accelerator, loader = _inference_setup(config, labelled=False)
+    from tunesmith.engine.evaluation import collect_outputs
+
+    outputs, _, _ = collect_outputs(model_obj, loader, task, accelerator)
+    records = task.predictions(task.eval_rows, outputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".jsonl":
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        with out.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    return out
+
+
+def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
+    return load_config({"model": {"source": model}, "data": {"validation": validation}}, overrides)
+
+
+def _inference_setup(config: RunConfig, labelled: bool):
+    from accelerate import Accelerator
+
+    from tunesmith.data.labelled import load_labelled
+    from tunesmith.engine.batching import make_loader
+    from tunesmith.tasks import get_task
+
+    task = get_task(config)
+    d = config.data
+    if labelled:
+        task.preflight()
+    else:
+        task.eval_rows = load_labelled(d.validation, task.input_columns, None, d.bad_rows)
+    _quiet_libraries()
+    model = task.load_trained()
+    if labelled:
+        from tunesmith.data.labelled import check_known_labels
+
+        check_known_labels(task.eval_rows, task.label_names)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config))
+    features = task.encode(task.eval_rows, with_labels=labelled)
+    loader = make_loader(features, task.collate, config.training.per_device_eval_batch_size, 0, train=False)
+    model, loader = accelerator.prepare(model, loader)
+    return task, model, accelerator, loader
+
+
+def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Layer groups of the configured model with parameter counts and, per epoch, whether they train.
+
+    Returns one dict per group: name, parameters, learning rate, and `trains_in_epoch` (a list
+    of booleans for the first epochs, showing gradual unfreezing).
+    """
+    import math
+
+    from tunesmith.strategies.freezing import trainable_from
+    from tunesmith.strategies.learning_rates import group_learning_rates
+    from tunesmith.tasks import get_task
+
+    config = load_config(config, overrides)
+    task = get_task(config)
+    _quiet_libraries()
+    task.label_names = task.label_names or ["0", "1"]
+    model = task.build_model()
+    groups = task.layer_groups(model)
+    s, t = config.strategy, config.training
+    rates = group_learning_rates(len(groups), t.learning_rate, s.layer_lr_decay)
+    epochs = max(1, math.ceil(t.num_train_epochs))
+    lowest = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
+    return [
+        {"group": g.name, "parameters": g.num_params, "learning_rate": lr,
+         "trains_in_epoch": [i >= low for low in lowest]}
+        for i, (g, lr) in enumerate(zip(groups, rates))
+    ]
+
+
+def _mixed_precision(config: RunConfig) -> str:
+    import torch
+
+    choice = config.training.mixed_precision
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

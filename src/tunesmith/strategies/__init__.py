@@ -1,0 +1,1 @@
+"""Fine-tuning strategies on layer groups: freezing and unfreezing, learning rates per group."""

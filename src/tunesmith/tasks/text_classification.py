@@ -1,0 +1,238 @@
+"""Text classification (sentiment, topics, intents, sentence pairs) on a transformer encoder.
+
+Rows are a text column (plus an optional second text for pairs) and a label column. Texts are
+tokenized once, unpadded; batches are padded to their own longest row. The head is the model's
+own `AutoModelForSequenceClassification` head, so `best/` loads in plain transformers, with the
+label names stored as `id2label`/`label2id`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.data.labelled import (
+    LabelledRows,
+    check_known_labels,
+    label_names_of,
+    load_labelled,
+    sample,
+    stratified_split,
+)
+from tunesmith.errors import DataError, ModelSourceError
+from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
+from tunesmith.models.sources import from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.report.classification_metrics import classification_metrics
+from tunesmith.tasks import register_task
+
+log = logging.getLogger("tunesmith")
+
+
+@register_task("text-classification")
+class TextClassificationTask:
+    primary_metrics = ("accuracy", "macro_f1")
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.train_rows: LabelledRows | None = None
+        self.eval_rows: LabelledRows | None = None
+        self.label_names: list[str] = []
+        self.tokenizer = None
+        self.truncated = 0
+
+    # ---- data -------------------------------------------------------------------------------
+
+    @property
+    def input_columns(self) -> list[str]:
+        d = self.config.data
+        return [d.text_column] + ([d.text_pair_column] if d.text_pair_column else [])
+
+    def preflight(self) -> None:
+        """Reads and checks the data. Without a training file, labels come from the model."""
+        d, seed = self.config.data, self.config.training.seed
+        if d.train is None and d.validation is None:
+            raise DataError("no data given: set data.train (and optionally data.validation)")
+        if d.train is not None:
+            train = load_labelled(d.train, self.input_columns, d.label_column, d.bad_rows)
+            if d.validation is None:
+                train, val = stratified_split(train, d.validation_split, seed)
+            else:
+                val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
+            self.label_names = label_names_of(train)
+            self.train_rows = sample(train, d.max_train_samples, seed)
+        else:
+            self.label_names = self._label_names_from_model()
+            val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
+        check_known_labels(val, self.label_names)
+        self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def _label_names_from_model(self) -> list[str]:
+        from transformers import AutoConfig
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        try:
+            model_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+            raise load_failure(self.resolved, exc) from None
+        return [model_config.id2label[i] for i in range(len(model_config.id2label))]
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"labels": self.label_names}
+        for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
+            if rows is not None:
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
+                                "label_counts": dict(Counter(rows.labels))}
+        facts["truncated_to_max_length"] = self.truncated
+        return facts
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        names = self.label_names
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.resolved.location,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+                # A source fine-tuned on other labels has a head of another size: replace it.
+                ignore_mismatched_sizes=True,
+                **self._dropout_overrides(),
+                **kwargs,
+            )
+        except ModelSourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise load_failure(self.resolved, exc) from None
+        return model
+
+    def load_trained(self) -> nn.Module:
+        """Loads a fine-tuned model as it is (head and labels included), for evaluate/predict."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(self.resolved.location, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise load_failure(self.resolved, exc) from None
+        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return model
+
+    def _dropout_overrides(self) -> dict[str, float]:
+        p = self.config.model.dropout
+        if p is None:
+            return {}
+        from transformers import AutoConfig
+
+        base = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, False))
+        keys = [k for k, v in base.to_dict().items() if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)]
+        return {k: p for k in keys}
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return transformer_layer_groups(model)
+
+    def save(self, model: nn.Module, folder: str) -> None:
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # ---- tensors ----------------------------------------------------------------------------
+
+    def encode(self, rows: LabelledRows, with_labels: bool = True) -> list[dict[str, Any]]:
+        columns = [rows.inputs[c] for c in self.input_columns]
+        max_length = min(self.config.data.max_length, self._model_max_length())
+        encoded = self.tokenizer(*columns, truncation=True, max_length=max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        label_ids = {n: i for i, n in enumerate(self.label_names)}
+        features = []
+        for i in range(len(rows)):
+            feature = {k: encoded[k][i] for k in keys}
+            if with_labels:
+                feature["labels"] = label_ids[rows.labels[i]]
+            features.append(feature)
+        truncated = sum(len(f["input_ids"]) >= max_length for f in features)
+        if truncated:
+            log.info("%s: %d of %d texts reached max_length=%d and were truncated", rows.source, truncated, len(rows), max_length)
+        self.truncated += truncated
+        return features
+
+    def _model_max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or 512
+        return int(min(limit, 1_000_000))
+
+    def train_features(self) -> list[dict[str, Any]]:
+        return self.encode(self.train_rows)
+
+    def eval_features(self) -> list[dict[str, Any]]:
+        return self.encode(self.eval_rows)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pads a batch to its own longest row: (B, T) ids, mask and token types, (B,) labels."""
+        longest = max(len(f["input_ids"]) for f in features)
+        batch_size = len(features)
+        input_ids = torch.full((batch_size, longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
+        has_types = "token_type_ids" in features[0]
+        token_type_ids = torch.zeros((batch_size, longest), dtype=torch.long) if has_types else None
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.tensor(f["input_ids"])
+            attention_mask[i, :n] = 1
+            if has_types:
+                token_type_ids[i, :n] = torch.tensor(f["token_type_ids"])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if has_types:
+            batch["token_type_ids"] = token_type_ids
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return batch
+
+    # ---- loss, metrics, predictions ---------------------------------------------------------
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits  # (B, num_labels)
+        t = self.config.training
+        loss = F.cross_entropy(
+            logits.float(),
+            batch["labels"],
+            weight=self._class_weights(logits.device),
+            label_smoothing=t.label_smoothing_factor,
+        )
+        return loss, logits
+
+    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
+        if self.config.training.class_weights != "balanced" or self.train_rows is None:
+            return None
+        if not hasattr(self, "_weights"):
+            counts = Counter(self.train_rows.labels)
+            n, k = len(self.train_rows), len(self.label_names)
+            self._weights = torch.tensor([n / (k * counts[name]) for name in self.label_names], dtype=torch.float)
+        return self._weights.to(device)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        return classification_metrics(outputs.argmax(-1), labels, self.label_names)
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """One record per row: the inputs, the predicted label and the probability of each label."""
+        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
+        records = []
+        for i in range(len(rows)):
+            record = {c: rows.inputs[c][i] for c in self.input_columns}
+            record["label"] = self.label_names[int(probs[i].argmax())]
+            record["score"] = round(float(probs[i].max()), 6)
+            record.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.label_names, probs[i])})
+            records.append(record)
+        return records
