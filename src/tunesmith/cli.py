@@ -154,6 +154,14 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="Where the run goes
     console.print(f"\nTry it:  tunesmith predict {result.run_dir} --data your.csv --output predictions.csv")
 
 
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print every config key with its default and meaning (Markdown)."""
+    from tunesmith.config import reference_markdown
+
+    print(reference_markdown())
+
+
 def _print_before_after(result) -> None:
     table = Table(title=f"validation results ({result.run_dir})")
     for col in ("metric", "pre-trained", "fine-tuned", "change"):

@@ -52,9 +52,9 @@ class DataConfig(_Section):
     """Rows with empty text or a missing label: `skip` drops them with a count and a warning,
     `error` stops the run and names the rows."""
     max_train_samples: int | None = None
-    """Use only the first N training rows (after shuffling with the seed); handy for quick runs."""
+    """Train on a seeded random sample of N rows; handy for quick runs."""
     max_eval_samples: int | None = None
-    """Use only the first N validation rows (after shuffling with the seed)."""
+    """Validate on a seeded random sample of N rows."""
 
 
 class TrainingConfig(_Section):
@@ -73,8 +73,11 @@ class TrainingConfig(_Section):
     weight_decay: float = 0.01
     """AdamW weight decay; never applied to biases and normalization weights."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.999
+    """AdamW beta2."""
     adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this value; `null` disables clipping."""
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -132,9 +135,13 @@ class RunConfig(_Section):
     overwrite_output_dir: bool = False
     """Replace an earlier run in `output_dir` (otherwise a directory holding a run is refused)."""
     model: ModelConfig = ModelConfig()
+    """Where the pre-trained model comes from and how it is set up."""
     data: DataConfig = DataConfig()
+    """The labelled files and how to read them."""
     training: TrainingConfig = TrainingConfig()
+    """The optimization loop (names as in Hugging Face TrainingArguments)."""
     strategy: StrategyConfig = StrategyConfig()
+    """Which layer groups train when, and at which learning rates."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
@@ -305,3 +312,16 @@ def _unknown_key(loc: list[str]) -> str:
 
 def dump_config(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
+
+
+def reference_markdown() -> str:
+    """The config reference as Markdown tables, generated from the schema (used for the README)."""
+    out = []
+    top = {name: f for name, f in RunConfig.model_fields.items() if name not in SECTIONS}
+    for title, fields in [("top level", top)] + [(name, sec.model_fields) for name, sec in SECTIONS.items()]:
+        out.append(f"\n**{title}**\n\n| key | default | meaning |\n|---|---|---|")
+        for name, field in fields.items():
+            doc = " ".join((field.description or "").split())
+            out.append(f"| `{name}` | `{yaml.safe_dump(field.default).strip().removesuffix('...').strip()}` | {doc} |")
+    return "\n".join(out).strip() + "\n"
+

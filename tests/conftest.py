@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny BERT built from a config (no download), the shipped reviews, shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--skip-slow", action="store_true", help="skip end-to-end tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--skip-slow"):
+        skip = pytest.mark.skip(reason="--skip-slow given")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved locally."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tunesmith.models.sources import resolve_source
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reviews() -> Path:
+    from tunesmith.quickstart import reviews_path
+
+    return Path(reviews_path())
+
+
+@pytest.fixture
+def tiny_config(tiny_bert, reviews, tmp_path) -> dict:
+    """A fast run config on the tiny model and the shipped reviews."""
+    return {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"source": str(tiny_bert)},
+        "data": {"train": str(reviews), "max_train_samples": 96, "max_eval_samples": 32, "max_length": 32},
+        "training": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
+                     "logging_steps": 1},
+    }

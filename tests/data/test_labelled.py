@@ -1,0 +1,75 @@
+"""Labelled rows: column checks, bad rows, stratified splits, label vocabulary."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tunesmith.data.labelled import check_known_labels, label_names_of, load_labelled, stratified_split
+from tunesmith.errors import DataError
+
+
+def csv_file(tmp_path, text: str, name: str = "d.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_missing_column_lists_the_columns_found(tmp_path):
+    path = csv_file(tmp_path, "sentence,label\nhi,1\n")
+    with pytest.raises(DataError, match="column 'text' not found; columns are 'sentence', 'label'"):
+        load_labelled(path, ["text"], "label", "skip")
+
+
+def test_bad_rows_are_skipped_with_a_count(tmp_path, caplog):
+    path = csv_file(tmp_path, "text,label\ngood,1\n,0\nfine,\nok,0\n")
+    rows = load_labelled(path, ["text"], "label", "skip")
+    assert rows.labels == ["1", "0"] and rows.skipped == 2
+    assert rows.lines == [2, 5]
+    assert "skipping 2 rows" in caplog.text and "lines 3, 4" in caplog.text
+
+
+def test_bad_rows_fail_under_error(tmp_path):
+    path = csv_file(tmp_path, "text,label\ngood,1\n   ,0\n")
+    with pytest.raises(DataError, match=r"1 rows with empty text \(lines 3\)"):
+        load_labelled(path, ["text"], "label", "error")
+
+
+def test_all_rows_bad(tmp_path):
+    path = csv_file(tmp_path, "text,label\n,1\n,0\n")
+    with pytest.raises(DataError, match="no usable rows"):
+        load_labelled(path, ["text"], "label", "skip")
+
+
+def test_stratified_split_is_seeded_and_keeps_proportions(reviews):
+    rows = load_labelled(reviews, ["text"], "label", "skip")
+    train, val = stratified_split(rows, 0.2, seed=1)
+    again, _ = stratified_split(rows, 0.2, seed=1)
+    assert train.lines == again.lines
+    assert len(val) == 120 and Counter(val.labels) == {"positive": 60, "negative": 60}
+    assert not set(train.lines) & set(val.lines)
+
+
+def test_split_refuses_a_single_row_class(tmp_path):
+    path = csv_file(tmp_path, "text,label\n" + "".join(f"t{i},a\n" for i in range(10)) + "lonely,b\n")
+    with pytest.raises(DataError, match=r"labels \['b'\] have a single row"):
+        stratified_split(load_labelled(path, ["text"], "label", "skip"), 0.2, 0)
+
+
+def test_unseen_validation_labels_are_named_with_lines(tmp_path):
+    path = csv_file(tmp_path, "text,label\na,pos\nb,neutral\nc,neg\n")
+    rows = load_labelled(path, ["text"], "label", "skip")
+    with pytest.raises(DataError, match=r"labels not seen in training: 'neutral' \(lines 3\)"):
+        check_known_labels(rows, ["neg", "pos"])
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    path = csv_file(tmp_path, "text,label\na,10\nb,2\nc,1\n")
+    assert label_names_of(load_labelled(path, ["text"], "label", "skip")) == ["1", "2", "10"]
+
+
+def test_single_label_is_refused(tmp_path):
+    path = csv_file(tmp_path, "text,label\na,x\nb,x\n")
+    with pytest.raises(DataError, match="only one label"):
+        label_names_of(load_labelled(path, ["text"], "label", "skip"))

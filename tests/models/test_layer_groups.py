@@ -1,0 +1,77 @@
+"""Layer groups of transformer encoders, and model source resolution."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+
+from tunesmith.errors import ModelSourceError
+from tunesmith.models.layer_groups import transformer_layer_groups
+from tunesmith.models.sources import resolve_source
+
+
+def test_bert_groups_cover_every_parameter_once():
+    model = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                                     intermediate_size=32, vocab_size=100))
+    groups = transformer_layer_groups(model)
+    assert [g.name for g in groups] == ["embeddings", "block.0", "block.1", "block.2", "head"]
+    names = [n for g in groups for n, _ in g.params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert {n for n, _ in groups[-1].params} == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                                 "classifier.weight", "classifier.bias"}
+    assert all(n.startswith("bert.encoder.layer.1.") for n, _ in groups[2].params)
+
+
+def test_distilbert_groups():
+    model = DistilBertForSequenceClassification(DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=100))
+    groups = transformer_layer_groups(model)
+    assert [g.name for g in groups] == ["embeddings", "block.0", "block.1", "head"]
+    assert {n for n, _ in groups[-1].params} >= {"classifier.weight", "pre_classifier.weight"}
+
+
+def test_demo_minilm_resolves_to_a_local_folder():
+    source = resolve_source("demo:minilm")
+    assert source.local
+    config = json.loads(open(f"{source.location}/config.json").read())
+    assert config["num_hidden_layers"] == 6 and config["hidden_size"] == 384
+
+
+def test_real_minilm_has_six_blocks():
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_source("demo:minilm").location,
+                                                               num_labels=2, local_files_only=True)
+    groups = transformer_layer_groups(model)
+    assert len(groups) == 8
+    assert sum(g.num_params for g in groups) == sum(p.numel() for p in model.parameters())
+
+
+def test_unknown_demo_alias():
+    with pytest.raises(ModelSourceError, match="unknown demo model 'demo:nope'; available: demo:minilm"):
+        resolve_source("demo:nope")
+
+
+def test_path_that_is_not_a_model(tmp_path):
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(ModelSourceError, match="is not a model"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(ModelSourceError, match="model path not found"):
+        resolve_source(str(tmp_path / "missing" / "model"))
+
+
+def test_custom_code_needs_opt_in(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(ModelSourceError, match="trust_remote_code: true"):
+        resolve_source(str(tmp_path))
+    assert resolve_source(str(tmp_path), trust_remote_code=True).local
+
+
+def test_run_directory_resolves_to_best(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "config.json").write_text("{}")
+    assert resolve_source(str(tmp_path)).location.endswith("best")
+
+
+def test_hub_id_is_not_a_path():
+    assert not resolve_source("bert-base-uncased").local
+    assert not resolve_source("sentence-transformers/all-MiniLM-L6-v2").local
