@@ -128,8 +128,8 @@ class StrategyConfig(_Section):
 
 
 class RunConfig(_Section):
-    task: Literal["text-classification"] = "text-classification"
-    """What is being fine-tuned."""
+    task: str = "text-classification"
+    """What is being fine-tuned; one of the modules in `tunesmith/tasks/` (`text-classification`)."""
     output_dir: str = "runs/run"
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False
@@ -147,6 +147,10 @@ class RunConfig(_Section):
     def _cross_field_rules(self) -> RunConfig:
         problems = []
         t, d = self.training, self.data
+        from tunesmith.tasks import available_tasks
+
+        if self.task not in available_tasks():
+            problems.append(f"task: unknown task {self.task!r}; choose one of {', '.join(available_tasks())}")
         if t.warmup_ratio is not None and t.warmup_steps is not None:
             problems.append("training.warmup_ratio and training.warmup_steps are both set; keep one")
         if t.eval_strategy == "steps" and not t.eval_steps:

@@ -70,7 +70,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
              "train_seconds": result.train_seconds, "stopped_early": result.state.stopped_early}
     data_facts = task.describe()
     (run_dir / "data.json").write_text(json.dumps(data_facts, indent=2), encoding="utf-8")
-    write_model_card(run_dir / "README.md", config, data_facts, result.baseline, result.final, facts)
+    write_model_card(run_dir / "README.md", config, data_facts, result.baseline, result.final, facts,
+                     task.card_usage())
     if (run_dir / "best").exists():
         shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
     return RunResult(run_dir, result.baseline, result.final, result.state.best_step, result.state.stopped_early,
@@ -132,8 +133,9 @@ def _inference_setup(config: RunConfig, labelled: bool):
 
         check_known_labels(task.eval_rows, task.label_names)
     accelerator = Accelerator(mixed_precision=_mixed_precision(config))
-    features = task.encode(task.eval_rows, with_labels=labelled)
-    loader = make_loader(features, task.collate, config.training.per_device_eval_batch_size, 0, train=False)
+    data = task.dataset(task.eval_rows, train=False, labelled=labelled)
+    loader = make_loader(data, task.collate, config.training.per_device_eval_batch_size, 0, train=False,
+                         lengths=task.lengths(data))
     model, loader = accelerator.prepare(model, loader)
     return task, model, accelerator, loader
 

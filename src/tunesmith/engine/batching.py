@@ -52,9 +52,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
         yield from batches
 
 
-def make_loader(features: list[dict[str, Any]], collate: Callable, batch_size: int, seed: int,
-                train: bool, group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over pre-encoded features; evaluation batches are length-sorted, unshuffled."""
-    lengths = [len(f["input_ids"]) for f in features]
-    sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=group_by_length)
-    return DataLoader(features, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed: int, train: bool,
+                lengths: Sequence[int] | None = None, group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
+    """A DataLoader with a `GroupedBatchSampler`; evaluation batches are unshuffled (length-sorted
+    when lengths are given). Without lengths, batching falls back to plain seeded shuffling."""
+    grouped = group_by_length and lengths is not None
+    lengths = lengths if lengths is not None else [0] * len(dataset)
+    sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

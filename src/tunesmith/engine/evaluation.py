@@ -28,8 +28,7 @@ def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Acc
             count += len(batch["labels"])
             labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
         else:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            out = model(**inputs).logits
+            out = task.forward(model, batch)
         outputs.append(accelerator.gather_for_metrics(out.float()).cpu())
     if was_training:
         model.train()

@@ -56,9 +56,13 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     t, s = config.training, config.strategy
     metric, greater = t.metric_for_best_model, config.greater_is_better
     groups = task.layer_groups(model)
-    train_loader = make_loader(task.train_features(), task.collate, t.per_device_train_batch_size, t.seed,
-                               train=True, group_by_length=t.group_by_length, num_workers=t.dataloader_num_workers)
-    eval_loader = make_loader(task.eval_features(), task.collate, t.per_device_eval_batch_size, t.seed, train=False)
+    train_data = task.dataset(task.train_rows, train=True)
+    eval_data = task.dataset(task.eval_rows, train=False)
+    train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size, t.seed, train=True,
+                               lengths=task.lengths(train_data), group_by_length=t.group_by_length,
+                               num_workers=t.dataloader_num_workers)
+    eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
+                              lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     sampler = train_loader.batch_sampler
     optimizer = _make_optimizer(groups, config)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / t.gradient_accumulation_steps))
@@ -88,6 +92,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         state.lowest_trainable = trainable_from(len(groups), s.freeze, s.gradual_unfreezing, state.epoch)
         apply_freezing(model, groups, state.lowest_trainable)
         sampler.set_epoch(state.epoch)
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(state.epoch)
         for batch in train_loader:
             with accelerator.accumulate(model):
                 loss, _ = task.loss(model, batch)

@@ -9,7 +9,7 @@ from tunesmith.config import RunConfig
 
 
 def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseline: dict[str, Any],
-                     final: dict[str, Any], facts: dict[str, Any]) -> None:
+                     final: dict[str, Any], facts: dict[str, Any], usage: str) -> None:
     t, s = config.training, config.strategy
     metrics = [m for m in ("accuracy", "macro_f1", "loss") if final.get(m) is not None]
     rows = "\n".join(f"| {m} | {baseline[m]:.4f} | {final[m]:.4f} | {final[m] - baseline[m]:+.4f} |" for m in metrics)
@@ -23,8 +23,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         for split, info in data.items() if isinstance(info, dict) and "rows" in info
     )
     text = f"""---
-library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {config.task}
 base_model: {config.model.source}
 tags: [tunesmith]
 ---
@@ -33,13 +32,9 @@ tags: [tunesmith]
 
 Fine-tuned with [tunesmith](https://pypi.org/project/tunesmith/) from `{config.model.source}`.
 
-Load it with plain transformers:
+Load it without tunesmith:
 
-```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained("path/to/best")
-tokenizer = AutoTokenizer.from_pretrained("path/to/best")
-```
+{usage}
 
 ## Data
 

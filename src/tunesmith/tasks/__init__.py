@@ -8,7 +8,7 @@ Adding a task is one new file in this folder with `@register_task("name")` on it
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tunesmith.config import RunConfig
+    from tunesmith.data.labelled import LabelledRows
     from tunesmith.models.layer_groups import LayerGroup
 
 _TASKS: dict[str, type] = {}
@@ -27,6 +28,9 @@ class Task(Protocol):
 
     name: str
     primary_metrics: tuple[str, ...]
+    train_rows: LabelledRows | None
+    eval_rows: LabelledRows | None
+    label_names: list[str]
 
     def preflight(self) -> None:
         """Reads and checks all data; raises DataError before any weights load."""
@@ -34,24 +38,39 @@ class Task(Protocol):
     def build_model(self) -> nn.Module:
         """Loads the pre-trained backbone with this task's head."""
 
+    def load_trained(self) -> nn.Module:
+        """Loads a fine-tuned model as saved (head and labels included), for evaluate/predict."""
+
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]: ...
 
-    def train_features(self) -> list[dict[str, Any]]: ...
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> Sequence[Any]:
+        """Model inputs for `rows` (train=True may augment; a `set_epoch(epoch)` method, if
+        present, is called before each epoch so random draws are keyed on (seed, epoch, index))."""
 
-    def eval_features(self) -> list[dict[str, Any]]: ...
+    def lengths(self, dataset: Sequence[Any]) -> list[int] | None:
+        """Per-example lengths for length-grouped batching, or None when lengths do not vary."""
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]: ...
 
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Model outputs (e.g. logits) for a batch, labels ignored."""
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, outputs) for a batch."""
+        """Returns (loss, outputs) for a labelled batch."""
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: ...
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """One output record per input row, for `tunesmith predict`."""
 
     def save(self, model: nn.Module, folder: str) -> None:
         """Writes the model in the format its own library loads (with tokenizer etc.)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the model card and the log."""
+
+    def card_usage(self) -> str:
+        """Markdown for the model card: how to load `best/` with the model family's own library."""
 
 
 def register_task(name: str) -> Callable[[type], type]:
@@ -61,6 +80,13 @@ def register_task(name: str) -> Callable[[type], type]:
         return cls
 
     return wrap
+
+
+def available_tasks() -> list[str]:
+    """Task names, one per module file in this folder (`text_classification.py` -> `text-classification`)."""
+    from pathlib import Path
+
+    return sorted(p.stem.replace("_", "-") for p in Path(__file__).parent.glob("[!_]*.py"))
 
 
 def get_task(config: RunConfig) -> Task:

@@ -144,13 +144,21 @@ class TextClassificationTask:
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)
 
+    def card_usage(self) -> str:
+        return (
+            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+            'model = AutoModelForSequenceClassification.from_pretrained("path/to/best")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n```'
+        )
+
     def save(self, model: nn.Module, folder: str) -> None:
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
-    def encode(self, rows: LabelledRows, with_labels: bool = True) -> list[dict[str, Any]]:
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
+        """Token ids per row, tokenized once and unpadded (no augmentation, so `train` is unused)."""
         columns = [rows.inputs[c] for c in self.input_columns]
         max_length = min(self.config.data.max_length, self._model_max_length())
         encoded = self.tokenizer(*columns, truncation=True, max_length=max_length)
@@ -159,7 +167,7 @@ class TextClassificationTask:
         features = []
         for i in range(len(rows)):
             feature = {k: encoded[k][i] for k in keys}
-            if with_labels:
+            if labelled:
                 feature["labels"] = label_ids[rows.labels[i]]
             features.append(feature)
         truncated = sum(len(f["input_ids"]) >= max_length for f in features)
@@ -172,11 +180,8 @@ class TextClassificationTask:
         limit = getattr(self.tokenizer, "model_max_length", None) or 512
         return int(min(limit, 1_000_000))
 
-    def train_features(self) -> list[dict[str, Any]]:
-        return self.encode(self.train_rows)
-
-    def eval_features(self) -> list[dict[str, Any]]:
-        return self.encode(self.eval_rows)
+    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
+        return [len(f["input_ids"]) for f in dataset]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pads a batch to its own longest row: (B, T) ids, mask and token types, (B,) labels."""
@@ -201,9 +206,11 @@ class TextClassificationTask:
 
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, num_labels)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits  # (B, num_labels)
+        logits = self.forward(model, batch)
         t = self.config.training
         loss = F.cross_entropy(
             logits.float(),
