@@ -56,12 +56,16 @@ def _user_errors(fn: Callable) -> Callable:
 @_user_errors
 def train(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOption = None,
           overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run in output_dir.")] = False,
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest intact checkpoint.")] = False,
+          resume_from: Annotated[str | None, typer.Option("--resume-from", help="Continue from this checkpoint (step-N or a path).")] = None,
           quiet: QuietOption = False) -> None:
     """Fine-tune a pre-trained model as the config says."""
     from tunesmith.run import finetune
 
     _setup_logging(quiet)
     overrides = list(set_ or []) + (["overwrite_output_dir=true"] if overwrite else [])
+    if resume or resume_from:
+        overrides.append(f"resume={resume_from or 'auto'}")
     result = finetune(config, overrides, quiet=quiet)
     _print_before_after(result)
 

@@ -109,8 +109,16 @@ class TrainingConfig(_Section):
     """Batch examples of similar length together so less padding is computed."""
     logging_steps: int = 10
     """Optimizer steps between progress-bar updates of the loss and learning rate."""
+    save_steps: int | None = None
+    """Also write a checkpoint every N optimizer steps (checkpoints are always written at each
+    evaluation and when SIGTERM or Ctrl-C stops a run)."""
     save_total_limit: int = 1
     """How many step checkpoints to keep in `checkpoints/` (the best model is kept separately)."""
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """When the loss or gradients become NaN/inf: `stop` (the update is not applied, the rows are
+    written to bad_batches.json, the last good checkpoint kept) or `skip` the update and go on."""
+    max_nan_skips: int = 10
+    """Under `nan_policy: skip`, stop after this many skipped steps."""
     dataloader_num_workers: int = 0
     """Worker processes for data loading (inputs are pre-tokenized, so 0 is usually fastest)."""
 
@@ -134,6 +142,9 @@ class RunConfig(_Section):
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False
     """Replace an earlier run in `output_dir` (otherwise a directory holding a run is refused)."""
+    resume: str | None = None
+    """Continue the run in `output_dir`: `auto` (from its newest intact checkpoint, or from the
+    start when there is none), or a checkpoint name (`step-300`) or path. `null` starts fresh."""
     model: ModelConfig = ModelConfig()
     """Where the pre-trained model comes from and how it is set up."""
     data: DataConfig = DataConfig()

@@ -39,3 +39,19 @@ class ModelSourceError(TunesmithError):
 
 class RunDirError(TunesmithError):
     """The run directory cannot be used (not writable, or holds something unexpected)."""
+
+
+class CheckpointError(TunesmithError):
+    """A checkpoint is missing, incomplete or corrupted."""
+
+
+class TrainingInterrupted(TunesmithError):
+    """SIGTERM or Ctrl-C stopped training after a checkpoint was saved; the run can be resumed."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteLossError(TunesmithError):
+    """The loss or gradients became NaN or infinite and the policy says stop."""

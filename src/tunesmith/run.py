@@ -48,34 +48,58 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
 
     from tunesmith.engine.loop import fit
     from tunesmith.engine.progress import ProgressDisplay
-    from tunesmith.engine.run_dir import prepare_run_dir
+    from tunesmith.engine.run_dir import clear_earlier_run, prepare_run_dir, run_lock
     from tunesmith.report.model_card import write_model_card
     from tunesmith.tasks import get_task
 
     config = load_config(config, overrides)
     task = get_task(config)
     task.preflight()
-    run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir)
-    dump_config(config, run_dir / "config.yaml")
-    _quiet_libraries()
-    set_seed(config.training.seed)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config),
-                              gradient_accumulation_steps=config.training.gradient_accumulation_steps)
-    model = task.build_model()
-    data_facts = task.describe()
-    log.info("training on %d rows, validating on %d rows, labels: %s",
-             data_facts["train"]["rows"], data_facts["validation"]["rows"], ", ".join(task.label_names))
-    result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet))
-    facts = {"steps": result.state.global_step, "epochs": result.state.global_step / result.steps_per_epoch,
-             "train_seconds": result.train_seconds, "stopped_early": result.state.stopped_early}
-    data_facts = task.describe()
-    (run_dir / "data.json").write_text(json.dumps(data_facts, indent=2), encoding="utf-8")
-    write_model_card(run_dir / "README.md", config, data_facts, result.baseline, result.final, facts,
-                     task.card_usage())
-    if (run_dir / "best").exists():
-        shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
-    return RunResult(run_dir, result.baseline, result.final, result.state.best_step, result.state.stopped_early,
-                     result.train_seconds, result.train_samples / max(result.train_seconds, 1e-9))
+    run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
+    with run_lock(run_dir):
+        resume_from, restart_epoch = _resume_point(run_dir, config, task)
+        if resume_from is None:
+            clear_earlier_run(run_dir)
+        else:
+            log.info("resuming from %s", resume_from)
+        dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
+        _quiet_libraries()
+        set_seed(config.training.seed)
+        accelerator = Accelerator(mixed_precision=_mixed_precision(config),
+                                  gradient_accumulation_steps=config.training.gradient_accumulation_steps)
+        model = task.build_model()
+        facts = task.describe()
+        log.info("training on %d rows, validating on %d rows, labels: %s",
+                 facts["train"]["rows"], facts["validation"]["rows"], ", ".join(task.label_names))
+        result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet), resume_from, restart_epoch)
+        state = result.state
+        summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,
+                   "train_seconds": state.train_seconds, "stopped_early": state.stopped_early}
+        facts = task.describe()
+        (run_dir / "data.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
+        write_model_card(run_dir / "README.md", config, facts, result.baseline, result.final, summary,
+                         task.card_usage())
+        if (run_dir / "best").exists():
+            shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
+    return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
+                     state.train_seconds, state.samples / max(state.train_seconds, 1e-9))
+
+
+def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, bool]:
+    """The checkpoint to continue from (None: start fresh) and whether its epoch must restart."""
+    from tunesmith.engine.checkpoint import find_resume_point
+    from tunesmith.engine.run_dir import check_resume_config
+
+    if config.resume is None:
+        return None, False
+    path = find_resume_point(run_dir / "checkpoints", config.resume)
+    if path is None:
+        log.info("resume: auto found no checkpoint in %s; starting from the beginning", run_dir)
+        return None, False
+    saved = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return path, check_resume_config(run_dir, config, saved.get("label_names", []), task.label_names)
+
+
 
 
 def evaluate(model: str, data: str, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -22,10 +22,13 @@ def test_run_directory_holds_everything(tiny_config):
     assert (run / "config.yaml").exists() and (run / "README.md").exists() and (run / "data.json").exists()
     saved = load_config(run / "config.yaml")
     assert saved.model.source == tiny_config["model"]["source"]
-    phases = [r["phase"] for r in records(run)]
+    phases = [r["phase"] for r in records(run) if r["phase"] != "train"]
     assert phases == ["baseline", "eval", "eval", "final"]
-    first = records(run)[1]
+    first = next(r for r in records(run) if r["phase"] == "eval")
     assert set(first) >= {"step", "epoch", "loss", "accuracy", "macro_f1", "per_class", "confusion_matrix", "train_loss", "lr"}
+    curve = [r for r in records(run) if r["phase"] == "train"]
+    assert [r["step"] for r in curve] == list(range(1, 13))  # logging_steps 1, 6 steps per epoch
+    assert all(r["train_loss"] > 0 and r["lr"] >= 0 for r in curve)
     assert sum(map(sum, first["confusion_matrix"])) == 32
     best_config = json.loads((run / "best" / "config.json").read_text())
     assert best_config["id2label"] == {"0": "negative", "1": "positive"}
@@ -87,7 +90,7 @@ def test_same_seed_gives_identical_losses(tiny_config, tmp_path):
     first = tunesmith.finetune(tiny_config, quiet=True)
     tiny_config["output_dir"] = str(tmp_path / "again")
     second = tunesmith.finetune(tiny_config, quiet=True)
-    losses = [[r["loss"] for r in records(run)] for run in (first.run_dir, second.run_dir)]
+    losses = [[r.get("loss", r.get("train_loss")) for r in records(run)] for run in (first.run_dir, second.run_dir)]
     assert losses[0] == losses[1]
 
 

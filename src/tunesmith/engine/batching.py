@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
-    """Yields lists of row indices; call `set_epoch` before each epoch."""
+    """Yields lists of row indices; call `start_epoch` before each epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
                  group_by_length: bool = True, mega_batch: int = 50):
@@ -27,14 +27,33 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.group_by_length = group_by_length
         self.mega_batch = mega_batch
         self.epoch = 0
+        self.skip = 0
+
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Selects the epoch's order; `skip` leaves out its first batches (resuming mid-epoch)."""
+        self.epoch = epoch
+        self.skip = skip
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Ignored: Accelerate calls this with its own count of iterations, which restarts at 0
+        after a resume. The training loop owns the epoch and sets it with `start_epoch`."""
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Batches in a whole epoch."""
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
+    def __len__(self) -> int:
+        return self.num_batches - self.skip
+
     def __iter__(self) -> Iterator[list[int]]:
+        yield from self.epoch_batches()[self.skip :]
+
+    def epoch_batches(self) -> list[list[int]]:
+        """All batches of the current epoch, in order, regardless of `skip`."""
+        return list(self._batches())
+
+    def _batches(self) -> Iterator[list[int]]:
         n = len(self.lengths)
         if not self.shuffle:
             order = sorted(range(n), key=lambda i: self.lengths[i]) if self.group_by_length else list(range(n))
@@ -59,4 +78,7 @@ def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed
     grouped = group_by_length and lengths is not None
     lengths = lengths if lengths is not None else [0] * len(dataset)
     sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    # An own generator, so creating an epoch's iterator never draws from the global torch RNG
+    # (which would shift dropout after a resume).
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))

@@ -1,15 +1,19 @@
 """The training loop: one function, top to bottom, on Accelerate.
 
 `fit` evaluates the pre-trained model, then trains with the strategy's frozen groups and
-per-group learning rates, evaluates per epoch or every N steps, saves the best model and a step
-checkpoint at each evaluation, stops early when the chosen metric stops improving, and finally
-restores the best weights. Every evaluation is appended to `metrics.jsonl`.
+per-group learning rates; it evaluates per epoch or every N steps, keeps the best model, writes
+step checkpoints, stops early when the chosen metric stalls, and finally restores the best
+weights. A checkpoint captures the whole loop (position in the epoch, running sums, random
+generators, early-stopping and unfreezing state), so a resumed run continues exactly as an
+uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled between steps.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,12 @@ from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.batching import make_loader
-from tunesmith.engine.checkpoint import atomic_folder, save_checkpoint
+from tunesmith.engine.checkpoint import atomic_folder, load_checkpoint, save_checkpoint
 from tunesmith.engine.evaluation import evaluate
 from tunesmith.engine.progress import ProgressDisplay
+from tunesmith.engine.seeding import capture_rng, restore_rng
+from tunesmith.engine.signals import graceful_stop
+from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
@@ -34,11 +41,18 @@ class LoopState:
 
     global_step: int = 0
     epoch: int = 0
+    batch_in_epoch: int = 0
     lowest_trainable: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    running_loss: float = 0.0
+    running_count: int = 0
+    samples: int = 0
+    nan_skips: int = 0
+    train_seconds: float = 0.0
+    label_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -47,100 +61,134 @@ class FitResult:
     best: dict[str, Any] | None
     final: dict[str, Any]
     state: LoopState
-    train_seconds: float
-    train_samples: int
     steps_per_epoch: int
 
 
-def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay) -> FitResult:
+def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
+        resume_from: Path | None = None, restart_epoch: bool = False) -> FitResult:
     t, s = config.training, config.strategy
     metric, greater = t.metric_for_best_model, config.greater_is_better
     groups = task.layer_groups(model)
-    train_data = task.dataset(task.train_rows, train=True)
-    eval_data = task.dataset(task.eval_rows, train=False)
+    train_data, eval_data = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
     train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size, t.seed, train=True,
                                lengths=task.lengths(train_data), group_by_length=t.group_by_length,
                                num_workers=t.dataloader_num_workers)
     eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
                               lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     sampler = train_loader.batch_sampler
-    optimizer = _make_optimizer(groups, config)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / t.gradient_accumulation_steps))
+    steps_per_epoch = max(1, math.ceil(len(sampler) / t.gradient_accumulation_steps))
     total_steps = t.max_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
-    ratio, warmup_steps = config.warmup
-    warmup = warmup_steps if warmup_steps is not None else int(ratio * total_steps)
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * accelerator.num_processes,
-                              num_training_steps=total_steps * accelerator.num_processes)
+    optimizer = _make_optimizer(groups, config)
+    scheduler = _make_scheduler(optimizer, config, total_steps, accelerator.num_processes)
+    state = LoopState(label_names=list(task.label_names))
+    if resume_from is not None:
+        state = _resume(resume_from, model, optimizer, scheduler, state)
+        if restart_epoch:
+            state.batch_in_epoch = 0
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
-    history = History(run_dir / "metrics.jsonl")
-    state = LoopState()
+    history = History(run_dir / "metrics.jsonl", keep_until_step=state.global_step if resume_from else None)
 
     def record(phase: str, results: dict[str, Any], **extra: Any) -> dict[str, Any]:
         entry = {"phase": phase, "step": state.global_step, "epoch": round(state.global_step / steps_per_epoch, 4),
                  **extra, **results}
         history.append(entry)
-        display.note(_summary(phase, entry, metric))
+        if phase != "train":
+            display.note(_summary(phase, entry))
         return entry
 
-    baseline = record("baseline", evaluate(model, eval_loader, task, accelerator))
-    best_entry = None
-    running_loss, running_count, samples = torch.zeros((), device=accelerator.device), 0, 0
+    def checkpoint() -> Path:
+        state.train_seconds += time.perf_counter() - clock[0]
+        clock[0] = time.perf_counter()
+        state.running_loss = float(running_loss)
+        saved = {**asdict(state), "steps_per_epoch": steps_per_epoch, "rng": capture_rng()}
+        return save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
+                               saved, t.save_total_limit)
+
+    baseline = history.find("baseline") or record("baseline", evaluate(model, eval_loader, task, accelerator))
+    best_entry = history.find_step("eval", state.best_step)
+    running_loss = torch.tensor(state.running_loss, device=accelerator.device)
+    window_loss = torch.zeros((), device=accelerator.device)
     display.start(total_steps)
-    started = _now()
-    while state.global_step < total_steps and not state.stopped_early:
-        state.lowest_trainable = trainable_from(len(groups), s.freeze, s.gradual_unfreezing, state.epoch)
-        apply_freezing(model, groups, state.lowest_trainable)
-        sampler.set_epoch(state.epoch)
-        if hasattr(train_data, "set_epoch"):
-            train_data.set_epoch(state.epoch)
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss, _ = task.loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
-            running_count += 1
-            samples += len(batch["labels"])
-            if not accelerator.sync_gradients:
-                continue
-            state.global_step += 1
-            if state.global_step % t.logging_steps == 0 or state.global_step == total_steps:
-                # One host-device sync per logging interval, not per step.
-                display.update(state.global_step, state.global_step / steps_per_epoch,
-                               (running_loss / running_count).item(), scheduler.get_last_lr()[-1])
-            at_epoch_end = state.global_step % steps_per_epoch == 0
-            due = (t.eval_strategy == "steps" and state.global_step % t.eval_steps == 0) or (
-                t.eval_strategy == "epoch" and at_epoch_end) or state.global_step == total_steps
-            if due:
-                train_loss = (running_loss / max(1, running_count)).item()
-                running_loss.zero_()
-                running_count = 0
-                entry = record("eval", evaluate(model, eval_loader, task, accelerator),
-                               train_loss=train_loss, lr=scheduler.get_last_lr()[-1],
-                               trainable_groups=[g.name for g in groups[state.lowest_trainable:]])
-                if _improved(entry, state, metric, greater, t.early_stopping_threshold):
-                    best_entry = entry
-                    _save_best(task, accelerator.unwrap_model(model), run_dir)
-                save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
-                                {**asdict(state), "steps_per_epoch": steps_per_epoch}, t.save_total_limit)
-                if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
-                    state.stopped_early = True
-                    display.note(f"early stopping: {metric} has not improved for {state.evals_without_improvement} "
-                                 f"evaluations (best {state.best_metric:.4f} at step {state.best_step})")
-            if state.global_step >= total_steps or state.stopped_early:
-                break
-        state.epoch += 1
+    display.update(state.global_step, state.global_step / steps_per_epoch)
+    clock = [time.perf_counter()]
+    with graceful_stop() as stop_request:
+        while state.global_step < total_steps and not state.stopped_early:
+            state.lowest_trainable = trainable_from(len(groups), s.freeze, s.gradual_unfreezing, state.epoch)
+            apply_freezing(model, groups, state.lowest_trainable)
+            sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
+            if hasattr(train_data, "set_epoch"):
+                train_data.set_epoch(state.epoch)
+            for batch in train_loader:
+                state.batch_in_epoch += 1
+                with accelerator.accumulate(model):
+                    loss, _ = task.loss(model, batch)
+                    accelerator.backward(loss)
+                    window_loss += loss.detach()
+                    if accelerator.sync_gradients:
+                        # One host-device sync per optimizer step: is this update finite? Under fp16 the
+                        # grad scaler owns overflowing gradients (it skips those steps itself).
+                        norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
+                        finite = torch.isfinite(window_loss)
+                        if accelerator.mixed_precision != "fp16":
+                            finite &= torch.isfinite(norm)
+                        if not bool(finite):
+                            _non_finite(state, config, run_dir, sampler, task, checkpoint_path=_latest(run_dir))
+                            optimizer.zero_grad(set_to_none=True)  # skip this update entirely
+                        else:
+                            running_loss += window_loss
+                            state.running_count += 1
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.samples += len(batch["labels"])
+                if not accelerator.sync_gradients:
+                    continue
+                window_loss.zero_()
+                state.global_step += 1
+                epoch_done = state.batch_in_epoch == sampler.num_batches
+                due = (t.eval_strategy == "steps" and state.global_step % t.eval_steps == 0) or (
+                    t.eval_strategy == "epoch" and epoch_done) or state.global_step == total_steps
+                log_due = state.global_step % t.logging_steps == 0 or state.global_step == total_steps
+                train_loss = None
+                if (log_due or due) and state.running_count:
+                    # One host-device sync per logging interval, not per step.
+                    train_loss = (running_loss / (state.running_count * t.gradient_accumulation_steps)).item()
+                    running_loss.zero_()
+                    state.running_count = 0
+                if log_due:
+                    record("train", {"train_loss": train_loss, "lr": scheduler.get_last_lr()[-1]})
+                    display.update(state.global_step, state.global_step / steps_per_epoch, train_loss,
+                                   scheduler.get_last_lr()[-1])
+                if due:
+                    entry = record("eval", evaluate(model, eval_loader, task, accelerator), train_loss=train_loss,
+                                   lr=scheduler.get_last_lr()[-1],
+                                   trainable_groups=[g.name for g in groups[state.lowest_trainable:]])
+                    if _improved(entry, state, metric, greater, t.early_stopping_threshold):
+                        best_entry = entry
+                        _save_best(task, accelerator.unwrap_model(model), run_dir)
+                    if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
+                        state.stopped_early = True
+                        display.note(f"early stopping: {metric} has not improved for {state.evals_without_improvement} "
+                                     f"evaluations (best {state.best_metric:.4f} at step {state.best_step})")
+                if epoch_done:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if due or (t.save_steps and state.global_step % t.save_steps == 0) or stop_request:
+                    path = checkpoint()
+                if stop_request:
+                    display.stop()
+                    raise TrainingInterrupted(
+                        f"{stop_request.name} received: stopped after step {state.global_step} and saved {path}. "
+                        f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume", stop_request.exit_code)
+                if state.global_step >= total_steps or state.stopped_early:
+                    break
     display.stop()
-    train_seconds = _now() - started
-    if best_entry is not None:
+    state.train_seconds += time.perf_counter() - clock[0]
+    if best_entry is not None and (run_dir / "best").exists():
         _restore_best(accelerator.unwrap_model(model), run_dir)
-    final = record("final", evaluate(model, eval_loader, task, accelerator), best_step=state.best_step)
-    return FitResult(baseline, best_entry, final, state, train_seconds, samples, steps_per_epoch)
+    final = record("final", evaluate(model, eval_loader, task, accelerator), best_step=state.best_step,
+                   nan_skips=state.nan_skips)
+    return FitResult(baseline, best_entry, final, state, steps_per_epoch)
 
 
 def _make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
@@ -151,6 +199,58 @@ def _make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernels are missing for some devices and dtypes
         return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+def _make_scheduler(optimizer, config: RunConfig, total_steps: int, processes: int):
+    ratio, steps = config.warmup
+    warmup = steps if steps is not None else int(ratio * total_steps)
+    # Accelerate steps a prepared scheduler once per process per optimizer step.
+    return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup * processes,
+                         num_training_steps=total_steps * processes)
+
+
+def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopState:
+    """Loads a verified checkpoint into the model, optimizer and scheduler; returns its loop state."""
+    saved = load_checkpoint(path)
+    model.load_state_dict(saved["weights"], strict=False)
+    configured = [g["initial_lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if configured != list(scheduler.base_lrs):
+        # The config's learning rate changed since the checkpoint: the new one applies from here.
+        scheduler.base_lrs = configured
+        for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
+            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+    restore_rng(saved["state"].pop("rng"))
+    saved["state"].pop("steps_per_epoch", None)
+    return LoopState(**{**asdict(fresh), **saved["state"]})
+
+
+def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task, checkpoint_path: Path | None) -> None:
+    """Records the rows of a non-finite step; raises under `nan_policy: stop` or past `max_nan_skips`."""
+    t = config.training
+    batches = sampler.epoch_batches()[state.batch_in_epoch - t.gradient_accumulation_steps: state.batch_in_epoch]
+    rows = sorted({task.train_rows.lines[i] for b in batches for i in b})
+    report = {"step": state.global_step + 1, "epoch": state.epoch, "source": task.train_rows.source, "lines": rows}
+    with (run_dir / "bad_batches.json").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(report) + "\n")
+    state.nan_skips += 1
+    if t.nan_policy == "skip" and state.nan_skips <= t.max_nan_skips:
+        return
+    last = f"last good checkpoint: {checkpoint_path.name}" if checkpoint_path else "no checkpoint was saved yet"
+    limit = f" ({state.nan_skips} non-finite steps, more than max_nan_skips={t.max_nan_skips})" if t.nan_policy == "skip" else ""
+    raise NonFiniteLossError(
+        f"loss or gradients became NaN/inf at step {state.global_step + 1} (epoch {state.epoch + 1}){limit}; the update "
+        f"was not applied. Rows of that batch: {task.train_rows.source} lines {rows[:20]} (all in "
+        f"{run_dir / 'bad_batches.json'}); {last}. Lower training.learning_rate, check those rows, "
+        "or set training.nan_policy: skip")
+
+
+def _latest(run_dir: Path) -> Path | None:
+    from tunesmith.engine.checkpoint import checkpoints
+
+    found = checkpoints(run_dir / "checkpoints")
+    return found[0] if found else None
 
 
 def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: bool, threshold: float) -> bool:
@@ -180,15 +280,9 @@ def _restore_best(model, run_dir: Path) -> None:
         raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
 
 
-def _summary(phase: str, entry: dict[str, Any], metric: str) -> str:
+def _summary(phase: str, entry: dict[str, Any]) -> str:
     parts = [f"{phase:>8} step {entry['step']:>6} epoch {entry['epoch']:.2f}"]
-    for key in ("loss", "accuracy", "macro_f1", "train_loss"):
+    for key in ("loss", "accuracy", "macro_f1"):
         if entry.get(key) is not None:
             parts.append(f"{key} {entry[key]:.4f}")
     return "  ".join(parts)
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()

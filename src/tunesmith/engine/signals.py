@@ -1,0 +1,47 @@
+"""Graceful stop on SIGTERM and Ctrl-C: finish the current step, checkpoint, exit resumable.
+
+The first signal only sets a flag that the loop checks after each optimizer step. A second
+Ctrl-C exits at once (the default handler is back), without touching existing checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or 0)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else ""
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[StopRequest]:
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signals can only be handled in the main thread
+        return
+
+    def handle(signum, frame):
+        request.signal = signum
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
