@@ -114,3 +114,12 @@ def test_data_is_checked_before_the_model_loads(tiny_config, tmp_path):
     tiny_config["data"]["train"] = str(tmp_path / "missing.csv")
     with pytest.raises(tunesmith.DataError, match="data file not found"):
         tunesmith.finetune(tiny_config, quiet=True)
+
+
+def test_two_loader_workers_give_the_same_run(tiny_config, tmp_path):
+    first = tunesmith.finetune(tiny_config, quiet=True)
+    tiny_config["output_dir"] = str(tmp_path / "workers")
+    tiny_config["training"]["dataloader_num_workers"] = 2
+    second = tunesmith.finetune(tiny_config, quiet=True)
+    a, b = records(first.run_dir), records(second.run_dir)
+    assert [(r["phase"], r.get("loss"), r.get("train_loss")) for r in a] == [(r["phase"], r.get("loss"), r.get("train_loss")) for r in b]

@@ -146,3 +146,36 @@ def test_a_second_live_run_on_the_same_folder_is_refused(tiny_config, tmp_path):
     (run_dir / ".lock").write_text("999999999")  # a dead process: taken over
     tunesmith.finetune(tiny_config, quiet=True)
     assert not (run_dir / ".lock").exists()
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(resumable_config, tmp_path):
+    config = {**resumable_config, "output_dir": str(tmp_path / "int")}
+    config["training"] = {**config["training"], "save_steps": None}
+    path = tmp_path / "int.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", str(path), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path / "int", 4, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT received" in err and "Traceback" not in err
+    assert list((tmp_path / "int" / "checkpoints").glob("step-*"))
+
+
+def test_resume_applies_a_changed_learning_rate(tiny_config):
+    tiny_config["training"].update(save_steps=2)
+    tunesmith.finetune(tiny_config, ["training.max_steps=4"], quiet=True)
+    # a new max_steps keeps the schedule comparable; the new peak rate must show up right away
+    result = tunesmith.finetune(tiny_config, ["resume=auto", "training.max_steps=4", "training.learning_rate=1e-1"],
+                                quiet=True)
+    assert result.final is not None
+    state = json.loads((result.run_dir / "checkpoints" / "step-4" / "state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_resume_refuses_another_backbone(tiny_config, tmp_path):
+    tiny_config["training"].update(save_steps=2)
+    tunesmith.finetune(tiny_config, ["training.max_steps=2"], quiet=True)
+    with pytest.raises(tunesmith.TunesmithError, match="model.source changed"):
+        tunesmith.finetune(tiny_config, ["resume=auto", "model.source=demo:minilm"], quiet=True)

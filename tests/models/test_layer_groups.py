@@ -75,3 +75,18 @@ def test_run_directory_resolves_to_best(tmp_path):
 def test_hub_id_is_not_a_path():
     assert not resolve_source("bert-base-uncased").local
     assert not resolve_source("sentence-transformers/all-MiniLM-L6-v2").local
+
+
+def test_malformed_safetensors_is_a_clean_error(tiny_bert, tiny_config, tmp_path):
+    import shutil
+    import struct
+
+    import tunesmith
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_bert, folder)
+    # a header length far larger than the file: must fail fast, not allocate or hang
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    tiny_config["model"]["source"] = str(folder)
+    with pytest.raises(tunesmith.ModelSourceError, match="cannot load the model in"):
+        tunesmith.finetune(tiny_config, quiet=True)

@@ -108,6 +108,13 @@ def from_pretrained_kwargs(resolved: ResolvedSource, trust_remote_code: bool) ->
 def load_failure(resolved: ResolvedSource, exc: Exception) -> ModelSourceError:
     """Translates a `from_pretrained` failure into an error that says what to do."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if type(exc).__name__ == "UnpicklingError" or "Weights only load failed" in detail:
+        # Pickled weights are only ever loaded with weights_only=True; there is no fallback.
+        return ModelSourceError(
+            f"refused to load the weights in {resolved.location}: the pickle file holds objects that would run code, "
+            "not only tensors. Use a model saved as safetensors (model.safetensors); if you wrote the file yourself "
+            "and trust it, convert it to safetensors in a separate, trusted script"
+        )
     if resolved.local:
         return ModelSourceError(f"cannot load the model in {resolved.location}: {detail}")
     return ModelSourceError(
