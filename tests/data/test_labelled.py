@@ -73,3 +73,13 @@ def test_single_label_is_refused(tmp_path):
     path = csv_file(tmp_path, "text,label\na,x\nb,x\n")
     with pytest.raises(DataError, match="only one label"):
         label_names_of(load_labelled(path, ["text"], "label", "skip"))
+
+
+def test_duplicates_and_validation_leaks_are_counted(tmp_path, caplog):
+    from tunesmith.data.labelled import duplicates_and_leaks
+
+    train = load_labelled(csv_file(tmp_path, "text,label\na,x\na,y\nb,x\nc,y\n", "t.csv"), ["text"], "label", "skip")
+    val = load_labelled(csv_file(tmp_path, "text,label\nb,x\nd,y\n", "v.csv"), ["text"], "label", "skip")
+    counts = duplicates_and_leaks(train, val)
+    assert counts == {"train_duplicates": 1, "train_conflicting_duplicates": 1, "validation_rows_in_train": 1}
+    assert "1 validation rows also occur in the training data (lines 2)" in caplog.text

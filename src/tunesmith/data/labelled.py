@@ -161,6 +161,38 @@ def check_known_labels(rows: LabelledRows, label_names: list[str]) -> None:
         )
 
 
+def duplicates_and_leaks(train: LabelledRows, val: LabelledRows) -> dict[str, int]:
+    """Counts repeated inputs in training and validation inputs that also occur in training.
+
+    Both are reported (warnings, and in the run's data.json) rather than dropped: repeats can be
+    deliberate, but validation rows seen in training make the validation score too optimistic.
+    """
+    def keys(rows: LabelledRows) -> list[tuple[str, ...]]:
+        return list(zip(*(v for v in rows.inputs.values())))
+
+    train_keys = keys(train)
+    seen = set(train_keys)
+    duplicates = len(train_keys) - len(seen)
+    leaked = [line for key, line in zip(keys(val), val.lines) if key in seen]
+    conflicting = _conflicting_labels(train)
+    if duplicates:
+        log.warning("%s: %d rows repeat an earlier row's input%s", train.source, duplicates,
+                    f" ({conflicting} of them with a different label)" if conflicting else "")
+    if leaked:
+        shown = ", ".join(map(str, leaked[:10])) + (" ..." if len(leaked) > 10 else "")
+        log.warning("%s: %d validation rows also occur in the training data (lines %s); the validation score "
+                    "will be optimistic", val.source, len(leaked), shown)
+    return {"train_duplicates": duplicates, "train_conflicting_duplicates": conflicting,
+            "validation_rows_in_train": len(leaked)}
+
+
+def _conflicting_labels(rows: LabelledRows) -> int:
+    labels: dict[tuple[str, ...], set[str]] = {}
+    for key, label in zip(zip(*(v for v in rows.inputs.values())), rows.labels):
+        labels.setdefault(key, set()).add(label)
+    return sum(1 for v in labels.values() if len(v) > 1)
+
+
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
 

@@ -21,6 +21,7 @@ from tunesmith.config import RunConfig
 from tunesmith.data.labelled import (
     LabelledRows,
     check_known_labels,
+    duplicates_and_leaks,
     label_names_of,
     load_labelled,
     sample,
@@ -47,6 +48,7 @@ class TextClassificationTask:
         self.label_names: list[str] = []
         self.tokenizer = None
         self.truncated = 0
+        self.data_checks: dict[str, int] = {}
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -68,6 +70,7 @@ class TextClassificationTask:
                 val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
             self.label_names = label_names_of(train)
             self.train_rows = sample(train, d.max_train_samples, seed)
+            self.data_checks = duplicates_and_leaks(self.train_rows, val)
         else:
             self.label_names = self._label_names_from_model()
             val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
@@ -91,6 +94,7 @@ class TextClassificationTask:
                 facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
                                 "label_counts": dict(Counter(rows.labels))}
         facts["truncated_to_max_length"] = self.truncated
+        facts.update(self.data_checks)
         return facts
 
     # ---- model ------------------------------------------------------------------------------
