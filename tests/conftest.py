@@ -63,3 +63,33 @@ def tiny_config(tiny_bert, reviews, tmp_path) -> dict:
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
                      "logging_steps": 1},
     }
+
+
+@pytest.fixture(scope="session")
+def color_images(tmp_path_factory) -> Path:
+    """A folder of small synthetic photos in two learnable classes: `red/` and `blue/`, 12 each."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("color-images")
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (folder / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 120, size=(40 + i, 48, 3), dtype=np.uint8)
+            pixels[..., channel] += 120
+            Image.fromarray(pixels).save(folder / name / f"{name}{i}.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture
+def image_config(color_images, tmp_path) -> dict:
+    """A fast image run: the real EfficientNet-Lite0 weights at 64 px on `color_images`."""
+    return {
+        "task": "image-classification",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"source": "demo:efficientnet-lite0"},
+        "data": {"train": str(color_images), "validation_split": 0.25, "image_size": 64},
+        "training": {"num_train_epochs": 2, "per_device_train_batch_size": 6, "learning_rate": 5e-3,
+                     "logging_steps": 1, "dataloader_num_workers": 0},
+    }

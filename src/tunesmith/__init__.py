@@ -5,12 +5,15 @@
     print(result.baseline["accuracy"], "->", result.final["accuracy"])
 """
 
+from tunesmith.comparison import CompareResult, compare
 from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelSourceError, RunDirError, TunesmithError
-from tunesmith.run import RunResult, evaluate, finetune, inspect, predict
+from tunesmith.run import RunResult, evaluate, export_onnx, finetune, inspect, predict
+from tunesmith.tuning import LRFindResult, TuneResult, lr_find, tune
 
 __all__ = [
-    "ConfigError", "DataError", "ModelSourceError", "RunConfig", "RunDirError", "RunResult", "TunesmithError",
-    "evaluate", "finetune", "inspect", "load_config", "predict",
+    "CompareResult", "ConfigError", "DataError", "ModelSourceError", "RunConfig", "RunDirError", "RunResult",
+    "TunesmithError", "LRFindResult", "TuneResult",
+    "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict",
 ]
 __version__ = "0.1.0"

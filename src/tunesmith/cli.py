@@ -89,7 +89,8 @@ def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
 @app.command()
 @_user_errors
 def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, run directory or hub id.")],
-             data: Annotated[Path, typer.Option("--data", "-d", help="Labelled CSV/TSV/JSONL/Parquet file.")],
+             data: Annotated[Path, typer.Option("--data", "-d", help="Labelled CSV/TSV/JSONL/Parquet file (images: "
+                                                                      "or a folder of class folders).")],
              set_: SetOption = None) -> None:
     """Score a fine-tuned model on a labelled file."""
     from tunesmith.run import evaluate as run_evaluate
@@ -99,24 +100,42 @@ def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder,
     table = Table(title=f"{model} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "macro_f1", "loss"):
-        table.add_row(key, f"{metrics[key]:.4f}")
+    for key in ("accuracy", "top5_accuracy", "macro_f1", "loss"):
+        if metrics.get(key) is not None:
+            table.add_row(key, f"{metrics[key]:.4f}")
     console.print(table)
     _print_per_class(metrics)
+    _print_confusion(metrics)
 
 
 @app.command()
 @_user_errors
 def predict(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, run directory or hub id.")],
-            data: Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/JSONL/Parquet with the text column.")],
+            data: Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/JSONL/Parquet with the text column, "
+                                                                     "or (images) a folder of images.")],
             output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (.csv or .jsonl).")],
             set_: SetOption = None) -> None:
-    """Predict labels and per-label probabilities for every row of a file."""
+    """Predict labels and per-label probabilities for every row of a file (or every image of a folder)."""
     from tunesmith.run import predict as run_predict
 
     _setup_logging(True)
     path = run_predict(model, str(data), str(output), set_)
     console.print(f"predictions written to {path}")
+
+
+@app.command()
+@_user_errors
+def export(model: Annotated[str, typer.Argument(help="Fine-tuned model folder or run directory.")],
+           data: Annotated[Path, typer.Option("--data", "-d", help="Real inputs to check the export on (images: a folder).")],
+           output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the .onnx file.")],
+           set_: SetOption = None) -> None:
+    """Export to ONNX and check its outputs against PyTorch on real inputs."""
+    from tunesmith.run import export_onnx
+
+    _setup_logging(True)
+    report = export_onnx(model, str(data), str(output), set_)
+    console.print(f"{report['path']}: max abs difference to PyTorch {report['max_abs_diff']:.2e} on {report['rows']} rows, "
+                  f"top-1 agreement {report['top1_agreement']:.4f}")
 
 
 @app.command()
@@ -158,6 +177,88 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="Where the run goes
     console.print(f"\nTry it:  tunesmith predict {result.run_dir} --data your.csv --output predictions.csv")
 
 
+@app.command()
+@_user_errors
+def compare(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+            fractions: Annotated[str | None, typer.Option(help="Learning curve: fractions of the training rows, "
+                                                                "e.g. 0.05,0.1,0.25,0.5,1.0.")] = None,
+            seeds: Annotated[int | None, typer.Option(help="Learning curve: repeats of every point.")] = None,
+            arms: Annotated[str | None, typer.Option(help="Rows: pretrained,probe,finetune,scratch,"
+                                                          "probe_then_finetune.")] = None,
+            set_: SetOption = None,
+            overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier comparison.")] = False,
+            quiet: QuietOption = False) -> None:
+    """Show what fine-tuning bought: pre-trained as is, probe, fine-tune, from scratch; optionally a learning curve."""
+    from tunesmith.comparison import compare as run_compare
+
+    _setup_logging(quiet)
+    overrides = list(set_ or []) + (["overwrite_output_dir=true"] if overwrite else [])
+    overrides += [f"compare.{key}=[{value}]" for key, value in (("fractions", fractions), ("arms", arms)) if value]
+    overrides += [f"compare.seeds={seeds}"] if seeds is not None else []
+    _print_compare(run_compare(config, overrides, quiet=quiet))
+
+
+@app.command()
+@_user_errors
+def tune(config: Annotated[Path, typer.Argument(help="Run config (YAML) with a search section.")],
+         n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials the study should hold.")] = None,
+         timeout_minutes: Annotated[float | None, typer.Option("--timeout-minutes",
+                                                               help="Start no new trial after this long.")] = None,
+         set_: SetOption = None, quiet: QuietOption = False) -> None:
+    """Search learning rate, epochs and the other keys in search.space with Optuna; write the best config."""
+    from tunesmith.tuning import tune as run_tune
+    from tunesmith.tuning.results import table_cells
+
+    _setup_logging(quiet)
+    overrides = list(set_ or []) + [f"search.{key}={value}" for key, value in
+                                    (("n_trials", n_trials), ("timeout_minutes", timeout_minutes)) if value is not None]
+    result = run_tune(config, overrides, quiet=quiet)
+    headers, rows = table_cells(result.trials, result.metric, result.best)
+    table = Table(title=f"study {result.study_name} ({result.storage})")
+    for col in headers:
+        table.add_column(col, justify="left" if col in ("state",) else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"results: {result.results_file}", soft_wrap=True)
+    if result.best is None:
+        console.print("no trial has finished yet, so there is no best config")
+        return
+    console.print(f"best: trial {result.best.number}, validation {result.metric} {result.best.value:.4f}; "
+                  f"model in {result.best_model_dir}", soft_wrap=True)
+    console.print(f"train with these settings: tunesmith train {result.best_config}", soft_wrap=True)
+
+
+@app.command("lr-find")
+@_user_errors
+def lr_find(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+            steps: Annotated[int, typer.Option(help="Optimizer steps from --start-lr to --end-lr.")] = 100,
+            start_lr: Annotated[float, typer.Option(help="First head learning rate.")] = 1e-7,
+            end_lr: Annotated[float, typer.Option(help="Last head learning rate.")] = 1.0,
+            output: Annotated[Path | None, typer.Option(help="Folder for lr_find.png and lr_find.json "
+                                                             "(default <output_dir>/lr_find).")] = None,
+            set_: SetOption = None) -> None:
+    """Learning-rate range test: raise the rate step by step on a throwaway model and suggest one."""
+    from tunesmith.tuning import lr_find as run_lr_find
+
+    _setup_logging(True)
+    result = run_lr_find(config, set_, steps=steps, start_lr=start_lr, end_lr=end_lr, output=output)
+    table = Table(title="implied learning rate per layer group (input to output)")
+    table.add_column("group")
+    table.add_column("learning rate", justify="right")
+    for name, rate in result.group_rates.items():
+        table.add_row(name, "frozen" if rate is None else f"{rate:.2e}")
+    if result.suggested_lr is not None:
+        console.print(table)
+    steepest = f"{result.suggested_lr:.1e}" if result.suggested_lr else "none"
+    at_min = f"{result.min_loss_lr:.1e}" if result.min_loss_lr else "none"
+    console.print(f"suggested learning rate (steepest fall of the loss): {steepest}; minimum / 10: {at_min}; "
+                  f"{len(result.losses)} steps, {result.stopped}")
+    for note in result.warnings:
+        console.print(f"[yellow]less reliable:[/] {note}", highlight=False)
+    console.print(f"plot: {result.plot}", soft_wrap=True)
+
+
 @app.command("config-reference")
 def config_reference() -> None:
     """Print every config key with its default and meaning (Markdown)."""
@@ -177,6 +278,31 @@ def _print_before_after(result) -> None:
     console.print(f"best model: {result.best_model_dir} (step {result.best_step})"
                   f"{', stopped early' if result.stopped_early else ''}; "
                   f"{result.samples_per_second:.1f} training samples/s")
+    console.print(f"report: {result.report}")
+
+
+def _print_compare(result) -> None:
+    from tunesmith.comparison.summary import curve_cells, row_dict, table_cells
+    from tunesmith.report.run_report import scalar_metrics
+
+    metrics = scalar_metrics(result.rows[0].metrics, result.metric)
+    table = Table(title=f"compare ({result.folder}), validation split")
+    for col in ("arm", *metrics, "train s", "wall s", "trainable params"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for row in result.rows:
+        table.add_row(*table_cells(row_dict(row), metrics))
+    console.print(table)
+    if result.curve:
+        headers, rows = curve_cells(result.curve)
+        curve = Table(title=f"learning curve: validation {result.metric}")
+        for col in headers:
+            curve.add_column(col, justify="right")
+        for row in rows:
+            curve.add_row(*row)
+        console.print(curve)
+    if result.labels_saved:
+        console.print(result.labels_saved)
+    console.print(f"report: {result.report}")
 
 
 def _print_per_class(metrics: dict) -> None:
@@ -185,6 +311,19 @@ def _print_per_class(metrics: dict) -> None:
         table.add_column(col, justify="right" if col != "class" else "left")
     for name, v in metrics["per_class"].items():
         table.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(table)
+
+
+def _print_confusion(metrics: dict, most: int = 20) -> None:
+    names = list(metrics["per_class"])
+    if len(names) > most:
+        return  # too wide to read; metrics.jsonl and the report hold it
+    table = Table(title="confusion matrix (rows: true, columns: predicted)")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        table.add_row(name, *(str(v) for v in row))
     console.print(table)
 
 

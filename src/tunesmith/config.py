@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunesmith._config_reporting import CompareConfig, TrackingConfig
+from tunesmith._config_search import SearchConfig
 from tunesmith.errors import ConfigError
 
 
@@ -25,7 +27,20 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     source: str = "demo:minilm"
     """Where the pre-trained weights come from: a hub id (`bert-base-uncased`), a local
-    `save_pretrained` directory, or a `demo:` alias (`demo:minilm`)."""
+    `save_pretrained` directory, or a `demo:` alias (`demo:minilm`). Images: a timm model name
+    (`resnet50.a1_in1k`), a tunesmith run or `best/` folder, a weights file (`.pth`,
+    `.safetensors`) with `architecture`, or `demo:efficientnet-lite0`."""
+    architecture: str | None = None
+    """Images: the timm architecture a local weights file is mapped onto (`efficientnet_lite0`)."""
+    pretrained: bool = True
+    """Load the pre-trained weights; `false` starts the same architecture from random
+    initialization (the from-scratch baseline; text models keep the source's tokenizer)."""
+    train_batchnorm: bool = False
+    """Images: BatchNorm layers in frozen groups keep training (weights and running statistics,
+    as fastai's `train_bn`); by default they stay in eval mode and do not move."""
+    channels_last: Literal["auto"] | bool = "auto"
+    """Images: NHWC memory format for CNNs. `auto` uses it on CUDA GPUs, where it is faster;
+    on CPUs it is usually slower."""
     trust_remote_code: bool = False
     """Allow a model folder to run its own Python code. Off unless you trust the source."""
     dropout: float | None = None
@@ -35,9 +50,10 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     train: str | None = None
-    """Training file: CSV, TSV, JSONL or Parquet (format from the extension)."""
+    """Training file: CSV, TSV, JSONL or Parquet (format from the extension). Images: also a
+    folder with a subfolder per class, or with `train/` and `val/` subfolders of class folders."""
     validation: str | None = None
-    """Validation file. When absent, `validation_split` of the training rows is held out."""
+    """Validation file (or image folder). When absent, `validation_split` of the training rows is held out."""
     validation_split: float = 0.1
     """Fraction of training rows held out for validation (seeded and stratified by label)."""
     text_column: str = "text"
@@ -46,11 +62,18 @@ class DataConfig(_Section):
     """Optional second text column for sentence-pair tasks (e.g. premise/hypothesis)."""
     label_column: str = "label"
     """Column holding the label (names or integers)."""
+    image_column: str = "image"
+    """Images: column holding the image path in a CSV/JSONL file."""
+    image_root: str | None = None
+    """Images: folder that relative paths in `image_column` start from (default: the file's own folder)."""
+    image_size: int | None = Field(None, gt=0)
+    """Images: train and evaluate at this square size instead of the model's pretrained input size
+    (CNNs only; smaller is faster, usually less accurate)."""
     max_length: int = 128
     """Longest input in tokens; longer texts are truncated (and counted in the log)."""
     bad_rows: Literal["skip", "error"] = "skip"
-    """Rows with empty text or a missing label: `skip` drops them with a count and a warning,
-    `error` stops the run and names the rows."""
+    """Rows with empty text or a missing label (images: also unreadable or truncated files):
+    `skip` drops them with a count and a warning, `error` stops the run and names the rows."""
     max_train_samples: int | None = None
     """Train on a seeded random sample of N rows; handy for quick runs."""
     max_eval_samples: int | None = None
@@ -114,13 +137,22 @@ class TrainingConfig(_Section):
     evaluation and when SIGTERM or Ctrl-C stops a run)."""
     save_total_limit: int = 1
     """How many step checkpoints to keep in `checkpoints/` (the best model is kept separately)."""
+    activation_cache: Literal["auto", "off"] = "auto"
+    """Frozen-prefix activation cache: with the first groups frozen for good and inputs that do
+    not change between epochs, record the frozen part's outputs in one epoch and run only the
+    trainable top afterwards (same numbers, less compute). `auto` uses it where it is safe."""
+    activation_cache_max_gb: float = 2.0
+    """Above this size the activation cache lives in a disk-backed memmap in the run directory."""
     nan_policy: Literal["stop", "skip"] = "stop"
     """When the loss or gradients become NaN/inf: `stop` (the update is not applied, the rows are
     written to bad_batches.json, the last good checkpoint kept) or `skip` the update and go on."""
     max_nan_skips: int = 10
     """Under `nan_policy: skip`, stop after this many skipped steps."""
-    dataloader_num_workers: int = 0
-    """Worker processes for data loading (inputs are pre-tokenized, so 0 is usually fastest)."""
+    dataloader_num_workers: int | None = None
+    """Worker processes for data loading. `null` sizes it to the data: 0 for text (pre-tokenized
+    in memory), one per spare CPU core (at most 8) for images, which are decoded on the fly."""
+    auto_find_batch_size: bool = False
+    """GPU: halve the micro-batch until a training step fits in memory, raising accumulation to keep the effective batch."""
 
 
 class StrategyConfig(_Section):
@@ -135,9 +167,27 @@ class StrategyConfig(_Section):
     above times this factor (1.0 = one rate for all; 0.8 is a common choice)."""
 
 
+class AugmentationConfig(_Section):
+    preset: Literal["none", "light", "strong"] = "light"
+    """Images: training augmentation. `none`: resize and centre crop, as in evaluation; `light`:
+    random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
+    (0.08-1), flip, RandAugment and random erasing. Evaluation always resizes and centre-crops."""
+    auto_augment: str | None = None
+    """Replace the preset's policy: a timm string (`rand-m9-mstd0.5-inc1`, `augmix-m5`), `trivial`
+    (TrivialAugment) or `none`."""
+    re_prob: float | None = Field(None, ge=0.0, le=1.0)
+    """Random-erasing probability per image (`null` keeps the preset's: 0.25 for `strong`)."""
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    """Mixup: blend pairs of training images and their labels, mixing weight ~ Beta(alpha, alpha); 0 disables."""
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    """CutMix: paste a box from another training image, box area ~ Beta(alpha, alpha); 0 disables.
+    With both set, each batch uses one of the two at random."""
+
+
 class RunConfig(_Section):
     task: str = "text-classification"
-    """What is being fine-tuned; one of the modules in `tunesmith/tasks/` (`text-classification`)."""
+    """What is being fine-tuned; one of the modules in `tunesmith/tasks/` (`text-classification`,
+    `image-classification`)."""
     output_dir: str = "runs/run"
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False
@@ -153,11 +203,18 @@ class RunConfig(_Section):
     """The optimization loop (names as in Hugging Face TrainingArguments)."""
     strategy: StrategyConfig = StrategyConfig()
     """Which layer groups train when, and at which learning rates."""
+    augmentation: AugmentationConfig = AugmentationConfig()
+    """Random transforms of training images, mixup and cutmix (image tasks)."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking: TensorBoard and MLflow."""
+    compare: CompareConfig = CompareConfig()
+    """`tunesmith compare`: the arms, and the learning curve's fractions and seeds."""
+    search: SearchConfig = SearchConfig()
+    """`tunesmith tune`: the search space, budget, pruning and where the study is stored."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
-        problems = []
-        t, d = self.training, self.data
+        problems, t, d = self.search.problems(self), self.training, self.data  # search: _config_search.py
         from tunesmith.tasks import available_tasks
 
         if self.task not in available_tasks():
@@ -203,7 +260,8 @@ class RunConfig(_Section):
         return t.warmup_ratio, t.warmup_steps
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "strategy": StrategyConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "strategy": StrategyConfig,
+            "augmentation": AugmentationConfig, "tracking": TrackingConfig, "compare": CompareConfig, "search": SearchConfig}
 
 
 def load_config(
@@ -337,6 +395,6 @@ def reference_markdown() -> str:
         out.append(f"\n**{title}**\n\n| key | default | meaning |\n|---|---|---|")
         for name, field in fields.items():
             doc = " ".join((field.description or "").split())
-            out.append(f"| `{name}` | `{yaml.safe_dump(field.default).strip().removesuffix('...').strip()}` | {doc} |")
+            out.append(f"| `{name}` | `{yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix('...').strip()}` | {doc} |")
     return "\n".join(out).strip() + "\n"
 

@@ -55,3 +55,11 @@ class TrainingInterrupted(TunesmithError):
 
 class NonFiniteLossError(TunesmithError):
     """The loss or gradients became NaN or infinite and the policy says stop."""
+
+
+class ExportError(TunesmithError):
+    """A model cannot be exported, or the exported model's outputs differ from PyTorch's."""
+
+
+class GPUMemoryError(TunesmithError):
+    """Even a micro-batch of one example does not fit in GPU memory (`training.auto_find_batch_size`)."""

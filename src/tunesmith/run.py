@@ -6,10 +6,12 @@ returns plain results. The CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,58 +33,95 @@ class RunResult:
     stopped_early: bool
     train_seconds: float
     samples_per_second: float
+    overfitting: str | None = None
+    """The overfitting watch's warning, when the run over-fitted after its best evaluation."""
 
     @property
     def best_model_dir(self) -> Path:
         return self.run_dir / "best"
 
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.html"
 
-def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, quiet: bool = False) -> RunResult:
+
+def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, quiet: bool = False,
+             on_record: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Fine-tunes the configured pre-trained model and writes the run directory.
+
+    `on_record`, if given, sees every metrics record (baseline, train, eval, final) after it is
+    written; an exception it raises (`tunesmith tune` prunes a trial so) ends the run, lock released.
 
     Raises:
         ConfigError, DataError, ModelSourceError, RunDirError: problems the user can fix.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from tunesmith.engine.accelerator import make_accelerator
+    from tunesmith.engine.batch_size import fit_batch_size
     from tunesmith.engine.loop import fit
     from tunesmith.engine.progress import ProgressDisplay
     from tunesmith.engine.run_dir import clear_earlier_run, prepare_run_dir, run_lock
     from tunesmith.report.model_card import write_model_card
+    from tunesmith.report.overfitting import read_records, watch_overfitting
+    from tunesmith.report.run_report import write_run_report
+    from tunesmith.report.tracking import open_trackers
     from tunesmith.tasks import get_task
 
     config = load_config(config, overrides)
     task = get_task(config)
     task.preflight()
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
-    with run_lock(run_dir):
+    accelerator = make_accelerator(config)
+    main = accelerator.is_main_process  # under DDP only the main process writes the run directory
+    with run_lock(run_dir, enabled=main):
         resume_from, restart_epoch = _resume_point(run_dir, config, task)
-        if resume_from is None:
-            clear_earlier_run(run_dir)
-        else:
-            log.info("resuming from %s", resume_from)
-        dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
+        accelerator.wait_for_everyone()
+        if main:
+            if resume_from is None:
+                clear_earlier_run(run_dir)
+            else:
+                log.info("resuming from %s", resume_from)
+        accelerator.wait_for_everyone()
         _quiet_libraries()
         set_seed(config.training.seed)
-        accelerator = Accelerator(mixed_precision=_mixed_precision(config),
-                                  gradient_accumulation_steps=config.training.gradient_accumulation_steps)
         model = task.build_model()
+        config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
+        if main:
+            dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
         facts = task.describe()
         log.info("training on %d rows, validating on %d rows, labels: %s",
                  facts["train"]["rows"], facts["validation"]["rows"], ", ".join(task.label_names))
-        result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet), resume_from, restart_epoch)
-        state = result.state
-        summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,
-                   "train_seconds": state.train_seconds, "stopped_early": state.stopped_early}
-        facts = task.describe()
-        (run_dir / "data.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
-        write_model_card(run_dir / "README.md", config, facts, result.baseline, result.final, summary,
-                         task.card_usage())
-        if (run_dir / "best").exists():
-            shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
+        with open_trackers(config, run_dir, enabled=main) as trackers:
+            result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
+                         restart_epoch, on_record=_chain(trackers, on_record))
+        state, overfitting = result.state, None
+        if main:
+            summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,
+                       "train_seconds": state.train_seconds, "stopped_early": state.stopped_early}
+            facts = task.describe()
+            (run_dir / "data.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
+            write_model_card(run_dir / "README.md", config, facts, result.baseline, result.final, summary,
+                             task.card_usage())
+            if (run_dir / "best").exists():
+                shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
+            overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early)
+            write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
-                     state.train_seconds, state.samples / max(state.train_seconds, 1e-9))
+                     state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting)
+
+
+def _chain(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None] | None:
+    """One record callback calling each given one in order (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def each(record: dict[str, Any]) -> None:
+        for callback in given:
+            callback(record)
+
+    return each
 
 
 def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, bool]:
@@ -133,30 +172,52 @@ def predict(model: str, data: str, output: str, overrides: list[str] | None = No
     return out
 
 
+def export_onnx(model: str, data: str, output: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Exports a fine-tuned model to ONNX and checks its outputs against PyTorch on the rows of `data`
+    (for images: a folder of images or a CSV/JSONL of paths)."""
+    from tunesmith.export.onnx import export_and_check
+
+    config = _inference_config(model, overrides, validation=data)
+    task, model_obj, accelerator, loader = _inference_setup(config, labelled=False)
+    return export_and_check(task, accelerator.unwrap_model(model_obj), loader, Path(output))
+
+
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
-    return load_config({"model": {"source": model}, "data": {"validation": validation}}, overrides)
+    return load_config({"task": _saved_task(model), "model": {"source": model}, "data": {"validation": validation}},
+                       overrides)
+
+
+def _saved_task(model: str) -> str:
+    """The task a run directory (or its `best/`) was trained for; the default task otherwise."""
+    import yaml
+
+    path = Path(model).expanduser()
+    for saved in (path / "config.yaml", path.parent / "config.yaml" if path.name == "best" else None):
+        if saved is not None and saved.is_file():
+            with contextlib.suppress(yaml.YAMLError, OSError, AttributeError):
+                task = yaml.safe_load(saved.read_text(encoding="utf-8")).get("task")
+                if isinstance(task, str):
+                    return task
+    return RunConfig.model_fields["task"].default
 
 
 def _inference_setup(config: RunConfig, labelled: bool):
-    from accelerate import Accelerator
-
-    from tunesmith.data.labelled import load_labelled
+    from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batching import make_loader
     from tunesmith.tasks import get_task
 
     task = get_task(config)
-    d = config.data
     if labelled:
         task.preflight()
     else:
-        task.eval_rows = load_labelled(d.validation, task.input_columns, None, d.bad_rows)
+        task.eval_rows = task.unlabelled_rows(config.data.validation)
     _quiet_libraries()
     model = task.load_trained()
     if labelled:
         from tunesmith.data.labelled import check_known_labels
 
         check_known_labels(task.eval_rows, task.label_names)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config))
+    accelerator = make_accelerator(config)
     data = task.dataset(task.eval_rows, train=False, labelled=labelled)
     loader = make_loader(data, task.collate, config.training.per_device_eval_batch_size, 0, train=False,
                          lengths=task.lengths(data))
@@ -191,17 +252,6 @@ def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None =
          "trains_in_epoch": [i >= low for low in lowest]}
         for i, (g, lr) in enumerate(zip(groups, rates))
     ]
-
-
-def _mixed_precision(config: RunConfig) -> str:
-    import torch
-
-    choice = config.training.mixed_precision
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def _quiet_libraries() -> None:

@@ -83,3 +83,50 @@ def test_duplicates_and_validation_leaks_are_counted(tmp_path, caplog):
     counts = duplicates_and_leaks(train, val)
     assert counts == {"train_duplicates": 1, "train_conflicting_duplicates": 1, "validation_rows_in_train": 1}
     assert "1 validation rows also occur in the training data (lines 2)" in caplog.text
+
+
+def imbalanced_rows(n_a: int = 60, n_b: int = 20):
+    from tunesmith.data.labelled import LabelledRows
+
+    labels = ["a"] * n_a + ["b"] * n_b
+    return LabelledRows("mem", {"text": [f"row {i}" for i in range(len(labels))]}, labels, list(range(2, len(labels) + 2)))
+
+
+def test_learning_curve_fractions_are_nested_and_stratified():
+    from tunesmith.data.labelled import nested_fractions
+
+    rows = imbalanced_rows()
+    subsets = nested_fractions(rows, [1.0, 0.1, 0.25, 0.5], seed=7)
+    assert list(subsets) == [0.1, 0.25, 0.5, 1.0]
+    texts = [set(s.inputs["text"]) for s in subsets.values()]
+    assert all(small < large for small, large in zip(texts, texts[1:]))  # strictly nested
+    assert [Counter(s.labels) for s in subsets.values()] == [
+        {"a": 6, "b": 2}, {"a": 15, "b": 5}, {"a": 30, "b": 10}, {"a": 60, "b": 20}]  # 3:1 kept
+    assert subsets[1.0].inputs == rows.inputs  # all rows, in file order
+    lines = subsets[0.25].lines
+    assert lines == sorted(lines) and all(rows.lines[rows.inputs["text"].index(t)] == n
+                                          for t, n in zip(subsets[0.25].inputs["text"], lines))
+
+
+def test_learning_curve_fractions_depend_on_the_seed_and_keep_every_label():
+    from tunesmith.data.labelled import nested_fractions
+
+    rows = imbalanced_rows(60, 3)
+    first, again, other = (nested_fractions(rows, [0.1], seed) for seed in (1, 1, 2))
+    assert first[0.1].inputs == again[0.1].inputs and first[0.1].inputs != other[0.1].inputs
+    assert Counter(first[0.1].labels) == {"a": 6, "b": 1}  # a rare label keeps at least one row
+
+
+def test_learning_curve_fractions_outside_zero_one_are_refused():
+    from tunesmith.data.labelled import nested_fractions
+
+    with pytest.raises(DataError, match=r"fractions must be in \(0, 1\], got \[1.5, 0\]"):
+        nested_fractions(imbalanced_rows(), [0.5, 1.5, 0], seed=0)
+
+
+def test_rows_written_as_jsonl_read_back_the_same(tmp_path):
+    from tunesmith.data.labelled import write_jsonl
+
+    rows = load_labelled(csv_file(tmp_path, 'text,label\n"a, quoted ""x""",pos\nünïcode,neg\n'), ["text"], "label", "skip")
+    again = load_labelled(write_jsonl(rows, "label", tmp_path / "sub" / "rows.jsonl"), ["text"], "label", "skip")
+    assert again.inputs == rows.inputs and again.labels == rows.labels

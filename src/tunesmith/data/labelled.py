@@ -203,3 +203,38 @@ def sample(rows: LabelledRows, limit: int | None, seed: int) -> LabelledRows:
         return rows
     rng = np.random.default_rng(seed)
     return rows.subset(sorted(rng.permutation(len(rows))[:limit]))
+
+
+def nested_fractions(rows: LabelledRows, fractions: list[float], seed: int) -> dict[float, LabelledRows]:
+    """Stratified, nested subsets for a learning curve: {fraction: rows}.
+
+    Each label's rows are shuffled once with `seed`, and fraction f keeps the first
+    round(f * n) rows of every label (at least one). Every subset therefore keeps the label
+    proportions, holds every smaller subset drawn with the same seed, and keeps file order.
+
+    Raises:
+        DataError: a fraction outside (0, 1].
+    """
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise DataError(f"learning-curve fractions must be in (0, 1], got {bad}; e.g. --fractions 0.1,0.5,1.0")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(rows.labels)
+    shuffled = [rng.permutation(np.flatnonzero(labels == name)) for name in sorted(set(rows.labels))]
+    subsets = {}
+    for fraction in sorted(set(fractions)):
+        keep = [i for order in shuffled for i in order[: max(1, int(fraction * len(order) + 0.5))]]
+        subsets[fraction] = rows.subset(sorted(keep))
+    return subsets
+
+
+def write_jsonl(rows: LabelledRows, label_column: str, path: Path) -> Path:
+    """Writes rows as JSONL (their input columns and `label_column`), as `load_labelled` reads them."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(len(rows)):
+            record = {column: values[i] for column, values in rows.inputs.items()}
+            f.write(json.dumps({**record, label_column: rows.labels[i]}, ensure_ascii=False) + "\n")
+    return path

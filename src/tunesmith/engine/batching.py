@@ -72,9 +72,16 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed: int, train: bool,
-                lengths: Sequence[int] | None = None, group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
+                lengths: Sequence[int] | None = None, group_by_length: bool = True,
+                num_workers: int | None = None, with_index: bool = False) -> DataLoader:
     """A DataLoader with a `GroupedBatchSampler`; evaluation batches are unshuffled (length-sorted
-    when lengths are given). Without lengths, batching falls back to plain seeded shuffling."""
+    when lengths are given). Without lengths, batching falls back to plain seeded shuffling.
+    `num_workers=None` takes the dataset's `preferred_workers` (0 when it has none: in-memory rows).
+    `with_index` adds each batch's row indices as `batch["_index"]` (the activation cache keys on them)."""
+    if num_workers is None:
+        num_workers = getattr(dataset, "preferred_workers", 0)
+    if with_index:
+        dataset, collate = _Indexed(dataset), _IndexedCollate(collate)
     grouped = group_by_length and lengths is not None
     lengths = lengths if lengths is not None else [0] * len(dataset)
     sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped)
@@ -82,3 +89,27 @@ def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed
     # (which would shift dropout after a resume).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed))
+
+
+class _Indexed:
+    """A dataset whose items carry their index. It deliberately has no `set_epoch`: Accelerate
+    calls that with its own iteration count, and the loop sets the epoch on the real dataset."""
+
+    def __init__(self, dataset: Sequence[Any]):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class _IndexedCollate:
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[int, Any]]) -> dict[str, Any]:
+        batch = self.collate([item for _, item in items])
+        batch["_index"] = torch.tensor([index for index, _ in items], dtype=torch.long)
+        return batch

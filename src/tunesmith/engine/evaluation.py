@@ -1,11 +1,14 @@
 """Evaluation: run a model over a loader and score it with the task's metrics.
 
-Outputs are gathered across processes and returned in the loader's row order mapped back to
-the original order, so predictions line up with the input file.
+Outputs are gathered across processes and mapped back to the original row order, so predictions
+line up with the input file. Batches are split between processes (see engine/accelerator.py), so
+gathering one batch from all processes gives its rows in the sampler's order.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,8 @@ def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Acc
     """Returns (outputs in original row order, labels or None, mean loss or None)."""
     was_training = model.training
     model.eval()
-    outputs, labels, loss_sum, count = [], [], torch.zeros((), device=accelerator.device), 0
+    outputs, labels = [], []
+    loss_sum, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for batch in loader:
         if "labels" in batch:
             loss, out = task.loss(model, batch)
@@ -32,23 +36,35 @@ def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Acc
         outputs.append(accelerator.gather_for_metrics(out.float()).cpu())
     if was_training:
         model.train()
-    order = np.array([i for b in loader.batch_sampler for i in b]) if _single(accelerator) else None
-    stacked = torch.cat(outputs).numpy()
-    y = torch.cat(labels).numpy() if labels else None
-    if order is not None:
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        stacked = stacked[inverse]
-        y = y[inverse] if y is not None else None
-    mean_loss = float(accelerator.reduce(loss_sum, "sum").item() / max(1, count * accelerator.num_processes)) if labels else None
-    return stacked, y, mean_loss
+    order = np.array([i for b in _sampler(loader).epoch_batches() for i in b])
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    stacked = torch.cat(outputs).numpy()[inverse]
+    y = torch.cat(labels).numpy()[inverse] if labels else None
+    if not labels:
+        return stacked, None, None
+    return stacked, y, float(accelerator.reduce(loss_sum, "sum") / accelerator.reduce(count, "sum").clamp(min=1))
 
 
-def _single(accelerator: Accelerator) -> bool:
-    return accelerator.num_processes == 1
+def _sampler(loader: DataLoader):
+    """tunesmith's GroupedBatchSampler, also when Accelerate has wrapped it for several processes."""
+    sampler = loader.batch_sampler
+    return getattr(sampler, "batch_sampler", sampler)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator) -> dict[str, Any]:
-    """Loss plus the task's metrics on a labelled loader."""
+def evaluate(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
+             predictions_file: Path | None = None) -> dict[str, Any]:
+    """Loss plus the task's metrics on a labelled loader of `task.eval_rows`; with
+    `predictions_file`, also writes each row's prediction there (for the report's worst examples)."""
     outputs, labels, loss = collect_outputs(model, loader, task, accelerator)
+    if predictions_file is not None:
+        write_predictions(predictions_file, task, outputs)
     return {"loss": loss, **task.metrics(outputs, labels)}
+
+
+def write_predictions(path: Path, task, outputs: np.ndarray) -> None:
+    """One JSONL record per evaluated row: its file line, the true label and the task's prediction."""
+    rows = task.eval_rows
+    with path.open("w", encoding="utf-8") as f:
+        for line, true, record in zip(rows.lines, rows.labels, task.predictions(rows, outputs)):
+            f.write(json.dumps({"line": line, "true_label": true, **record}, ensure_ascii=False) + "\n")

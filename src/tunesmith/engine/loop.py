@@ -10,9 +10,11 @@ uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled betwee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
+from tunesmith.engine.activation_cache import ActivationCache, plan_cache
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.checkpoint import atomic_folder, load_checkpoint, save_checkpoint
 from tunesmith.engine.evaluation import evaluate
@@ -65,29 +68,35 @@ class FitResult:
 
 
 def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
-        resume_from: Path | None = None, restart_epoch: bool = False) -> FitResult:
+        resume_from: Path | None = None, restart_epoch: bool = False,
+        on_record: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     t, s = config.training, config.strategy
     metric, greater = t.metric_for_best_model, config.greater_is_better
     groups = task.layer_groups(model)
     train_data, eval_data = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
-    train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size, t.seed, train=True,
+    world = accelerator.num_processes  # loaders build whole-world batches; Accelerate splits them
+    train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
                                lengths=task.lengths(train_data), group_by_length=t.group_by_length,
-                               num_workers=t.dataloader_num_workers)
-    eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
+                               num_workers=t.dataloader_num_workers, with_index=True)
+    eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
                               lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     sampler = train_loader.batch_sampler
     steps_per_epoch = max(1, math.ceil(len(sampler) / t.gradient_accumulation_steps))
     total_steps = t.max_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
-    optimizer = _make_optimizer(groups, config)
-    scheduler = _make_scheduler(optimizer, config, total_steps, accelerator.num_processes)
+    optimizer = make_optimizer(groups, config)
+    scheduler = _make_scheduler(optimizer, config, total_steps)
     state = LoopState(label_names=list(task.label_names))
+    cache = _activation_cache(config, task, model, groups, train_data, world, run_dir,
+                              epochs=math.ceil(total_steps / steps_per_epoch))
     if resume_from is not None:
         state = _resume(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
-    history = History(run_dir / "metrics.jsonl", keep_until_step=state.global_step if resume_from else None)
+    main = accelerator.is_main_process
+    history = History(run_dir / "metrics.jsonl", keep_until_step=state.global_step if resume_from else None, write=main,
+                      on_append=on_record)
 
     def record(phase: str, results: dict[str, Any], **extra: Any) -> dict[str, Any]:
         entry = {"phase": phase, "step": state.global_step, "epoch": round(state.global_step / steps_per_epoch, 4),
@@ -102,8 +111,11 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         clock[0] = time.perf_counter()
         state.running_loss = float(running_loss)
         saved = {**asdict(state), "steps_per_epoch": steps_per_epoch, "rng": capture_rng()}
-        return save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
-                               saved, t.save_total_limit)
+        path = run_dir / "checkpoints" / f"step-{state.global_step}"
+        if main:
+            save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
+                            saved, t.save_total_limit)
+        return path
 
     baseline = history.find("baseline") or record("baseline", evaluate(model, eval_loader, task, accelerator))
     best_entry = history.find_step("eval", state.best_step)
@@ -119,10 +131,13 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
             sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
             if hasattr(train_data, "set_epoch"):
                 train_data.set_epoch(state.epoch)
+            cache_mode = _cache_mode(cache, state.lowest_trainable)
             for batch in train_loader:
                 state.batch_in_epoch += 1
+                indices = batch.pop("_index")
                 with accelerator.accumulate(model):
-                    loss, _ = task.loss(model, batch)
+                    with _cached(cache, cache_mode, indices, batch, accelerator.device):
+                        loss, _ = task.loss(model, batch)
                     accelerator.backward(loss)
                     window_loss += loss.detach()
                     if accelerator.sync_gradients:
@@ -153,26 +168,31 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                 train_loss = None
                 if (log_due or due) and state.running_count:
                     # One host-device sync per logging interval, not per step.
-                    train_loss = (running_loss / (state.running_count * t.gradient_accumulation_steps)).item()
+                    mean = running_loss / (state.running_count * t.gradient_accumulation_steps)
+                    train_loss = (accelerator.reduce(mean, "mean") if world > 1 else mean).item()
                     running_loss.zero_()
                     state.running_count = 0
                 if log_due:
-                    record("train", {"train_loss": train_loss, "lr": scheduler.get_last_lr()[-1]})
+                    record("train", {"train_loss": train_loss, "lr": scheduler.get_last_lr()[-1],
+                                     "lrs": _group_rates(optimizer)})
                     display.update(state.global_step, state.global_step / steps_per_epoch, train_loss,
                                    scheduler.get_last_lr()[-1])
                 if due:
                     entry = record("eval", evaluate(model, eval_loader, task, accelerator), train_loss=train_loss,
                                    lr=scheduler.get_last_lr()[-1],
-                                   trainable_groups=[g.name for g in groups[state.lowest_trainable:]])
+                                   trainable_groups=[g.name for g in groups[state.lowest_trainable:]],
+                                   trainable_params=sum(g.num_params for g in groups[state.lowest_trainable:]))
                     if _improved(entry, state, metric, greater, t.early_stopping_threshold):
                         best_entry = entry
-                        _save_best(task, accelerator.unwrap_model(model), run_dir)
+                        if main:
+                            _save_best(task, accelerator.unwrap_model(model), run_dir)
                     if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
                         state.stopped_early = True
                         display.note(f"early stopping: {metric} has not improved for {state.evals_without_improvement} "
                                      f"evaluations (best {state.best_metric:.4f} at step {state.best_step})")
                 if epoch_done:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                stop_request.agree(accelerator)  # one all-reduce per step, only under DDP
                 if due or (t.save_steps and state.global_step % t.save_steps == 0) or stop_request:
                     path = checkpoint()
                 if stop_request:
@@ -184,14 +204,43 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                     break
     display.stop()
     state.train_seconds += time.perf_counter() - clock[0]
+    accelerator.wait_for_everyone()  # the main process has finished writing best/
     if best_entry is not None and (run_dir / "best").exists():
         _restore_best(accelerator.unwrap_model(model), run_dir)
-    final = record("final", evaluate(model, eval_loader, task, accelerator), best_step=state.best_step,
+    predictions = run_dir / "predictions_validation.jsonl" if main else None
+    final = record("final", evaluate(model, eval_loader, task, accelerator, predictions), best_step=state.best_step,
                    nan_skips=state.nan_skips)
     return FitResult(baseline, best_entry, final, state, steps_per_epoch)
 
 
-def _make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
+def _activation_cache(config: RunConfig, task, model, groups, train_data, world: int, run_dir: Path,
+                      epochs: int) -> ActivationCache | None:
+    s = config.strategy
+    depths = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
+    depth = plan_cache(config, task, groups, train_data, world, depths)
+    if not depth:
+        return None
+    return ActivationCache(groups, depth, task.lengths(train_data), model.config.hidden_size,
+                           config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
+
+
+def _cache_mode(cache: ActivationCache | None, lowest_trainable: int) -> str | None:
+    """`replay` when the cache is full for this epoch's frozen prefix, `record` while it fills."""
+    if cache is None or lowest_trainable != cache.depth:
+        return None
+    return "replay" if cache.complete else "record"
+
+
+def _cached(cache: ActivationCache | None, mode: str | None, indices: torch.Tensor, batch, device):
+    if mode == "record":
+        return cache.record(indices)
+    if mode == "replay":
+        return cache.replay(indices, batch["input_ids"].shape[1], device)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over the layer groups with their discriminative rates (also used by `tunesmith lr-find`)."""
     t = config.training
     params = optimizer_param_groups(groups, t.learning_rate, config.strategy.layer_lr_decay, t.weight_decay)
     kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
@@ -201,12 +250,12 @@ def _make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
-def _make_scheduler(optimizer, config: RunConfig, total_steps: int, processes: int):
+def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
     ratio, steps = config.warmup
     warmup = steps if steps is not None else int(ratio * total_steps)
-    # Accelerate steps a prepared scheduler once per process per optimizer step.
-    return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup * processes,
-                         num_training_steps=total_steps * processes)
+    # With split batches (engine/accelerator.py) Accelerate steps the scheduler once per step.
+    return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)
 
 
 def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopState:
@@ -278,6 +327,11 @@ def _restore_best(model, run_dir: Path) -> None:
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
         raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
+
+
+def _group_rates(optimizer) -> dict[str, float]:
+    """The current learning rate of each layer group (its `.no_decay` twin has the same rate)."""
+    return {g["group_name"].removesuffix(".no_decay"): g["lr"] for g in optimizer.param_groups}
 
 
 def _summary(phase: str, entry: dict[str, Any]) -> str:

@@ -55,7 +55,8 @@ def prepare_run_dir(path: str | Path, overwrite: bool, resuming: bool = False) -
 
 
 def clear_earlier_run(run_dir: Path) -> None:
-    for marker in RUN_MARKERS + ("bad_batches.json", "README.md", "data.json"):
+    for marker in RUN_MARKERS + ("bad_batches.json", "README.md", "data.json", "report.html", "plots",
+                                 "predictions_validation.jsonl", "tensorboard", "mlruns"):
         target = run_dir / marker
         if target.is_dir():
             shutil.rmtree(target)
@@ -64,11 +65,15 @@ def clear_earlier_run(run_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     """Holds `run_dir/.lock` for the duration of a run; a second live run on the folder is refused.
 
-    A lock left by a process that no longer exists (a crash or kill -9) is taken over.
+    A lock left by a process that no longer exists (a crash or kill -9) is taken over. Under DDP
+    only the main process holds it (`enabled` is False for the others).
     """
+    if not enabled:
+        yield
+        return
     lock = run_dir / LOCK
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

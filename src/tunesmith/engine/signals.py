@@ -19,6 +19,15 @@ class StopRequest:
     def __bool__(self) -> bool:
         return self.signal is not None
 
+    def agree(self, accelerator) -> None:
+        """Under DDP, a signal seen by any process stops all of them at the same step."""
+        if accelerator.num_processes == 1:
+            return
+        import torch
+
+        seen = torch.tensor(self.signal or 0, device=accelerator.device)
+        self.signal = int(accelerator.reduce(seen, "max")) or None
+
     @property
     def exit_code(self) -> int:
         return 128 + (self.signal or 0)

@@ -8,7 +8,7 @@ stack of layers (the longest `ModuleList`), and everything else (pooler, classif
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -20,6 +20,9 @@ class LayerGroup:
     name: str
     modules: list[nn.Module]
     params: list[tuple[str, nn.Parameter]]
+    train_when_frozen: list[nn.Module] = field(default_factory=list)
+    """Modules inside `modules` that keep training while the group is frozen (BatchNorm under
+    `model.train_batchnorm`)."""
 
     @property
     def num_params(self) -> int:

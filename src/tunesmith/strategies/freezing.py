@@ -43,3 +43,6 @@ def apply_freezing(model: nn.Module, groups: list[LayerGroup], lowest_trainable:
         if not trainable:
             for module in group.modules:
                 module.eval()
+            for module in group.train_when_frozen:
+                module.train()
+                module.requires_grad_(True)

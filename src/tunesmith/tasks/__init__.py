@@ -35,6 +35,9 @@ class Task(Protocol):
     def preflight(self) -> None:
         """Reads and checks all data; raises DataError before any weights load."""
 
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        """Rows to predict (no labels) from a file, or whatever else the task reads (an image folder)."""
+
     def build_model(self) -> nn.Module:
         """Loads the pre-trained backbone with this task's head."""
 

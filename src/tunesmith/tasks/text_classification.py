@@ -39,6 +39,7 @@ log = logging.getLogger("tunesmith")
 @register_task("text-classification")
 class TextClassificationTask:
     primary_metrics = ("accuracy", "macro_f1")
+    supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -77,6 +78,9 @@ class TextClassificationTask:
         check_known_labels(val, self.label_names)
         self.eval_rows = sample(val, d.max_eval_samples, seed)
 
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        return load_labelled(path, self.input_columns, None, self.config.data.bad_rows)
+
     def _label_names_from_model(self) -> list[str]:
         from transformers import AutoConfig
 
@@ -100,20 +104,25 @@ class TextClassificationTask:
     # ---- model ------------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """The source's encoder with a head for these labels; under `model.pretrained: false` the
+        same architecture from random initialization, with the source's tokenizer."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        trust = self.config.model.trust_remote_code
+        kwargs = from_pretrained_kwargs(self.resolved, trust)
         names = self.label_names
+        head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                "label2id": {n: i for i, n in enumerate(names)}, **self._dropout_overrides()}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+            if not self.config.model.pretrained:
+                model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
+                return AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=trust)
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.resolved.location,
-                num_labels=len(names),
-                id2label=dict(enumerate(names)),
-                label2id={n: i for i, n in enumerate(names)},
                 # A source fine-tuned on other labels has a head of another size: replace it.
                 ignore_mismatched_sizes=True,
-                **self._dropout_overrides(),
+                **head,
                 **kwargs,
             )
         except ModelSourceError:

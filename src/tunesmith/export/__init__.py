@@ -1,0 +1,1 @@
+"""Exporting fine-tuned models to other runtimes (ONNX), each format checked against PyTorch."""

@@ -1,0 +1,156 @@
+"""The run report: `report.html` in every run directory, one static page that reads offline.
+
+Sections: the run at a glance (data, model, settings, the full config), the pre-trained model
+against the fine-tuned one, the overfitting watch, the curves (loss, metrics, learning rate per
+layer group, which groups trained when), the confusion matrix, the validation examples the model
+got most wrong, and the per-class table. It is built from what the run directory already holds
+(`metrics.jsonl`, `data.json`, `predictions_validation.jsonl`, `config.yaml`); the plots are also
+saved as PNG files under `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RunConfig
+from tunesmith.report.html import Raw, esc, image, page, signed, table, thumbnail
+from tunesmith.report.overfitting import read_records
+from tunesmith.report.run_plots import run_plots
+
+# Record keys that are bookkeeping, not metrics.
+NOT_METRICS = {"step", "epoch", "time", "train_loss", "lr", "best_step", "nan_skips", "trainable_params"}
+WORST_SHOWN = 10
+
+
+def scalar_metrics(record: dict[str, Any], first: str | None = None) -> list[str]:
+    """The numeric metric names of a record (`first` leading), e.g. accuracy, macro_f1, loss."""
+    names = [k for k, v in record.items() if k not in NOT_METRICS and isinstance(v, int | float)
+             and not isinstance(v, bool)]
+    return sorted(names, key=lambda k: (k != first, k == "loss"))
+
+
+def write_run_report(run_dir: Path, config: RunConfig, summary: dict[str, Any], overfitting: str | None) -> Path:
+    """Writes `report.html` and `plots/*.png` for a finished run; returns the report's path."""
+    records = read_records(run_dir / "metrics.jsonl")
+    baseline = next((r for r in records if r["phase"] == "baseline"), {})
+    final = next((r for r in records if r["phase"] == "final"), {})
+    metrics = scalar_metrics(final, config.training.metric_for_best_model)
+    plots = run_plots(records, run_dir / "plots", [m for m in metrics if m != "loss"])
+    data = json.loads((run_dir / "data.json").read_text(encoding="utf-8")) if (run_dir / "data.json").exists() else {}
+    sections = [
+        ("run", "The run", _run_section(run_dir, config, data, summary)),
+        ("results", "Before and after fine-tuning", _results_section(baseline, final, metrics, config)),
+        ("overfitting", "Overfitting watch", _overfitting_section(overfitting)),
+        ("curves", "Curves", _curves_section(plots)),
+        ("confusion-matrix", "Confusion matrix", _plot_or_note(plots, "confusion_matrix", "no confusion matrix")),
+        ("worst-examples", "Worst-predicted validation examples",
+         _worst_section(run_dir / "predictions_validation.jsonl")),
+        ("per-class", "Per class", _per_class_section(final)),
+    ]
+    subtitle = f"{config.task} · {config.model.source} · {run_dir}"
+    path = run_dir / "report.html"
+    path.write_text(page(f"tunesmith run report: {run_dir.name}", subtitle, sections), encoding="utf-8")
+    return path
+
+
+def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary: dict[str, Any]) -> str:
+    t, s, m = config.training, config.strategy, config.model
+    rows: list[list[Any]] = [
+        ["model", f"{m.source}" + ("" if m.pretrained else " (random initialization, model.pretrained: false)")],
+        ["labels", ", ".join(data.get("labels", []))],
+    ]
+    for split in ("train", "validation"):
+        if isinstance(data.get(split), dict):
+            info = data[split]
+            rows.append([f"{split} rows", f"{info['rows']:,} from {info['source']}"
+                         + (f" ({info['skipped']} skipped)" if info.get("skipped") else "")])
+    rows += [
+        ["trained", f"{summary.get('steps', 0)} steps, {summary.get('epochs', 0):.2f} epochs, "
+                    f"{summary.get('train_seconds', 0):.0f} s" + ("; stopped early" if summary.get("stopped_early") else "")],
+        ["learning rate", f"{t.learning_rate:g} (head), layer decay {s.layer_lr_decay:g}, {t.lr_scheduler_type} schedule"],
+        ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {s.gradual_unfreezing}"],
+        ["batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation"],
+        ["regularization", f"weight decay {t.weight_decay:g}, label smoothing {t.label_smoothing_factor:g}, "
+                           f"dropout {m.dropout if m.dropout is not None else 'as pre-trained'}"],
+        ["best model by", f"validation {t.metric_for_best_model}, early stopping patience {t.early_stopping_patience}"],
+        ["seed", t.seed],
+    ]
+    saved = run_dir / "config.yaml"
+    full = saved.read_text(encoding="utf-8") if saved.exists() else ""
+    return table(["", ""], rows, numeric_from=9) + (
+        f"\n<details><summary>full config (config.yaml)</summary><pre>{esc(full)}</pre></details>" if full else "")
+
+
+def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: list[str], config: RunConfig) -> str:
+    if not final:
+        return "<p>The run has no final evaluation.</p>"
+    rows = []
+    for name in metrics:
+        before, after = baseline.get(name), final[name]
+        change = signed(after - before, name != "loss") if isinstance(before, int | float) else ""
+        rows.append([name, f"{before:.4f}" if isinstance(before, int | float) else "", f"{after:.4f}", change])
+    note = (f"<p>Validation split, {config.training.metric_for_best_model} selects the best model. "
+            "<i>Pre-trained</i> is the model before any training (with a new, untrained head where the "
+            "source has none for these labels); <i>fine-tuned</i> is the best checkpoint, kept in best/.</p>")
+    return note + table(["metric", "pre-trained", "fine-tuned", "change"], rows)
+
+
+def _overfitting_section(message: str | None) -> str:
+    if message:
+        return f'<p class="warn">{esc(message)}</p>'
+    return ('<p class="ok">No overfitting seen: no evaluation after the best one scored worse with a wider gap '
+            "between validation and training loss.</p>")
+
+
+def _curves_section(plots: dict[str, Path]) -> str:
+    captions = {
+        "loss": ("Training loss (per logging step) and validation loss (per evaluation)", ""),
+        "metrics": ("Validation metrics per evaluation", "epoch 0 is the pre-trained model; the dashed line marks the best"),
+        "learning_rates": ("Learning rate of each layer group", "warm-up, decay, and the per-group factors"),
+        "trainable_groups": ("Which layer groups trained at each evaluation", "frozen groups stay as pre-trained"),
+    }
+    parts = [image(plots[name], alt, caption) for name, (alt, caption) in captions.items() if name in plots]
+    if not parts:
+        return "<p>No curves: the run logged no evaluations.</p>"
+    return '<div class="grid">\n' + "\n".join(parts) + "\n</div>"
+
+
+def _plot_or_note(plots: dict[str, Path], name: str, note: str) -> str:
+    return image(plots[name], name.replace("_", " ")) if name in plots else f"<p>{esc(note)}</p>"
+
+
+def _worst_section(path: Path) -> str:
+    if not path.exists():
+        return "<p>No validation predictions were saved.</p>"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in records:
+        r["_p_true"] = r.get(f"prob_{r['true_label']}", 0.0)
+    wrong = sum(r["label"] != r["true_label"] for r in records)
+    worst = sorted(records, key=lambda r: r["_p_true"])[:WORST_SHOWN]
+    inputs = [k for k in worst[0] if k not in ("line", "true_label", "label", "score", "_p_true")
+              and not k.startswith("prob_")] if worst else []
+    rows = [[r["line"], *[_input_cell(r[k]) for k in inputs], r["true_label"], r["label"], f"{r['_p_true']:.3f}"]
+            for r in worst]
+    note = (f"<p>{wrong} of {len(records)} validation rows are misclassified by the best model. These are the "
+            f"{len(worst)} with the lowest probability on their true label (line: where the row is in its file).</p>")
+    return note + table(["line", *inputs, "true", "predicted", "p(true)"], rows, numeric_from=len(inputs) + 3)
+
+
+def _input_cell(value: Any) -> Any:
+    text = str(value)
+    if Path(text).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
+        thumb = thumbnail(text)
+        if thumb:
+            return Raw(f"{thumb}<br><small>{esc(Path(text).name)}</small>")
+    return Raw(f'<div class="text">{esc(text[:400] + ("…" if len(text) > 400 else ""))}</div>')
+
+
+def _per_class_section(final: dict[str, Any]) -> str:
+    per_class = final.get("per_class") or {}
+    if not per_class:
+        return "<p>No per-class results.</p>"
+    rows = [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+            for name, v in per_class.items()]
+    return table(["class", "precision", "recall", "F1", "support"], rows)

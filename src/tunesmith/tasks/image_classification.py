@@ -1,0 +1,224 @@
+"""Image classification on a timm backbone: your photos, ImageNet weights, one new head.
+
+Rows are image paths with a label, read from class folders or a CSV/JSONL of paths
+(`tunesmith.data.images`); every image is decoded in the preflight, before any weights load.
+The model comes from `tunesmith.models.timm_models` (timm names, hub, local weights files with a
+checked key map, `demo:efficientnet-lite0`), its mean, std, input size and crop from its own
+pretrained config. Training images get the augmentation preset and optional mixup/cutmix
+(`tunesmith.strategies.augmentation`), all keyed on (seed, epoch, index); evaluation resizes and
+centre-crops. `best/` is `model.safetensors` + timm's `config.json`, loadable by plain timm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.data.images import ImageDataset, check_images, read_images, split_folders
+from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of, sample, stratified_split
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
+from tunesmith.report.classification_metrics import classification_metrics
+from tunesmith.strategies.augmentation import eval_transform, key_seed, mix_batch, mixes, train_transform
+from tunesmith.tasks import register_task
+
+log = logging.getLogger("tunesmith")
+
+
+@register_task("image-classification")
+class ImageClassificationTask:
+    primary_metrics = ("accuracy", "macro_f1")
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.image_key = config.data.image_column
+        self.train_rows: LabelledRows | None = None
+        self.eval_rows: LabelledRows | None = None
+        self.label_names: list[str] = []
+        self.bad_images: dict[str, list[dict[str, Any]]] = {}
+        self.data_config: dict[str, Any] = {}  # mean, std, input_size, crop_pct, interpolation
+        self.channels_last = False
+
+    # ---- data -------------------------------------------------------------------------------
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [self.image_key]
+
+    def preflight(self) -> None:
+        """Reads the rows, splits them, and decodes every image that will be used."""
+        d, seed = self.config.data, self.config.training.seed
+        if d.train is None and d.validation is None:
+            raise DataError("no data given: set data.train (an image folder or a CSV/JSONL of paths)")
+        if d.train is not None:
+            train_path, val_path = d.train, d.validation
+            pair = split_folders(Path(d.train)) if val_path is None and Path(d.train).is_dir() else None
+            if pair:
+                train_path, val_path = pair
+            train = self._read(train_path)
+            if val_path is None:
+                train, val = stratified_split(train, d.validation_split, seed)
+            else:
+                val = self._read(val_path)
+            self.label_names = label_names_of(train)
+            self.train_rows = self._checked("train", sample(train, d.max_train_samples, seed))
+        else:
+            self.label_names = self._label_names_from_model()
+            val = self._read(d.validation)
+        check_known_labels(val, self.label_names)
+        self.eval_rows = self._checked("validation", sample(val, d.max_eval_samples, seed))
+
+    def _read(self, path: str | Path, labelled: bool = True) -> LabelledRows:
+        d = self.config.data
+        return read_images(path, self.image_key, d.label_column, d.image_root, d.bad_rows, labelled=labelled)
+
+    def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
+        kept, self.bad_images[split] = check_images(rows, self.image_key, self.config.data.bad_rows)
+        return kept
+
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        """Images to predict: a folder (searched recursively) or a CSV/JSONL with `image_column`."""
+        return self._checked("predict", self._read(path, labelled=False))
+
+    def _label_names_from_model(self) -> list[str]:
+        import json
+
+        source = self.config.model.source
+        if source.startswith("demo:") or not Path(source).expanduser().exists():
+            raise DataError(f"no training data, and {source!r} has no label names of its own: set data.train, or "
+                            "evaluate a fine-tuned model (a run directory or its best/ folder)")
+        config = json.loads((timm_folder(Path(source).expanduser()) / "config.json").read_text(encoding="utf-8"))
+        return list(config.get("label_names") or [])
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"labels": self.label_names}
+        for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
+            if rows is not None:
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
+                                "label_counts": dict(Counter(rows.labels))}
+        facts["unusable_images"] = self.bad_images
+        facts["preprocessing"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
+        return facts
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        m = self.config.model
+        model = create_timm_model(m.source, len(self.label_names), m.architecture, m.pretrained)
+        return self._prepare(model)
+
+    def load_trained(self) -> nn.Module:
+        """Loads a fine-tuned model as saved (head and label names included), for evaluate/predict."""
+        model, self.label_names = load_timm(Path(self.config.model.source).expanduser())
+        return self._prepare(model)
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        from timm.data import resolve_model_data_config
+
+        size = self.config.data.image_size
+        if size and model.pretrained_cfg.get("fixed_input_size"):
+            raise ConfigError([f"data.image_size: {model.pretrained_cfg.get('architecture')} takes a fixed input size "
+                               f"{tuple(model.pretrained_cfg['input_size'][1:])}; remove data.image_size"])
+        self.data_config = resolve_model_data_config(model, args={"img_size": size} if size else None)
+        choice = self.config.model.channels_last
+        self.channels_last = torch.cuda.is_available() if choice == "auto" else bool(choice)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return timm_layer_groups(model, self.config.model.train_batchnorm)
+
+    def card_usage(self) -> str:
+        return (
+            "```python\nimport timm, torch\nfrom PIL import Image\n"
+            'model = timm.create_model("local-dir:path/to/best", pretrained=True).eval()\n'
+            "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))\n"
+            'labels = model.pretrained_cfg["label_names"]\n'
+            'probs = model(transform(Image.open("photo.jpg").convert("RGB"))[None]).softmax(-1)\n```'
+        )
+
+    def save(self, model: nn.Module, folder: str) -> None:
+        save_timm(model, folder, self.label_names, self.data_config)
+
+    # ---- tensors ----------------------------------------------------------------------------
+
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> ImageDataset:
+        """Images decoded on access; training ones augmented with draws keyed on (seed, epoch, index)."""
+        ids = {n: i for i, n in enumerate(self.label_names)}
+        labels = [ids[label] for label in rows.labels] if labelled else None
+        if train:
+            transform = train_transform(self.data_config, self.config.augmentation)
+            return ImageDataset(rows.inputs[self.image_key], labels, transform, seed=self.config.training.seed)
+        return ImageDataset(rows.inputs[self.image_key], labels, eval_transform(self.data_config))
+
+    def lengths(self, dataset: ImageDataset) -> None:
+        return None
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """(B, C, H, W) pixels and (B,) labels; training batches under mixup/cutmix also get
+        (B, num_classes) soft `targets`, drawn from a generator keyed on (seed, epoch, first row)."""
+        batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
+        if "labels" not in features[0]:
+            return batch
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        aug = self.config.augmentation
+        if "epoch" in features[0] and mixes(aug):
+            rng = np.random.default_rng(key_seed(self.config.training.seed, features[0]["epoch"], features[0]["index"]))
+            batch["pixel_values"], batch["targets"] = mix_batch(
+                batch["pixel_values"], batch["labels"], len(self.label_names), aug,
+                self.config.training.label_smoothing_factor, rng)
+        return batch
+
+    # ---- loss, metrics, predictions ---------------------------------------------------------
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pixels = batch["pixel_values"]
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return model(pixels)  # (B, num_classes)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(model, batch)
+        weight = self._class_weights(logits.device)
+        if "targets" in batch:  # mixed batch: soft targets already carry the label smoothing
+            return F.cross_entropy(logits.float(), batch["targets"], weight=weight), logits
+        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
+                               label_smoothing=self.config.training.label_smoothing_factor)
+        return loss, logits
+
+    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
+        if self.config.training.class_weights != "balanced" or self.train_rows is None:
+            return None
+        if not hasattr(self, "_weights"):
+            counts = Counter(self.train_rows.labels)
+            n, k = len(self.train_rows), len(self.label_names)
+            self._weights = torch.tensor([n / (k * max(1, counts[name])) for name in self.label_names])
+        return self._weights.to(device)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Top-1 accuracy, macro F1, per-class table, confusion matrix; top-5 with more than 5 classes."""
+        results = classification_metrics(outputs.argmax(-1), labels, self.label_names)
+        if len(self.label_names) > 5:
+            top5 = np.argsort(-outputs, axis=-1)[:, :5]
+            results["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=1).mean()) if len(labels) else 0.0
+        return results
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """One record per image: its path, the predicted label and the probability of each label."""
+        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
+        records = []
+        for path, p in zip(rows.inputs[self.image_key], probs):
+            record = {self.image_key: path, "label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}
+            record.update({f"prob_{n}": round(float(v), 6) for n, v in zip(self.label_names, p)})
+            records.append(record)
+        return records

@@ -1,0 +1,62 @@
+"""The frozen-prefix activation cache gives the same run as no cache, and really skips the prefix."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunesmith
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["phase"], r["step"], r.get("train_loss"), r.get("loss")) for r in rows]
+
+
+@pytest.mark.parametrize("freeze", [1, 2])
+def test_cached_run_equals_uncached_run(tiny_config, tmp_path, caplog, freeze):
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    tiny_config["training"].update(num_train_epochs=3, early_stopping_patience=None, learning_rate=3e-3)
+    tiny_config["strategy"] = {"freeze": freeze}
+    tiny_config["model"]["dropout"] = 0.1  # dropout in the trained top must draw the same masks
+    cached = tunesmith.finetune(tiny_config, quiet=True).run_dir
+    assert "activation cache:" in caplog.text
+    tiny_config["output_dir"] = str(tmp_path / "uncached")
+    tiny_config["training"]["activation_cache"] = "off"
+    uncached = tunesmith.finetune(tiny_config, quiet=True).run_dir
+    for a, b in zip(losses(cached), losses(uncached), strict=True):
+        assert a[:2] == b[:2]
+        for x, y in zip(a[2:], b[2:]):
+            assert x == y if y is None else x == pytest.approx(y, rel=1e-5, abs=1e-6)
+    one, two = load_file(str(cached / "best" / "model.safetensors")), load_file(str(uncached / "best" / "model.safetensors"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def test_replayed_epochs_skip_the_frozen_prefix(tiny_config, monkeypatch):
+    from transformers.models.bert.modeling_bert import BertEmbeddings
+
+    calls = {"train": 0}
+    original = BertEmbeddings.forward
+
+    def counting(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # training forward passes (evaluation runs under no_grad)
+            calls["train"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertEmbeddings, "forward", counting)
+    tiny_config["training"].update(num_train_epochs=3, early_stopping_patience=None)
+    tiny_config["strategy"] = {"freeze": 2}
+    tunesmith.finetune(tiny_config, quiet=True)
+    assert calls["train"] == 6  # 6 batches in the recording epoch, none in the two replayed epochs
+
+
+def test_cache_is_off_with_gradual_unfreezing_that_never_settles(tiny_config, caplog):
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    tiny_config["training"].update(num_train_epochs=3)
+    tiny_config["strategy"] = {"gradual_unfreezing": True}  # 4 groups: frozen prefix 3, 2, 1
+    tunesmith.finetune(tiny_config, quiet=True)
+    assert "activation cache:" not in caplog.text
