@@ -7,7 +7,7 @@ Run by hand (not a test), from the repository root, with ../shared/data beside i
 
 Each mode runs in its own subprocess, so its peak memory (max RSS of the training process and of
 its data-loader workers) is its own. Prints a Markdown table for benchmarks/RESULTS.md and writes
-the raw numbers to benchmarks/results/hymenoptera.json.
+the raw numbers to benchmarks/out/hymenoptera.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_one(mode: str, output_root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--output-root", default="/tmp/tunesmith-bench-hymenoptera")
+    parser.add_argument("--output-root", default=str(REPO / "benchmarks" / "out" / "runs" / "hymenoptera"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -97,8 +97,8 @@ def main() -> None:
             sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{mode}: done", file=sys.stderr)
-    out = REPO / "benchmarks" / "results" / "hymenoptera.json"
-    out.parent.mkdir(exist_ok=True)
+    out = REPO / "benchmarks" / "out" / "hymenoptera.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     print("| run | val accuracy (best epoch) | last epoch | before training | train time | samples/s | peak RSS (main / loader worker) |")

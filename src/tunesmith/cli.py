@@ -100,12 +100,13 @@ def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder,
     table = Table(title=f"{model} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "top5_accuracy", "macro_f1", "loss"):
+    for key in ("f1", "precision", "recall", "accuracy", "top5_accuracy", "macro_f1", "exact_match", "loss", "perplexity"):
         if metrics.get(key) is not None:
             table.add_row(key, f"{metrics[key]:.4f}")
     console.print(table)
-    _print_per_class(metrics)
-    _print_confusion(metrics)
+    if "per_class" in metrics:  # classification tasks
+        _print_per_class(metrics)
+        _print_confusion(metrics)
 
 
 @app.command()
@@ -136,6 +137,19 @@ def export(model: Annotated[str, typer.Argument(help="Fine-tuned model folder or
     report = export_onnx(model, str(data), str(output), set_)
     console.print(f"{report['path']}: max abs difference to PyTorch {report['max_abs_diff']:.2e} on {report['rows']} rows, "
                   f"top-1 agreement {report['top1_agreement']:.4f}")
+
+
+@app.command()
+@_user_errors
+def merge(run: Annotated[Path, typer.Argument(help="Run directory trained with lora.enabled.")],
+          set_: SetOption = None) -> None:
+    """Merge a LoRA run's adapter into the weights (best/merged/), checked on validation rows."""
+    from tunesmith.run import merge as merge_run
+
+    _setup_logging(True)
+    check = merge_run(run, set_)
+    console.print(f"{run / 'best' / 'merged'}: max abs difference to the adapter model {check['max_abs_diff']:.2e} "
+                  f"on {check['rows']} rows")
 
 
 @app.command()
@@ -271,7 +285,9 @@ def _print_before_after(result) -> None:
     table = Table(title=f"validation results ({result.run_dir})")
     for col in ("metric", "pre-trained", "fine-tuned", "change"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for key in ("accuracy", "macro_f1", "loss"):
+    for key in ("f1", "accuracy", "macro_f1", "exact_match", "loss", "perplexity"):
+        if key not in result.final:
+            continue  # f1: entity-level, token-classification only; exact_match, perplexity: causal-lm
         before, after = result.baseline[key], result.final[key]
         table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     console.print(table)
@@ -316,7 +332,7 @@ def _print_per_class(metrics: dict) -> None:
 
 def _print_confusion(metrics: dict, most: int = 20) -> None:
     names = list(metrics["per_class"])
-    if len(names) > most:
+    if len(names) > most or "confusion_matrix" not in metrics:
         return  # too wide to read; metrics.jsonl and the report hold it
     table = Table(title="confusion matrix (rows: true, columns: predicted)")
     table.add_column("")

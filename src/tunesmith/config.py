@@ -8,7 +8,7 @@ file are reported together as one `ConfigError`.
 
 from __future__ import annotations
 
-import difflib
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunesmith._config_reporting import CompareConfig, TrackingConfig
+from tunesmith._config_augmentation import AugmentationConfig
+from tunesmith._config_errors import describe_error
+from tunesmith._config_llm import CausalLMConfig, LoraConfig
 from tunesmith._config_search import SearchConfig
 from tunesmith.errors import ConfigError
+
+
+# Metrics of tasks reporting more than accuracy and macro_f1; the first is their default metric_for_best_model.
+TASK_METRICS = {"token-classification": ("f1", "precision", "recall", "accuracy", "macro_f1"), "causal-lm": ("loss", "exact_match")}
 
 
 class _Section(BaseModel):
@@ -78,6 +85,12 @@ class DataConfig(_Section):
     """Train on a seeded random sample of N rows; handy for quick runs."""
     max_eval_samples: int | None = None
     """Validate on a seeded random sample of N rows."""
+    tokens_column: str = "tokens"
+    """Token classification: JSONL key of each sentence's word list (CoNLL files: the first column)."""
+    tags_column: str = "tags"
+    """Token classification: JSONL key of the BIO/BIOES tags, one per word (CoNLL files: the last column)."""
+    label_all_subtokens: bool = False
+    """Token classification: train on every sub-token of a word (B- continued as I-), not only the first."""
 
 
 class TrainingConfig(_Section):
@@ -119,7 +132,9 @@ class TrainingConfig(_Section):
     """Optimizer steps between evaluations when `eval_strategy: steps`."""
     metric_for_best_model: str = "accuracy"
     """Validation metric that selects the best checkpoint and drives early stopping:
-    `accuracy`, `macro_f1` or `loss`."""
+    `accuracy`, `macro_f1` or `loss`. token-classification: entity-level `f1` (its default when
+    unset), `precision`, `recall`, `macro_f1` (over entity types), `accuracy` (per word) or `loss`.
+    causal-lm: `loss` (its default) or `exact_match` of generated answers."""
     early_stopping_patience: int | None = 3
     """Stop after this many evaluations without improvement; `null` never stops early."""
     early_stopping_threshold: float = 0.0
@@ -167,27 +182,10 @@ class StrategyConfig(_Section):
     above times this factor (1.0 = one rate for all; 0.8 is a common choice)."""
 
 
-class AugmentationConfig(_Section):
-    preset: Literal["none", "light", "strong"] = "light"
-    """Images: training augmentation. `none`: resize and centre crop, as in evaluation; `light`:
-    random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
-    (0.08-1), flip, RandAugment and random erasing. Evaluation always resizes and centre-crops."""
-    auto_augment: str | None = None
-    """Replace the preset's policy: a timm string (`rand-m9-mstd0.5-inc1`, `augmix-m5`), `trivial`
-    (TrivialAugment) or `none`."""
-    re_prob: float | None = Field(None, ge=0.0, le=1.0)
-    """Random-erasing probability per image (`null` keeps the preset's: 0.25 for `strong`)."""
-    mixup_alpha: float = Field(0.0, ge=0.0)
-    """Mixup: blend pairs of training images and their labels, mixing weight ~ Beta(alpha, alpha); 0 disables."""
-    cutmix_alpha: float = Field(0.0, ge=0.0)
-    """CutMix: paste a box from another training image, box area ~ Beta(alpha, alpha); 0 disables.
-    With both set, each batch uses one of the two at random."""
-
-
 class RunConfig(_Section):
     task: str = "text-classification"
     """What is being fine-tuned; one of the modules in `tunesmith/tasks/` (`text-classification`,
-    `image-classification`)."""
+    `image-classification`, `token-classification`, `causal-lm`)."""
     output_dir: str = "runs/run"
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False
@@ -211,6 +209,10 @@ class RunConfig(_Section):
     """`tunesmith compare`: the arms, and the learning curve's fractions and seeds."""
     search: SearchConfig = SearchConfig()
     """`tunesmith tune`: the search space, budget, pruning and where the study is stored."""
+    lora: LoraConfig = LoraConfig()
+    """Parameter-efficient fine-tuning with LoRA/DoRA adapters (peft), and QLoRA."""
+    causal_lm: CausalLMConfig = CausalLMConfig()
+    """causal-lm: the chat/prompt-response keys, packing, and generated answers."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
@@ -225,10 +227,13 @@ class RunConfig(_Section):
             problems.append("training.eval_strategy is 'steps' but training.eval_steps is not set")
         if not 0.0 < d.validation_split < 1.0:
             problems.append(f"data.validation_split must be between 0 and 1, got {d.validation_split}")
-        if t.metric_for_best_model not in ("accuracy", "macro_f1", "loss"):
+        metrics = TASK_METRICS.get(self.task, ("accuracy", "macro_f1")) + ("loss",)
+        if "metric_for_best_model" not in t.model_fields_set:
+            t.metric_for_best_model = metrics[0]
+        if t.metric_for_best_model not in metrics:
             problems.append(
                 f"training.metric_for_best_model: unknown metric {t.metric_for_best_model!r}; "
-                "choose one of accuracy, macro_f1, loss"
+                f"choose one of {', '.join(metrics)}"
             )
         if isinstance(self.strategy.freeze, int) and self.strategy.freeze < 0:
             problems.append("strategy.freeze must be 'none', 'head_only' or a non-negative integer")
@@ -261,7 +266,8 @@ class RunConfig(_Section):
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "strategy": StrategyConfig,
-            "augmentation": AugmentationConfig, "tracking": TrackingConfig, "compare": CompareConfig, "search": SearchConfig}
+            "augmentation": AugmentationConfig, "tracking": TrackingConfig, "compare": CompareConfig, "search": SearchConfig,
+            "lora": LoraConfig, "causal_lm": CausalLMConfig}
 
 
 def load_config(
@@ -282,7 +288,7 @@ def load_config(
     if isinstance(source, RunConfig):
         raw = source.model_dump()
     elif isinstance(source, dict):
-        raw = dict(source)
+        raw = copy.deepcopy(source)  # overrides must not change the caller's nested dicts
     elif source is None:
         raw = {}
     else:
@@ -297,7 +303,7 @@ def validate_dict(raw: dict[str, Any], label: str | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()], label) from None
+        raise ConfigError([describe_error(err) for err in exc.errors()], label) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -340,47 +346,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError([f"override {item!r}: {part!r} is not a section"])
         node = child
     node[parts[-1]] = value
-
-
-def _describe(err: dict[str, Any]) -> str:
-    """Turns one pydantic error into a message naming the key, the value and a fix."""
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("int", "literal", "constrained"))]
-    key = ".".join(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return _unknown_key(loc)
-    if kind == "value_error" and not key:
-        return str(err["msg"]).removeprefix("Value error, ")
-    value = err.get("input")
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    expected = err["msg"]
-    if kind == "literal_error":
-        expected = expected.replace("Input should be", "must be one of")
-    return f"{key}: {value!r} is not valid ({expected})"
-
-
-def _unknown_key(loc: list[str]) -> str:
-    *parents, name = loc
-    schema: type[BaseModel] = RunConfig
-    for p in parents:
-        schema = SECTIONS.get(p, schema)
-    valid = list(schema.model_fields)
-    where = ".".join(parents) or "top level"
-    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    if not hint and not parents:
-        # A bare training key at the top level: point to its section.
-        owners = [f"{s}.{name}" for s, sec in SECTIONS.items() if name in sec.model_fields]
-        hint = owners[:1]
-    if not hint:
-        # A key put in the wrong section.
-        for s, sec in SECTIONS.items():
-            close = difflib.get_close_matches(name, list(sec.model_fields), n=1, cutoff=0.75)
-            if close:
-                hint = [f"{s}.{close[0]}"]
-                break
-    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(valid)}"
-    return f"{'.'.join(loc)}: unknown key in {where}{suggestion}"
 
 
 def dump_config(config: RunConfig, path: Path) -> None:

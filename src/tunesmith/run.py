@@ -59,6 +59,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batch_size import fit_batch_size
+    from tunesmith.engine.memory_estimate import check_memory
     from tunesmith.engine.loop import fit
     from tunesmith.engine.progress import ProgressDisplay
     from tunesmith.engine.run_dir import clear_earlier_run, prepare_run_dir, run_lock
@@ -66,9 +67,11 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.overfitting import read_records, watch_overfitting
     from tunesmith.report.run_report import write_run_report
     from tunesmith.report.tracking import open_trackers
+    from tunesmith.strategies.lora import apply_lora, check_lora
     from tunesmith.tasks import get_task
 
     config = load_config(config, overrides)
+    check_lora(config)
     task = get_task(config)
     task.preflight()
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
@@ -85,8 +88,9 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         accelerator.wait_for_everyone()
         _quiet_libraries()
         set_seed(config.training.seed)
-        model = task.build_model()
+        model = apply_lora(task.build_model(), config)  # unchanged unless lora.enabled
         config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
+        check_memory(task, model, config, accelerator)  # warns when the run will not fit
         if main:
             dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
         facts = task.describe()
@@ -106,6 +110,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             if (run_dir / "best").exists():
                 shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
             overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early)
+            if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
+                merge_lora(task, accelerator.unwrap_model(model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
                      state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting)
@@ -122,6 +128,39 @@ def _chain(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dic
             callback(record)
 
     return each
+
+
+def merge_lora(task, model, best: Path, rows: int = 8) -> dict[str, Any]:
+    """Writes `best/merged/` from a LoRA model holding the best adapter, checked on `rows` validation rows."""
+    from tunesmith.strategies.lora import merge_best
+
+    data = task.dataset(task.eval_rows.subset(list(range(min(rows, len(task.eval_rows))))), train=False)
+    return merge_best(model, task, task.collate(data), best)
+
+
+def merge(run: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`tunesmith merge`: folds a LoRA run's adapter (`best/`) into the weights in `best/merged/`.
+
+    Rebuilds the base model from the run's config, loads the adapter, and checks that merged and
+    adapter outputs agree on validation rows; returns that check (`max_abs_diff` and more).
+
+    Raises:
+        RunDirError: `run` is not a run directory with a LoRA adapter in `best/`.
+    """
+    from tunesmith.errors import RunDirError
+    from tunesmith.strategies.lora import load_adapter
+    from tunesmith.tasks import get_task
+
+    run_dir = Path(run).expanduser()
+    if not (run_dir / "best" / "adapter_config.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir} is not a run trained with lora.enabled: expected config.yaml and "
+                          "best/adapter_config.json in it")
+    config = load_config(run_dir / "config.yaml", overrides)
+    task = get_task(config)
+    task.preflight()
+    _quiet_libraries()
+    model = load_adapter(task.build_model(), run_dir / "best")
+    return merge_lora(task, model, run_dir / "best")
 
 
 def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, bool]:
@@ -213,7 +252,7 @@ def _inference_setup(config: RunConfig, labelled: bool):
         task.eval_rows = task.unlabelled_rows(config.data.validation)
     _quiet_libraries()
     model = task.load_trained()
-    if labelled:
+    if labelled and task.label_names:  # causal-lm answers are free text, not classes
         from tunesmith.data.labelled import check_known_labels
 
         check_known_labels(task.eval_rows, task.label_names)
@@ -241,7 +280,9 @@ def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None =
     task = get_task(config)
     _quiet_libraries()
     task.label_names = task.label_names or ["0", "1"]
-    model = task.build_model()
+    from tunesmith.strategies.lora import apply_lora
+
+    model = apply_lora(task.build_model(), config)
     groups = task.layer_groups(model)
     s, t = config.strategy, config.training
     rates = group_learning_rates(len(groups), t.learning_rate, s.layer_lr_decay)

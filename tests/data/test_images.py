@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunesmith.data.images import ImageDataset, check_images, open_rgb, read_images, split_folders
+from tunesmith.data.images import ImageDataset, check_images, image_problem, open_rgb, read_images, split_folders
 from tunesmith.errors import DataError
 
 
@@ -87,21 +87,36 @@ def test_missing_file_in_a_table(images):
     assert len(kept) == 1 and problems == [{"path": str(images / "red/gone.jpg"), "problem": "file not found"}]
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK"])
-def test_every_mode_becomes_rgb(tmp_path, mode):
-    path = tmp_path / f"image-{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+@pytest.mark.parametrize("mode, suffix", [("L", "png"), ("P", "png"), ("RGBA", "png"), ("LA", "png"), ("1", "png"),
+                                          ("I;16", "png"), ("I;16B", "tif"), ("I", "tif"), ("CMYK", "jpg"),
+                                          ("CMYK", "tif"), ("YCbCr", "tif"), ("LAB", "tif"), ("RGB", "webp")])
+def test_every_mode_becomes_rgb(tmp_path, mode, suffix):
+    path = tmp_path / f"image-{mode.replace(';', '')}.{suffix}"
     base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8))
-    if mode == "I;16":
-        image = Image.fromarray(np.full((8, 10), 40000, dtype=np.uint16))
-    elif mode == "P":
-        image = base.convert("P")
+    sixteen_bit = {"I;16": np.uint16, "I;16B": ">u2", "I": np.int32}
+    if mode in sixteen_bit:
+        image = Image.fromarray(np.full((8, 10), 40000, dtype=sixteen_bit[mode]))
     else:
         image = base.convert(mode)
     image.save(path)
+    assert Image.open(path).mode == mode
+    assert image_problem(str(path)) is None  # the preflight passes exactly what the loader can convert
     rgb = open_rgb(path)
     assert rgb.mode == "RGB" and rgb.size == (10, 8)
-    if mode == "I;16":
+    if mode in sixteen_bit:
         assert rgb.getpixel((0, 0)) == (156, 156, 156)  # 40000 / 256
+
+
+def test_a_decompression_bomb_is_listed_not_decoded(images, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 40x48 test photos are then over twice the limit
+    rows = read_images(images, "image", "label", None, "skip")
+    with pytest.raises(DataError, match=r"none of the 24 images can be read .*too large \(Image size \(\d+ pixels\) "
+                                        r"exceeds limit"):
+        check_images(rows, "image", "skip")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # 40x48 .. 51x48: only the larger ones are over twice
+    kept, bad = check_images(rows, "image", "skip")
+    assert kept.skipped == len(bad) > 0 and all(p["problem"].startswith("too large") for p in bad)
+    assert all(open_rgb(p).size[0] * open_rgb(p).size[1] <= 2200 for p in kept.inputs["image"])
 
 
 def test_transparent_pixels_become_white(tmp_path):

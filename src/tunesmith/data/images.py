@@ -33,19 +33,32 @@ SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "valid", 
 
 def open_rgb(path: str | Path):
     """Decodes an image as 8-bit RGB, upright (EXIF orientation applied)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = image.point(lambda v: v * (1 / 256)).convert("L")  # 16-bit grey -> 8-bit
-        if image.mode in ("RGBA", "LA", "PA"):
-            background = Image.new("RGB", image.size, (255, 255, 255))
-            background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-            return background
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image):
+    """A decoded image as 8-bit RGB: EXIF rotation applied, 16-bit grey scaled down, transparency over white.
+
+    Raises:
+        ValueError, OSError: the image's mode or data cannot be converted.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float64)  # (H, W), any byte order
+        image = Image.fromarray((values / 256).clip(0, 255).astype(np.uint8), "L")  # 16-bit grey -> 8-bit
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
 
 
 def split_folders(folder: Path) -> tuple[Path, Path] | None:
@@ -156,13 +169,14 @@ def image_problem(path: str) -> str | None:
             # Decoding at reduced scale still reads the whole compressed stream, so truncation shows.
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+            to_rgb(image)  # the conversion the data loader will do, so an unconvertible mode shows here
     except FileNotFoundError:
         return "file not found"
     except UnidentifiedImageError:
         return "not an image (or a format Pillow cannot read)"
     except Image.DecompressionBombError as exc:
         return f"too large ({exc})"
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt files; any means unusable
         return f"unreadable ({exc})"
     return None
 

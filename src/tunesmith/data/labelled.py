@@ -148,8 +148,9 @@ def check_known_labels(rows: LabelledRows, label_names: list[str]) -> None:
     known = set(label_names)
     unseen: dict[str, list[int]] = {}
     for label, line in zip(rows.labels, rows.lines):
-        if label not in known:
-            unseen.setdefault(label, []).append(line)
+        for name in label if isinstance(label, list) else [label]:  # sequence tasks: one label per token
+            if name not in known and unseen.get(name, [None])[-1] != line:
+                unseen.setdefault(name, []).append(line)
     if unseen:
         listed = "; ".join(
             f"{label!r} (lines {', '.join(map(str, lines[:5]))}{' ...' if len(lines) > 5 else ''})"

@@ -67,8 +67,25 @@ def _read_delimited(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot parse as {'TSV' if tsv else 'CSV'}: {_first_line(exc)}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty; it needs a header row and at least one data row") from None
-    frame.index = range(2, len(frame) + 2)
+    frame.index = _record_lines(path, tsv, len(frame))
     return frame
+
+
+def _record_lines(path: Path, tsv: bool, rows: int) -> list[int]:
+    """The file line where each data row starts (after blank lines and quoted line breaks), or
+    2, 3, ... when the file cannot be followed line by line the way pandas read it."""
+    starts, previous = [], 0
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        try:
+            for record in reader:
+                # pandas skips blank lines, including a lone cell of spaces
+                if record and not (len(record) == 1 and record[0] and not record[0].strip(" \t")):
+                    starts.append(previous + 1)
+                previous = reader.line_num
+        except csv.Error:
+            starts = []
+    return starts[1:] if len(starts) == rows + 1 else list(range(2, rows + 2))
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:

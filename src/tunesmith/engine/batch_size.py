@@ -42,7 +42,7 @@ def fit_batch_size(task, model, config: RunConfig, accelerator: Accelerator) -> 
         log.debug("auto_find_batch_size: %s is not a CUDA device; keeping per_device_train_batch_size=%d",
                   accelerator.device, t.per_device_train_batch_size)
         return config
-    examples = _longest_examples(task, t.per_device_train_batch_size)
+    examples = longest_examples(task, t.per_device_train_batch_size)
     fits = largest_fitting(lambda size: probe(task, model, examples[:size], accelerator, config),
                            t.per_device_train_batch_size, accelerator)
     if accelerator.num_processes > 1:
@@ -125,7 +125,7 @@ def forward_backward(task, model, batch: dict[str, Any], accelerator: Accelerato
     loss.backward()
 
 
-def _longest_examples(task, count: int) -> list[Any]:
+def longest_examples(task, count: int) -> list[Any]:
     """Model inputs of the `count` longest training rows (by characters), longest first: the
     batch that needs the most memory. Only these rows are encoded."""
     rows = task.train_rows

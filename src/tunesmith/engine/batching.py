@@ -1,9 +1,13 @@
 """Batches: length-grouped, seeded and epoch-keyed, so less padding is computed and runs repeat.
 
-Each epoch's order is a pure function of (seed, epoch): a permutation of the rows is cut into
-mega-batches of 50 batches, each mega-batch is sorted by length and cut into batches, and the
-batches are shuffled. Rows of similar length then share a batch, which on short-text data like
-SST-2 cuts the padded tokens several-fold, while batches still arrive in random order.
+Each epoch's order is a pure function of (seed, epoch, effective batch): a permutation of the
+rows is cut into mega-batches of 50 optimizer-step batches, each mega-batch is sorted by length
+and cut into step batches, and the step batches are shuffled. Rows of similar length then share a
+batch, which on short-text data like SST-2 cuts the padded tokens several-fold, while batches
+still arrive in random order. Each step batch is then cut into micro-batches (gradient
+accumulation), so how a step is split never changes which rows it holds: a run at micro-batch 8
+with accumulation 4 sees the rows of a run at 32 x 1, and a run whose micro-batch is halved after
+running out of memory (engine/oom.py) continues on the same rows.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Yields lists of row indices; call `start_epoch` before each epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 group_by_length: bool = True, mega_batch: int = 50):
+                 group_by_length: bool = True, mega_batch: int = 50, accumulation: int = 1):
+        """`batch_size` is the micro-batch; `accumulation` micro-batches make one optimizer step."""
         self.lengths = list(lengths)
         self.batch_size = batch_size
+        self.accumulation = accumulation
         self.seed = seed
         self.shuffle = shuffle
         self.group_by_length = group_by_length
@@ -38,10 +44,20 @@ class GroupedBatchSampler(Sampler[list[int]]):
         """Ignored: Accelerate calls this with its own count of iterations, which restarts at 0
         after a resume. The training loop owns the epoch and sets it with `start_epoch`."""
 
+    def resize(self, batch_size: int, accumulation: int) -> None:
+        """Splits each step batch into `accumulation` micro-batches of `batch_size` from now on."""
+        self.batch_size, self.accumulation = batch_size, accumulation
+
+    @property
+    def step_size(self) -> int:
+        """Rows per optimizer step (micro-batch x accumulation)."""
+        return self.batch_size * self.accumulation
+
     @property
     def num_batches(self) -> int:
-        """Batches in a whole epoch."""
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        """Micro-batches in a whole epoch."""
+        full, rest = divmod(len(self.lengths), self.step_size)
+        return full * self.accumulation + -(-rest // self.batch_size)
 
     def __len__(self) -> int:
         return self.num_batches - self.skip
@@ -54,37 +70,42 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return list(self._batches())
 
     def _batches(self) -> Iterator[list[int]]:
-        n = len(self.lengths)
+        for step in self._step_batches():
+            yield from (step[i : i + self.batch_size] for i in range(0, len(step), self.batch_size))
+
+    def _step_batches(self) -> list[list[int]]:
+        n, size = len(self.lengths), self.step_size
         if not self.shuffle:
             order = sorted(range(n), key=lambda i: self.lengths[i]) if self.group_by_length else list(range(n))
-            yield from (order[i : i + self.batch_size] for i in range(0, n, self.batch_size))
-            return
+            return [order[i : i + size] for i in range(0, n, size)]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=generator).tolist()
         if self.group_by_length:
-            span = self.batch_size * self.mega_batch
+            span = size * self.mega_batch
             order = [i for s in range(0, n, span) for i in sorted(order[s : s + span], key=lambda j: -self.lengths[j])]
-        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        batches = [order[i : i + size] for i in range(0, n, size)]
         if self.group_by_length:
             batch_order = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[i] for i in batch_order]
-        yield from batches
+        return batches
 
 
 def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed: int, train: bool,
                 lengths: Sequence[int] | None = None, group_by_length: bool = True,
-                num_workers: int | None = None, with_index: bool = False) -> DataLoader:
+                num_workers: int | None = None, with_index: bool = False, accumulation: int = 1) -> DataLoader:
     """A DataLoader with a `GroupedBatchSampler`; evaluation batches are unshuffled (length-sorted
     when lengths are given). Without lengths, batching falls back to plain seeded shuffling.
     `num_workers=None` takes the dataset's `preferred_workers` (0 when it has none: in-memory rows).
-    `with_index` adds each batch's row indices as `batch["_index"]` (the activation cache keys on them)."""
+    `with_index` adds each batch's row indices as `batch["_index"]` (the activation cache keys on them).
+    `accumulation`: micro-batches per optimizer step (the order depends on `batch_size x accumulation` only)."""
     if num_workers is None:
         num_workers = getattr(dataset, "preferred_workers", 0)
     if with_index:
         dataset, collate = _Indexed(dataset), _IndexedCollate(collate)
     grouped = group_by_length and lengths is not None
     lengths = lengths if lengths is not None else [0] * len(dataset)
-    sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped)
+    sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped,
+                                  accumulation=accumulation)
     # An own generator, so creating an epoch's iterator never draws from the global torch RNG
     # (which would shift dropout after a resume).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,

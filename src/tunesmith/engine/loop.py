@@ -5,7 +5,8 @@ per-group learning rates; it evaluates per epoch or every N steps, keeps the bes
 step checkpoints, stops early when the chosen metric stalls, and finally restores the best
 weights. A checkpoint captures the whole loop (position in the epoch, running sums, random
 generators, early-stopping and unfreezing state), so a resumed run continues exactly as an
-uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled between steps.
+uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled between steps; out of
+memory in a step redoes that step's rows in smaller micro-batches (engine/oom.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tunesmith.engine.activation_cache import ActivationCache, plan_cache
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.checkpoint import atomic_folder, load_checkpoint, save_checkpoint
 from tunesmith.engine.evaluation import evaluate
+from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng, restore_rng
 from tunesmith.engine.signals import graceful_stop
@@ -56,6 +58,9 @@ class LoopState:
     nan_skips: int = 0
     train_seconds: float = 0.0
     label_names: list[str] = field(default_factory=list)
+    micro_batch: int = 0  # per device, as trained: smaller than configured after running out of memory
+    accumulation: int = 1
+    shrunk_from: int = 0  # the micro-batch that ran out of memory (engine/oom.py); 0: never
 
 
 @dataclass
@@ -77,7 +82,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     world = accelerator.num_processes  # loaders build whole-world batches; Accelerate splits them
     train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
                                lengths=task.lengths(train_data), group_by_length=t.group_by_length,
-                               num_workers=t.dataloader_num_workers, with_index=True)
+                               num_workers=t.dataloader_num_workers, with_index=True,
+                               accumulation=t.gradient_accumulation_steps)
     eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
                               lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     sampler = train_loader.batch_sampler
@@ -92,6 +98,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         state = _resume(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
+    oom = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
+    oom.adopt(state, config)  # a micro-batch found after running out of memory is kept on resume
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
     main = accelerator.is_main_process
@@ -133,12 +141,15 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                 train_data.set_epoch(state.epoch)
             cache_mode = _cache_mode(cache, state.lowest_trainable)
             for batch in train_loader:
+                oom.at_micro_batch(state)
                 state.batch_in_epoch += 1
                 indices = batch.pop("_index")
                 with accelerator.accumulate(model):
-                    with _cached(cache, cache_mode, indices, batch, accelerator.device):
-                        loss, _ = task.loss(model, batch)
-                    accelerator.backward(loss)
+                    loss = oom.run(state, lambda: _forward_backward(task, model, batch, accelerator, cache, cache_mode,
+                                                                    indices))
+                    if loss is None:  # out of memory: this step's rows again, in smaller micro-batches
+                        window_loss.zero_()
+                        break
                     window_loss += loss.detach()
                     if accelerator.sync_gradients:
                         # One host-device sync per optimizer step: is this update finite? Under fp16 the
@@ -151,7 +162,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                             _non_finite(state, config, run_dir, sampler, task, checkpoint_path=_latest(run_dir))
                             optimizer.zero_grad(set_to_none=True)  # skip this update entirely
                         else:
-                            running_loss += window_loss
+                            running_loss += window_loss / state.accumulation
                             state.running_count += 1
                     optimizer.step()
                     scheduler.step()
@@ -168,7 +179,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                 train_loss = None
                 if (log_due or due) and state.running_count:
                     # One host-device sync per logging interval, not per step.
-                    mean = running_loss / (state.running_count * t.gradient_accumulation_steps)
+                    mean = running_loss / state.running_count
                     train_loss = (accelerator.reduce(mean, "mean") if world > 1 else mean).item()
                     running_loss.zero_()
                     state.running_count = 0
@@ -222,6 +233,14 @@ def _activation_cache(config: RunConfig, task, model, groups, train_data, world:
         return None
     return ActivationCache(groups, depth, task.lengths(train_data), model.config.hidden_size,
                            config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
+
+
+def _forward_backward(task, model, batch, accelerator: Accelerator, cache: ActivationCache | None, mode: str | None,
+                      indices: torch.Tensor) -> torch.Tensor:
+    with _cached(cache, mode, indices, batch, accelerator.device):
+        loss, _ = task.loss(model, batch)
+    accelerator.backward(loss)
+    return loss
 
 
 def _cache_mode(cache: ActivationCache | None, lowest_trainable: int) -> str | None:
@@ -278,7 +297,7 @@ def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopSt
 def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task, checkpoint_path: Path | None) -> None:
     """Records the rows of a non-finite step; raises under `nan_policy: stop` or past `max_nan_skips`."""
     t = config.training
-    batches = sampler.epoch_batches()[state.batch_in_epoch - t.gradient_accumulation_steps: state.batch_in_epoch]
+    batches = sampler.epoch_batches()[state.batch_in_epoch - state.accumulation: state.batch_in_epoch]
     rows = sorted({task.train_rows.lines[i] for b in batches for i in b})
     report = {"step": state.global_step + 1, "epoch": state.epoch, "source": task.train_rows.source, "lines": rows}
     with (run_dir / "bad_batches.json").open("a", encoding="utf-8") as f:
@@ -322,6 +341,10 @@ def _save_best(task, model, run_dir: Path) -> None:
 
 
 def _restore_best(model, run_dir: Path) -> None:
+    if (run_dir / "best" / "adapter_config.json").exists():  # lora.enabled: best/ holds the adapter only
+        from tunesmith.strategies.lora import restore_adapter
+
+        return restore_adapter(model, run_dir / "best")
     weights = load_file(str(run_dir / "best" / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
@@ -336,7 +359,7 @@ def _group_rates(optimizer) -> dict[str, float]:
 
 def _summary(phase: str, entry: dict[str, Any]) -> str:
     parts = [f"{phase:>8} step {entry['step']:>6} epoch {entry['epoch']:.2f}"]
-    for key in ("loss", "accuracy", "macro_f1"):
+    for key in ("loss", "f1", "accuracy", "macro_f1"):
         if entry.get(key) is not None:
             parts.append(f"{key} {entry[key]:.4f}")
     return "  ".join(parts)

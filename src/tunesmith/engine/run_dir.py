@@ -23,9 +23,10 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", "best", "checkpoints")
 LOCK = ".lock"
 # Keys whose change makes a checkpoint meaningless for the new config.
 FIXED_ON_RESUME = ("task", "model.source", "data.label_column", "data.text_column", "data.text_pair_column")
-# Keys whose change moves the position in the data: the interrupted epoch restarts.
-BATCHING_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps",
-                 "data.train", "data.max_train_samples", "training.seed")
+# Keys whose change moves the position in the data: the interrupted epoch restarts. So does a new
+# effective batch (micro-batch x accumulation): the batch order depends on it alone (engine/batching.py).
+BATCHING_KEYS = ("data.train", "data.max_train_samples", "training.seed")
+EFFECTIVE_BATCH = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool, resuming: bool = False) -> Path:
@@ -133,10 +134,17 @@ def check_resume_config(run_dir: Path, config: RunConfig, checkpoint_labels: lis
         log.warning("resuming with a changed config (the new values apply from the checkpoint on): %s",
                     "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     restart = [k for k in changed if k in BATCHING_KEYS]
+    if any(k in changed for k in EFFECTIVE_BATCH) and _effective_batch(old) != _effective_batch(new):
+        restart.append("the effective batch (per_device_train_batch_size x gradient_accumulation_steps)")
     if restart:
         log.warning("%s changed, so the position inside the interrupted epoch no longer applies: that epoch restarts "
                     "from its first batch", ", ".join(restart))
     return bool(restart)
+
+
+def _effective_batch(flat: dict[str, Any]) -> int | None:
+    micro, accumulation = (flat.get(k) for k in EFFECTIVE_BATCH)
+    return micro * accumulation if isinstance(micro, int) and isinstance(accumulation, int) else None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

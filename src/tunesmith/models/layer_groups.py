@@ -4,6 +4,9 @@ Freezing, gradual unfreezing and discriminative learning rates act only on these
 mechanism serves every family. For Hugging Face transformers the groups are found from the
 model's structure rather than a table of names: the embeddings module, each block of the main
 stack of layers (the longest `ModuleList`), and everything else (pooler, classifier) as the head.
+For decoder-only language models that is [embeddings (with a tied lm_head), each decoder layer,
+final norm + lm_head]. A peft model (LoRA) is grouped as the model it wraps, keeping only the
+adapters and trained head modules: each adapter sits in the group of the layer it adapts.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
     Raises:
         ValueError: the model has no recognisable stack of blocks.
     """
+    if hasattr(model, "get_base_model"):  # a peft model (the model it wraps has `peft_config` too)
+        return _adapters_only(transformer_layer_groups(model.get_base_model()), model.base_model.prefix)
     base = getattr(model, "base_model", model)
     blocks_name, blocks = _main_stack(base)
     embeddings = _embeddings(base)
@@ -51,6 +56,14 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
         m for n, m in base.named_children() if n not in (blocks_name.split(".")[0], embeddings and embeddings[0])
     ]
     groups.append(LayerGroup("head", head_modules, head))
+    return groups
+
+
+def _adapters_only(groups: list[LayerGroup], adapter_prefix: str) -> list[LayerGroup]:
+    # Under peft only adapter weights (`lora_A`, `lora_B`, DoRA's `lora_magnitude_vector`) and the
+    # copies in `modules_to_save` train; the wrapped layers' own weights stay frozen for good.
+    for group in groups:
+        group.params = [(n, p) for n, p in group.params if adapter_prefix in n or ".modules_to_save." in n]
     return groups
 
 

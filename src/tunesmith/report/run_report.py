@@ -125,6 +125,8 @@ def _worst_section(path: Path) -> str:
     if not path.exists():
         return "<p>No validation predictions were saved.</p>"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if records and "label" not in records[0]:  # tagging tasks: one prediction per word, not per row
+        return f"<p>Per-row predictions of the best model are in {esc(path.name)}.</p>"
     for r in records:
         r["_p_true"] = r.get(f"prob_{r['true_label']}", 0.0)
     wrong = sum(r["label"] != r["true_label"] for r in records)

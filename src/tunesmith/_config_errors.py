@@ -1,0 +1,55 @@
+"""Config error messages: one pydantic error in, one line out naming the key, the value and a fix.
+
+Split from `tunesmith.config` to keep that file within its size budget; unknown keys get the
+nearest valid key ("did you mean"), also when a key was put in the wrong section.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    """Turns one pydantic error into a message naming the key, the value and a fix."""
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("int", "literal", "constrained"))]
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "value_error" and not key:
+        return str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    expected = err["msg"]
+    if kind == "literal_error":
+        expected = expected.replace("Input should be", "must be one of")
+    return f"{key}: {value!r} is not valid ({expected})"
+
+
+def _unknown_key(loc: list[str]) -> str:
+    from tunesmith.config import SECTIONS, RunConfig  # the schema imports this module
+
+    *parents, name = loc
+    schema: type[BaseModel] = RunConfig
+    for p in parents:
+        schema = SECTIONS.get(p, schema)
+    valid = list(schema.model_fields)
+    where = ".".join(parents) or "top level"
+    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if not hint and not parents:
+        # A bare training key at the top level: point to its section.
+        owners = [f"{s}.{name}" for s, sec in SECTIONS.items() if name in sec.model_fields]
+        hint = owners[:1]
+    if not hint:
+        # A key put in the wrong section.
+        for s, sec in SECTIONS.items():
+            close = difflib.get_close_matches(name, list(sec.model_fields), n=1, cutoff=0.75)
+            if close:
+                hint = [f"{s}.{close[0]}"]
+                break
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(valid)}"
+    return f"{'.'.join(loc)}: unknown key in {where}{suggestion}"

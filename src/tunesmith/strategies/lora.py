@@ -1,0 +1,193 @@
+"""LoRA, DoRA and QLoRA with peft: wrap the task's model in adapters, restore and merge them.
+
+`apply_lora` runs once, right after the task builds its model, so every transformer task gets it
+the same way: the backbone is frozen, low-rank adapters are injected into the target linear layers,
+and a newly initialized task head (a classifier) stays fully trainable (peft's `modules_to_save`).
+Layer groups see through the wrapper (models/layer_groups.py): each adapter belongs to the group of
+the module it wraps, so freezing, gradual unfreezing and `layer_lr_decay` act on adapters as on
+weights. `best/` holds the adapter as peft saves it; `merge_best` writes `best/merged/`, the model
+with the adapter folded into its weights, after checking that both give the same outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.errors import ConfigError
+
+log = logging.getLogger("tunesmith")
+
+# Default target layers per `model_type`; other models fall back on their layer names, then peft's table.
+DEFAULT_TARGETS = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"], "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+# The peft task type from the class name of the model the task built.
+TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
+              "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM"}
+# A new head's module names: trained in full next to the adapters (and saved with them).
+HEAD_MODULES = ("classifier", "score", "qa_outputs")
+
+
+def check_lora(config: RunConfig) -> None:
+    """Rejects LoRA settings this machine cannot run, before any weights load.
+
+    Raises:
+        ConfigError: QLoRA without bitsandbytes or without a CUDA GPU, or outside causal-lm.
+    """
+    lora = config.lora
+    if not lora.enabled or lora.quantization == "none":
+        return
+    problems = []
+    if config.task != "causal-lm":
+        problems.append(f"lora.quantization: {lora.quantization!r} is supported for task causal-lm only; "
+                        "set lora.quantization: none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"lora.quantization: {lora.quantization!r} (QLoRA) needs bitsandbytes; "
+                        "install it with: pip install bitsandbytes (or set lora.quantization: none)")
+    if not torch.cuda.is_available():
+        problems.append(f"lora.quantization: {lora.quantization!r} (QLoRA) needs a CUDA GPU and none is visible; "
+                        "set lora.quantization: none to train LoRA on the full-precision model")
+    if problems:
+        raise ConfigError(problems)
+
+
+def quantization_kwargs(config: RunConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments that load the backbone quantized for QLoRA (empty otherwise)."""
+    lora = config.lora
+    if not lora.enabled or lora.quantization == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if lora.quantization == "8bit":
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
+
+
+def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
+    """The task's model wrapped in adapters under `lora.enabled` (returned unchanged otherwise).
+
+    Raises:
+        ConfigError: the model is not a transformer peft can adapt, or `lora.target_modules`
+            names no layer of it.
+    """
+    if not config.lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lora = config.lora
+    task_type = next((t for suffix, t in TASK_TYPES.items() if type(model).__name__.endswith(suffix)), None)
+    if task_type is None:
+        raise ConfigError([f"lora.enabled: the {config.task} task's model ({type(model).__name__}) is not a "
+                           "transformer that peft can adapt; set lora.enabled: false"])
+    targets = lora.target_modules or default_targets(model)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if not set(targets) & names:
+        raise ConfigError([f"lora.target_modules: none of {targets} is a layer of {type(model).__name__}; "
+                           f"linear layers found: {', '.join(sorted(_linear_names(model)))}"])
+    heads = [n for n in HEAD_MODULES if task_type != "CAUSAL_LM" and isinstance(getattr(model, n, None), nn.Module)]
+    if lora.quantization != "none":
+        model = prepare_model_for_kbit_training(model)
+    peft_config = LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=targets, use_dora=lora.method == "dora", modules_to_save=heads or None)
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, peft_config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("%s on %s: %d of %d parameters train (%.2f%%)", lora.method, ", ".join(targets), trainable, total,
+             100 * trainable / max(total, 1))
+    return model
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Target layers for a model: by `model_type`, else by layer names, else peft's own table.
+
+    Raises:
+        ConfigError: none of these finds the model's attention layers.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if model_type in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[model_type]
+    names = _linear_names(model)
+    for candidates in (["q_proj", "k_proj", "v_proj", "o_proj"], ["query", "value"]):
+        if set(candidates) <= names:
+            return candidates
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
+
+    if model_type in peft_table:
+        return list(peft_table[model_type])
+    raise ConfigError([f"lora.target_modules: no default for model type {model_type!r}; name the layers to adapt, "
+                       f"e.g. [{', '.join(sorted(names)[:4])}] (linear layers found: {', '.join(sorted(names))})"])
+
+
+def _linear_names(model: nn.Module) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def restore_adapter(model: nn.Module, folder: Path) -> None:
+    """Loads the adapter (and trained head) saved in `folder` into a peft model with the same adapters."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    if result.unexpected_keys:
+        raise RuntimeError(f"best adapter does not match the trained model: unexpected {result.unexpected_keys}")
+
+
+def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
+    """The base `model` wrapped in the adapter saved in `folder` (a run's `best/`)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(folder))
+
+
+@torch.no_grad()
+def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: Path, tolerance: float = 1e-4) -> dict[str, Any]:
+    """Writes `folder/merged`: the adapter folded into the weights, saved as the task saves a model.
+
+    The merged and the adapter model run on `batch` (real validation rows) first; the largest
+    absolute difference of their outputs is returned, logged and stored in `merge_check.json`.
+
+    Raises:
+        RuntimeError: the outputs differ by more than `tolerance` (nothing is written then).
+    """
+    from tunesmith.engine.checkpoint import atomic_folder
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    adapter_out = model(**inputs).logits.float()
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged_out = merged(**inputs).logits.float()
+    diff = float((adapter_out - merged_out).abs().max())
+    scale = float(adapter_out.abs().max())
+    check = {"max_abs_diff": diff, "max_abs_output": scale, "rows": int(inputs["input_ids"].shape[0]),
+             "tolerance": tolerance, "passed": diff <= tolerance * max(1.0, scale)}
+    if not check["passed"]:
+        raise RuntimeError(f"merged model differs from the adapter model by {diff:.3g} (tolerance {tolerance:g}); "
+                           f"{folder / 'merged'} was not written")
+    with atomic_folder(folder / "merged") as tmp:
+        task.save(merged, str(tmp))
+        (tmp / "merge_check.json").write_text(json.dumps(check, indent=1), encoding="utf-8")
+    log.info("merged the adapter into %s; outputs match the adapter model (max abs difference %.2e on %d rows)",
+             folder / "merged", diff, check["rows"])
+    return check

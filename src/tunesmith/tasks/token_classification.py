@@ -1,0 +1,302 @@
+"""Token classification (named entities and other tagging) on a transformer encoder.
+
+Rows are sentences: words and one BIO/BIOES tag per word, read from CoNLL column files or JSONL
+(`data/sequences.py`). Words are split into sub-tokens by the fast tokenizer; the first sub-token
+of each word carries the word's tag and the others are ignored in the loss (-100), unless
+`data.label_all_subtokens` gives them the tag too (B- continued as I-). Scores are entity-level
+precision, recall and F1 (seqeval) on the words' first sub-tokens; words cut off by `max_length`
+are not scored (as in Hugging Face's run_ner) and are tagged `O` by `predict`. The head is
+`AutoModelForTokenClassification`'s, so `best/` loads in plain transformers with `id2label`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, sample
+from tunesmith.data.sequences import TOKENS, as_text_rows, random_split, read_tagged, tag_names, tag_scheme
+from tunesmith.errors import DataError, ModelSourceError
+from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
+from tunesmith.models.sources import from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.report.entity_metrics import entity_metrics, entity_spans
+from tunesmith.tasks import register_task
+
+log = logging.getLogger("tunesmith")
+IGNORE = -100  # label of positions the loss and the scores skip
+
+
+@register_task("token-classification")
+class TokenClassificationTask:
+    primary_metrics = ("f1", "precision", "recall", "accuracy", "macro_f1")
+    supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.train_rows: LabelledRows | None = None
+        self.eval_rows: LabelledRows | None = None
+        self.label_names: list[str] = []
+        self.scheme = "BIO"
+        self.tokenizer = None
+        self.truncated = 0
+        self.data_checks: dict[str, int] = {}
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _read(self, path: str, labelled: bool = True) -> LabelledRows:
+        d = self.config.data
+        return read_tagged(path, d.tokens_column, d.tags_column if labelled else None, d.bad_rows)
+
+    def preflight(self) -> None:
+        """Reads and checks the data. Without a training file, the tags come from the model."""
+        d, seed = self.config.data, self.config.training.seed
+        if d.train is None and d.validation is None:
+            raise DataError("no data given: set data.train (and optionally data.validation)")
+        if d.train is not None:
+            train = self._read(d.train)
+            val = self._read(d.validation) if d.validation else None
+            if val is None:
+                train, val = random_split(train, d.validation_split, seed)
+            self.label_names = tag_names(train)
+            self.train_rows = sample(train, d.max_train_samples, seed)
+            self.data_checks = duplicates_and_leaks(as_text_rows(self.train_rows), as_text_rows(val))
+        else:
+            self.label_names = self._label_names_from_model()
+            val = self._read(d.validation)
+        check_known_labels(val, self.label_names)
+        self.scheme = tag_scheme(self.train_rows or val)
+        self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        return self._read(path, labelled=False)
+
+    def _label_names_from_model(self) -> list[str]:
+        from transformers import AutoConfig
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        try:
+            model_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+            raise load_failure(self.resolved, exc) from None
+        return [model_config.id2label[i] for i in range(len(model_config.id2label))]
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"labels": self.label_names, "tag_scheme": self.scheme}
+        for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
+            if rows is not None:
+                tags = Counter(t[2:] for row in rows.labels for t in row if t[0] in "BS")
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
+                                "words": sum(len(w) for w in rows.inputs[TOKENS]), "entity_counts": dict(tags)}
+        facts["truncated_to_max_length"] = self.truncated
+        facts.update(self.data_checks)
+        return facts
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """The source's encoder with a tagging head for these labels; under `model.pretrained: false`
+        the same architecture from random initialization, with the source's tokenizer."""
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        names = self.label_names
+        head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                "label2id": {n: i for i, n in enumerate(names)}, **self._dropout_overrides()}
+        trust = self.config.model.trust_remote_code
+        kwargs = from_pretrained_kwargs(self.resolved, trust)
+        try:
+            self._load_tokenizer(kwargs)
+            if not self.config.model.pretrained:
+                model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
+                return AutoModelForTokenClassification.from_config(model_config, trust_remote_code=trust)
+            # A source fine-tuned on other labels has a head of another size: replace it.
+            return AutoModelForTokenClassification.from_pretrained(
+                self.resolved.location, ignore_mismatched_sizes=True, **head, **kwargs)
+        except (ModelSourceError, DataError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise load_failure(self.resolved, exc) from None
+
+    def load_trained(self) -> nn.Module:
+        """Loads a fine-tuned tagger as it is (head and tag names included), for evaluate/predict."""
+        from transformers import AutoModelForTokenClassification
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        try:
+            self._load_tokenizer(kwargs)
+            model = AutoModelForTokenClassification.from_pretrained(self.resolved.location, **kwargs)
+        except (ModelSourceError, DataError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise load_failure(self.resolved, exc) from None
+        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return model
+
+    def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
+        """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers give."""
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise DataError(f"{self.resolved.location}: token classification needs a fast tokenizer (tokenizer.json) "
+                            "to align tags with sub-words; this model only has a slow one")
+
+    def _dropout_overrides(self) -> dict[str, float]:
+        p = self.config.model.dropout
+        if p is None:
+            return {}
+        from transformers import AutoConfig
+
+        base = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, False))
+        keys = [k for k, v in base.to_dict().items() if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)]
+        return {k: p for k in keys}
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return transformer_layer_groups(model)
+
+    def card_usage(self) -> str:
+        return (
+            "```python\nfrom transformers import pipeline\n"
+            'tagger = pipeline("token-classification", model="path/to/best", aggregation_strategy="first")\n'
+            'tagger("George Washington went to Washington")\n```'
+        )
+
+    def save(self, model: nn.Module, folder: str) -> None:
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # ---- tensors ----------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or 512
+        return int(min(self.config.data.max_length, limit, 1_000_000))
+
+    def _encode(self, rows: LabelledRows):
+        return self.tokenizer(rows.inputs[TOKENS], is_split_into_words=True, truncation=True,
+                              max_length=self.max_length)
+
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
+        """Token ids and aligned tag ids per sentence, tokenized once and unpadded (`train` unused)."""
+        encoded = self._encode(rows)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        features, truncated = [], 0
+        for i in range(len(rows)):
+            feature = {k: encoded[k][i] for k in keys}
+            word_ids = encoded.word_ids(i)
+            truncated += max((w for w in word_ids if w is not None), default=-1) + 1 < len(rows.inputs[TOKENS][i])
+            if labelled:
+                feature.update(self._aligned_labels(word_ids, rows.labels[i]))
+            features.append(feature)
+        if truncated:
+            log.info("%s: %d of %d sentences reached max_length=%d and were truncated (their cut-off words are "
+                     "not scored)", rows.source, truncated, len(rows), self.max_length)
+        self.truncated += truncated
+        return features
+
+    def _aligned_labels(self, word_ids: list[int | None], tags: list[str]) -> dict[str, list[int]]:
+        """`labels`: the tag id on each word's first sub-token, -100 elsewhere (what is scored);
+        with `label_all_subtokens`, also `subtoken_labels` for the loss, continuations tagged."""
+        ids = {n: i for i, n in enumerate(self.label_names)}
+        first, every, previous = [], [], None
+        for word in word_ids:
+            is_first = word is not None and word != previous
+            first.append(ids[tags[word]] if is_first else IGNORE)
+            every.append(IGNORE if word is None else ids[tags[word]] if is_first else ids[self._continued(tags[word])])
+            previous = word
+        if self.config.data.label_all_subtokens:
+            return {"labels": first, "subtoken_labels": every}
+        return {"labels": first}
+
+    def _continued(self, tag: str) -> str:
+        """The tag of a word's later sub-tokens: B-X becomes I-X where I-X is a known tag."""
+        inside = "I-" + tag[2:]
+        return inside if tag.startswith("B-") and inside in self.label_names else tag
+
+    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
+        return [len(f["input_ids"]) for f in dataset]
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pads inputs to the batch's longest row, (B, T); labels to max_length, (B, L), so that
+        evaluation can stack batches of different lengths."""
+        longest, size = max(len(f["input_ids"]) for f in features), len(features)
+        batch = {"input_ids": torch.full((size, longest), self.tokenizer.pad_token_id or 0, dtype=torch.long),
+                 "attention_mask": torch.zeros((size, longest), dtype=torch.long)}
+        label_keys = [k for k in ("labels", "subtoken_labels") if k in features[0]]
+        keys = [k for k in ("token_type_ids",) if k in features[0]]
+        batch.update({k: torch.zeros((size, longest), dtype=torch.long) for k in keys})
+        batch.update({k: torch.full((size, self.max_length), IGNORE, dtype=torch.long) for k in label_keys})
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            for k in keys + label_keys:
+                batch[k][i, : len(f[k])] = torch.tensor(f[k])
+        return batch
+
+    # ---- loss, metrics, predictions ---------------------------------------------------------
+
+    def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "subtoken_labels")}
+        return model(**inputs).logits  # (B, T, num_labels)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits padded to (B, max_length, num_labels), so batches of any length stack."""
+        logits = self._logits(model, batch)
+        return F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._logits(model, batch)
+        labels = batch.get("subtoken_labels", batch["labels"])[:, : logits.shape[1]]  # (B, T)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), weight=self._class_weights(logits.device),
+                               ignore_index=IGNORE, label_smoothing=self.config.training.label_smoothing_factor)
+        return loss, F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]))
+
+    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
+        if self.config.training.class_weights != "balanced" or self.train_rows is None:
+            return None
+        if not hasattr(self, "_weights"):
+            counts = Counter(t for row in self.train_rows.labels for t in row)
+            n, k = sum(counts.values()), len(self.label_names)
+            self._weights = torch.tensor([n / (k * max(counts[name], 1)) for name in self.label_names])
+        return self._weights.to(device)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Entity-level scores over the words' first sub-tokens (outputs (N, L, C), labels (N, L))."""
+        names, predicted = self.label_names, outputs.argmax(-1)
+        true_tags, predicted_tags = [], []
+        for row_labels, row_predicted in zip(labels, predicted):
+            scored = row_labels != IGNORE
+            true_tags.append([names[i] for i in row_labels[scored]])
+            predicted_tags.append([names[i] for i in row_predicted[scored]])
+        return entity_metrics(true_tags, predicted_tags)
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Per sentence: the words, their space-joined text, a tag and confidence per word, and
+        the entities with character offsets into that text."""
+        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()  # (N, L, C)
+        encoded = self._encode(rows)
+        records = []
+        for i, words in enumerate(rows.inputs[TOKENS]):
+            firsts = _first_subtokens(encoded.word_ids(i), len(words))
+            tags = [self.label_names[int(probs[i, p].argmax())] if p is not None else "O" for p in firsts]
+            scores = [round(float(probs[i, p].max()), 6) if p is not None else None for p in firsts]
+            records.append({"text": " ".join(words), "tokens": words, "tags": tags, "scores": scores,
+                            "entities": entity_spans(words, tags)})
+        return records
+
+
+def _first_subtokens(word_ids: list[int | None], n_words: int) -> list[int | None]:
+    """Position of each word's first sub-token (None for words cut off by truncation)."""
+    first: list[int | None] = [None] * n_words
+    for position, word in enumerate(word_ids):
+        if word is not None and first[word] is None:
+            first[word] = position
+    return first
