@@ -167,7 +167,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                state.samples += len(batch["labels"])
+                state.samples += len(indices)  # rows, also when packing makes the batch one row
                 if not accelerator.sync_gradients:
                     continue
                 window_loss.zero_()

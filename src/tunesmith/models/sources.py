@@ -130,6 +130,18 @@ def from_pretrained_kwargs(resolved: ResolvedSource, trust_remote_code: bool) ->
     return kwargs | ({"gguf_file": resolved.gguf_file} if resolved.gguf_file else {})
 
 
+def dropout_overrides(resolved: ResolvedSource, dropout: float | None, trust_remote_code: bool = False) -> dict[str, float]:
+    """`model.dropout` for every dropout setting of the source's config (BERT: `hidden_dropout_prob`,
+    `attention_probs_dropout_prob`, `classifier_dropout`; Llama: `attention_dropout`); empty when unset."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    base = AutoConfig.from_pretrained(resolved.location, **from_pretrained_kwargs(resolved, trust_remote_code))
+    return {k: dropout for k, v in base.to_dict().items()
+            if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)}
+
+
 def load_failure(resolved: ResolvedSource, exc: Exception) -> ModelSourceError:
     """Translates a `from_pretrained` failure into an error that says what to do."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

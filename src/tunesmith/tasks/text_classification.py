@@ -29,7 +29,7 @@ from tunesmith.data.labelled import (
 )
 from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import register_task
 
@@ -112,7 +112,8 @@ class TextClassificationTask:
         kwargs = from_pretrained_kwargs(self.resolved, trust)
         names = self.label_names
         head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)}, **self._dropout_overrides()}
+                "label2id": {n: i for i, n in enumerate(names)},
+                **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
             if not self.config.model.pretrained:
@@ -144,15 +145,6 @@ class TextClassificationTask:
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
-    def _dropout_overrides(self) -> dict[str, float]:
-        p = self.config.model.dropout
-        if p is None:
-            return {}
-        from transformers import AutoConfig
-
-        base = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, False))
-        keys = [k for k, v in base.to_dict().items() if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)]
-        return {k: p for k in keys}
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)

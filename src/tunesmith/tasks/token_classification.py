@@ -25,7 +25,7 @@ from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates
 from tunesmith.data.sequences import TOKENS, as_text_rows, random_split, read_tagged, tag_names, tag_scheme
 from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
 from tunesmith.report.entity_metrics import entity_metrics, entity_spans
 from tunesmith.tasks import register_task
 
@@ -108,7 +108,8 @@ class TokenClassificationTask:
 
         names = self.label_names
         head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)}, **self._dropout_overrides()}
+                "label2id": {n: i for i, n in enumerate(names)},
+                **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
         trust = self.config.model.trust_remote_code
         kwargs = from_pretrained_kwargs(self.resolved, trust)
         try:
@@ -148,15 +149,6 @@ class TokenClassificationTask:
             raise DataError(f"{self.resolved.location}: token classification needs a fast tokenizer (tokenizer.json) "
                             "to align tags with sub-words; this model only has a slow one")
 
-    def _dropout_overrides(self) -> dict[str, float]:
-        p = self.config.model.dropout
-        if p is None:
-            return {}
-        from transformers import AutoConfig
-
-        base = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, False))
-        keys = [k for k, v in base.to_dict().items() if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)]
-        return {k: p for k in keys}
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)

@@ -1,0 +1,369 @@
+"""Causal-LM instruction tuning: a decoder language model learns to answer prompts as in the data.
+
+Rows are chats or prompt/response pairs (`data/chat.py`). Each chat is rendered with the
+tokenizer's chat template and tokenized piece by piece, so the prompt tokens are exactly those
+the model sees when it generates; only response tokens (and the end-of-turn token that teaches
+the model to stop) carry the loss, prompt and padding are -100. A row whose prompt alone fills
+`data.max_length` is an error naming its line; a long answer is cut (and counted).
+
+Evaluation scores the mean loss per response token, its perplexity, and (`causal_lm.generate_on_eval`)
+the exact match of greedy generated answers with the references, whitespace and case ignored.
+`causal_lm.packing` concatenates a training batch into one row whose position ids restart at every
+example; transformers then builds a block-diagonal causal mask from them, so no attention crosses
+examples and the loss equals the unpacked one. The model is `AutoModelForCausalLM`, so `best/`
+loads in plain transformers (with LoRA: `best/` is the adapter, `best/merged/` the merged model).
+
+Outputs per evaluated row are one float vector: [sum of token losses, response tokens, then the
+generated token ids, -1 after the end]; `forward` of a training batch returns the logits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.data.chat import read_chats, segments
+from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks, sample
+from tunesmith.data.sequences import random_split
+from tunesmith.errors import ConfigError, DataError, ModelSourceError
+from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
+from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.tasks import register_task
+
+log = logging.getLogger("tunesmith")
+IGNORE = -100  # label of positions without a loss (prompt, padding)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+@register_task("causal-lm")
+class CausalLMTask:
+    primary_metrics = ("loss", "perplexity", "exact_match")
+    supports_activation_cache = False  # generation needs the whole model; packed rows change shape
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.train_rows: LabelledRows | None = None
+        self.eval_rows: LabelledRows | None = None
+        self.label_names: list[str] = []  # answers are free text, not classes
+        self.tokenizer = None
+        self.truncated = 0
+        self.data_checks: dict[str, int] = {}
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _read(self, path: str, labelled: bool = True) -> LabelledRows:
+        c = self.config.causal_lm
+        return read_chats(path, c.messages_column, c.prompt_column, c.response_column, labelled,
+                          self.config.data.bad_rows)
+
+    def preflight(self) -> None:
+        """Reads and checks the chats; also rejects `exact_match` as the best-model metric when no
+        answers are generated.
+
+        Raises:
+            DataError: no data, malformed rows (file, line and key named), or too few rows to split.
+            ConfigError: `metric_for_best_model: exact_match` with `causal_lm.generate_on_eval: false`.
+        """
+        d, seed = self.config.data, self.config.training.seed
+        if self.config.training.metric_for_best_model == "exact_match" and not self.config.causal_lm.generate_on_eval:
+            raise ConfigError(["training.metric_for_best_model: exact_match needs generated answers; set "
+                               "causal_lm.generate_on_eval: true or metric_for_best_model: loss"])
+        if d.train is None and d.validation is None:
+            raise DataError("no data given: set data.train (and optionally data.validation)")
+        val = self._read(d.validation) if d.validation else None
+        if d.train is not None:
+            train = self._read(d.train)
+            if val is None:
+                train, val = random_split(train, d.validation_split, seed)
+            self.train_rows = sample(train, d.max_train_samples, seed)
+            self.data_checks = duplicates_and_leaks(_as_text(self.train_rows), _as_text(val))
+        self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        return self._read(path, labelled=False)
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"labels": self.label_names}
+        for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
+            if rows is not None:
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
+                                "prompt_messages": sum(len(m) for m in rows.inputs["messages"])}
+        facts["truncated_to_max_length"] = self.truncated
+        facts.update(self.data_checks)
+        return facts
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """The source's decoder with its language-model head; under `model.pretrained: false` the
+        same architecture from random initialization, with the source's tokenizer."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from tunesmith.strategies.lora import quantization_kwargs
+
+        trust = self.config.model.trust_remote_code
+        kwargs = from_pretrained_kwargs(self.resolved, trust)
+        try:
+            self.load_tokenizer()
+            overrides = dropout_overrides(self.resolved, self.config.model.dropout, trust)
+            if not self.config.model.pretrained:
+                model_config = AutoConfig.from_pretrained(self.resolved.location, **overrides, **kwargs)
+                return AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust)
+            return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **overrides, **kwargs,
+                                                               **(quantization_kwargs(self.config) or _gguf(kwargs))))
+        except (ModelSourceError, DataError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+            raise load_failure(self.resolved, exc) from None
+
+    def load_trained(self) -> nn.Module:
+        """Loads a fine-tuned model (a LoRA run's `best/merged/`), for evaluate/predict."""
+        from transformers import AutoModelForCausalLM
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        try:
+            self.load_tokenizer()
+            return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **kwargs, **_gguf(kwargs)))
+        except (ModelSourceError, DataError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise load_failure(self.resolved, exc) from None
+
+    def load_tokenizer(self) -> None:
+        """The source's tokenizer (all that `dataset` and `collate` need), with a pad token.
+
+        Raises:
+            DataError: the tokenizer has no end-of-sequence token.
+        """
+        from transformers import AutoTokenizer
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+        if self.tokenizer.eos_token is None:
+            raise DataError(f"{self.resolved.location}: the tokenizer has no end-of-sequence token, so the model "
+                            "cannot learn where an answer ends; use a tokenizer that defines eos_token")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # padding is masked; any id will do
+
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return transformer_layer_groups(model)
+
+    def card_usage(self) -> str:
+        return (
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            'model = AutoModelForCausalLM.from_pretrained("path/to/best")  # LoRA runs: path/to/best/merged\n'
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n'
+            'chat = [{"role": "user", "content": "your prompt"}]\n'
+            "ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
+            "out = model.generate(**ids, max_new_tokens=64, do_sample=False)\n"
+            'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
+        )
+
+    def save(self, model: nn.Module, folder: str) -> None:
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # ---- tensors ----------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or 2048
+        return int(min(self.config.data.max_length, limit, 1_000_000))
+
+    def encode(self, prompt: list[dict], answer: str | None) -> tuple[list[int], list[int], int]:
+        """(token ids, labels, prompt length) of one chat: labels copy the response tokens and are
+        -100 elsewhere; the prompt length counts the tokens before the last answer, which are the
+        ids generation starts from. Not truncated."""
+        ids, labels, prompt_length = [], [], 0
+        for text, is_response in segments(self.tokenizer, prompt, answer):
+            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if is_response:
+                prompt_length = len(ids)
+            ids += piece
+            labels += piece if is_response else [IGNORE] * len(piece)
+        return ids, labels, prompt_length if answer is not None else len(ids)
+
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
+        """Token ids (and labels) per chat, tokenized once and unpadded. Evaluation rows also carry
+        `prompt_ids`, the generation prompt.
+
+        Raises:
+            DataError: prompts that fill `data.max_length`, leaving no room for an answer (lines named).
+        """
+        features, too_long, truncated = [], [], 0
+        for i, prompt in enumerate(rows.inputs["messages"]):
+            ids, labels, prompt_length = self.encode(prompt, rows.labels[i] if labelled else None)
+            if prompt_length >= self.max_length:
+                too_long.append((rows.lines[i], prompt_length))
+                continue
+            truncated += len(ids) > self.max_length
+            feature = {"input_ids": ids[: self.max_length]}
+            if labelled:
+                feature["labels"] = labels[: self.max_length]
+            if not train:
+                feature["prompt_ids"] = ids[:prompt_length]
+            features.append(feature)
+        if too_long:
+            shown = ", ".join(str(line) for line, _ in too_long[:10]) + (" ..." if len(too_long) > 10 else "")
+            raise DataError(f"{rows.source}: {len(too_long)} rows have a prompt of data.max_length="
+                            f"{self.max_length} tokens or more, leaving no room for the answer (lines {shown}; "
+                            f"longest prompt {max(n for _, n in too_long)} tokens); raise data.max_length or "
+                            "shorten those prompts")
+        if truncated:
+            log.info("%s: %d of %d answers reached max_length=%d and were cut", rows.source, truncated, len(rows),
+                     self.max_length)
+        self.truncated += truncated
+        return features
+
+    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
+        return [len(f["input_ids"]) for f in dataset]
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right-pads ids and mask to the batch's longest row, (B, T), and labels to max_length,
+        (B, L), so that evaluation can stack batches; evaluation batches add the left-padded
+        generation prompts, (B, P). Training batches under `causal_lm.packing` become one row."""
+        if self.config.causal_lm.packing and "prompt_ids" not in features[0]:
+            return self._packed(features)
+        batch = _padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id, left=False)
+        if "labels" in features[0]:
+            labels = torch.full((len(features), self.max_length), IGNORE, dtype=torch.long)
+            for i, f in enumerate(features):
+                labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
+            batch["labels"] = labels
+        if "prompt_ids" in features[0]:
+            prompts = _padded([f["prompt_ids"] for f in features], self.tokenizer.pad_token_id, left=True)
+            batch.update(prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"])
+        return batch
+
+    def _packed(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The batch as one row, (1, sum of lengths), without attention mask: transformers finds the
+        examples from the restarting position ids. Each example's first token gets no label, so no
+        example is trained to predict the start of the next (unpacked, that token is never a target)."""
+        ids = torch.tensor([t for f in features for t in f["input_ids"]]).unsqueeze(0)
+        positions = torch.cat([torch.arange(len(f["input_ids"])) for f in features]).unsqueeze(0)
+        labels = torch.tensor([IGNORE if j == 0 else t for f in features for j, t in enumerate(f["labels"])])
+        return {"input_ids": ids, "position_ids": positions, "labels": labels.unsqueeze(0)}
+
+    # ---- loss, metrics, predictions ---------------------------------------------------------
+
+    def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # No cache: transformers only reads packed examples from position ids when there is none.
+        return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False).logits  # (B, T, V)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Generated answers for an evaluation batch, (B, 2 + max_new_tokens) as described above
+        (the loss columns hold 0); the logits (B, T, V) of a training batch."""
+        if "prompt_ids" not in batch:
+            return self._logits(model, batch)
+        generated = self._generate(model, batch)
+        return torch.cat([generated.new_zeros((len(generated), 2)), generated], dim=1)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over response tokens (next-token: position t predicts label t+1);
+        outputs (B, 2) per-row loss sums and token counts, plus generated ids when evaluating."""
+        logits = self._logits(model, batch)[:, :-1].float()  # (B, T-1, V)
+        targets = batch["labels"][:, 1 : logits.shape[1] + 1]  # (B, T-1)
+        smoothing = self.config.training.label_smoothing_factor if model.training else 0.0
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
+        if model.training:
+            return loss, logits.new_zeros((len(targets), 2))
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
+        outputs = torch.stack([per_token.sum(1), (targets != IGNORE).sum(1).float()], dim=1)
+        if self.config.causal_lm.generate_on_eval and "prompt_ids" in batch:
+            outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
+        return loss, outputs
+
+    @torch.no_grad()
+    def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Greedy answers to the batch's prompts, (B, max_new_tokens) ids as floats, -1 from the end on."""
+        model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
+        prompts, n = batch["prompt_ids"], self.config.causal_lm.max_new_tokens
+        out = model.generate(input_ids=prompts, attention_mask=batch["prompt_mask"], max_new_tokens=n,
+                             do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, prompts.shape[1]:]
+        ended = torch.isin(new, torch.tensor(self._stop_ids(model), device=new.device)).cumsum(1) > 0
+        new = new.masked_fill(ended, -1)
+        return F.pad(new, (0, n - new.shape[1]), value=-1).float()
+
+    def _stop_ids(self, model: nn.Module) -> list[int]:
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        configured = configured if isinstance(configured, list) else [configured]
+        return sorted({i for i in [*configured, self.tokenizer.eos_token_id] if i is not None})
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Loss per response token and its perplexity; with generated answers, their exact match
+        with the references. `outputs` are in the order of `self.eval_rows`, as the engine gives them."""
+        tokens = float(outputs[:, 1].sum())
+        loss = float(outputs[:, 0].sum()) / max(tokens, 1.0)
+        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "response_tokens": int(tokens)}
+        if outputs.shape[1] > 2:
+            answers = self._decode(outputs[:, 2:])
+            scores["exact_match"] = float(np.mean([_normal(a) == _normal(r) for a, r in zip(answers, self.eval_rows.labels)]))
+        return scores
+
+    def _decode(self, generated: np.ndarray) -> list[str]:
+        return [self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip()
+                for row in generated]
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Per row: the last prompt message, the generated answer and (when scored) the row's loss per token."""
+        answers = self._decode(outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
+        records = []
+        for i, prompt in enumerate(rows.inputs["messages"]):
+            record: dict[str, Any] = {"prompt": prompt[-1]["content"]}
+            if answers[i] is not None:
+                record["response"] = answers[i]
+            if outputs[i, 1] > 0:
+                record["loss"] = round(float(outputs[i, 0] / outputs[i, 1]), 6)
+            records.append(record)
+        return records
+
+
+def _gguf(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A GGUF file loads de-quantized to float: the weights must train, and save as safetensors."""
+    if "gguf_file" not in kwargs:
+        return {}
+    from transformers import GgufConfig
+
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _dense(model: nn.Module) -> nn.Module:
+    """The de-quantized GGUF model as a plain one: without its GGUF quantizer, `save_pretrained`
+    writes an ordinary checkpoint (transformers refuses to save a model it thinks is GGUF-quantized)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and getattr(quantizer.quantization_config, "quant_method", None) == "gguf":
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def _padded(rows: list[list[int]], pad_id: int | None, left: bool) -> dict[str, torch.Tensor]:
+    """Ids and attention mask, (B, longest); left padding puts every prompt's end at the same place."""
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(longest - len(r), longest) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _as_text(rows: LabelledRows) -> LabelledRows:
+    """The chats as one JSON string each, for checks that compare whole rows (repeats, leaks)."""
+    prompts = [json.dumps(m, ensure_ascii=False) for m in rows.inputs["messages"]]
+    return LabelledRows(source=rows.source, inputs={"text": prompts}, labels=rows.labels, lines=rows.lines)
