@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tunesmith.config import SECTIONS, RunConfig, dump_config, load_config
 from tunesmith.errors import ConfigError
 
-FUZZ = settings(max_examples=80, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
                     st.text(max_size=20), st.sampled_from(["auto", "none", "epoch", "steps", "skip", "1e-3", "-1", ""]))

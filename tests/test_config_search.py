@@ -25,13 +25,15 @@ def test_ranges_and_choices_become_typed_spaces():
                                strategy__freeze={"low": 0, "high": 4},
                                strategy__layer_lr_decay={"low": 0.6, "high": 1.0},
                                strategy__gradual_unfreezing={"choices": [True, False]},
-                               augmentation__preset={"choices": ["none", "light", "strong"]}))
+                               augmentation__preset={"choices": ["none", "light", "strong"]},
+                               lora__r={"choices": [4, 8, 16]}, lora__dropout={"low": 0.0, "high": 0.2}))
     spaces = {s.key: s for s in parse_space(config)[0]}
     assert spaces["training.learning_rate"].low == 1e-5 and spaces["training.learning_rate"].log
     assert not spaces["training.learning_rate"].integer
     assert spaces["training.num_train_epochs"].integer and spaces["strategy.freeze"].integer
     assert not spaces["strategy.layer_lr_decay"].integer
     assert spaces["augmentation.preset"].choices == ("none", "light", "strong")
+    assert spaces["lora.r"].choices == (4, 8, 16) and not spaces["lora.dropout"].integer
 
 
 def test_unknown_keys_get_the_nearest_valid_one():

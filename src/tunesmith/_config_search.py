@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SEARCHABLE_SECTIONS = ("model", "data", "training", "strategy", "augmentation")
+SEARCHABLE_SECTIONS = ("model", "data", "training", "strategy", "augmentation", "lora")
 RANGE_KEYS = ("low", "high", "log", "step")
 
 

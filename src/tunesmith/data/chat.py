@@ -10,13 +10,12 @@ response tokens (with the end-of-turn/EOS token that teaches the model to stop) 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import read_table
+from tunesmith.data.readers import jsonl_objects, read_table
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -33,7 +32,9 @@ def read_chats(path: str | Path, messages_key: str, prompt_key: str, response_ke
     """
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".json"):
-        records = _jsonl_records(path)
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        records = jsonl_objects(path)
     else:
         frame = read_table(path)
         records = [(int(i), row.to_dict()) for i, row in frame.iterrows()]
@@ -59,23 +60,6 @@ def read_chats(path: str | Path, messages_key: str, prompt_key: str, response_ke
                         f"{prompt_key!r} and {response_key!r} (set causal_lm.messages_column / prompt_column / "
                         "response_column to your keys)")
     return LabelledRows(str(path), {"messages": prompts}, answers, lines, skipped=skipped)
-
-
-def _jsonl_records(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        records.append((number, row))
-    return records
 
 
 def _messages(row: dict, messages_key: str, prompt_key: str, response_key: str, labelled: bool) -> list[dict]:

@@ -89,12 +89,31 @@ def _record_lines(path: Path, tsv: bool, rows: int) -> list[int]:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows, lines = [], []
+    records = jsonl_objects(path)
+    rows = [{k: _as_text(v) for k, v in row.items()} for _, row in records]
+    return pd.DataFrame(rows, index=[number for number, _ in records], dtype=str).fillna("")
+
+
+def read_utf8(path: Path) -> str:
+    """The whole file as text.
+
+    Raises:
+        DataError: the file is not UTF-8 (the offset of the first bad byte is named).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save as UTF-8") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save the file as UTF-8") from None
+
+
+def jsonl_objects(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; every task's JSONL reader uses it.
+
+    Raises:
+        DataError: not UTF-8, a line that is not JSON, or JSON that is not an object (line named).
+    """
+    records = []
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -103,10 +122,8 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append({k: _as_text(v) for k, v in row.items()})
-        lines.append(number)
-    frame = pd.DataFrame(rows, index=lines, dtype=str).fillna("")
-    return frame
+        records.append((number, row))
+    return records
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

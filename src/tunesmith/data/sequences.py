@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.labelled import LabelledRows
+from tunesmith.data.readers import jsonl_objects, read_utf8
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -54,24 +55,16 @@ def read_tagged(path: str | Path, tokens_column: str = "tokens", tags_column: st
     if suffix not in CONLL_SUFFIXES + JSONL_SUFFIXES:
         raise DataError(f"{path}: unknown format {suffix!r} for token classification; use a CoNLL column file "
                         "(.txt, .conll) or JSONL (.jsonl) with word and tag lists")
-    text = _read_text(path)
     labelled = tags_column is not None
     if suffix in CONLL_SUFFIXES:
-        rows = _parse_conll(path, text, labelled)
+        rows = _parse_conll(path, read_utf8(path), labelled)
     else:
-        rows = _parse_jsonl(path, text, tokens_column, tags_column, bad_rows)
+        rows = _parse_jsonl(path, tokens_column, tags_column, bad_rows)
     if len(rows) == 0:
         raise DataError(f"{path}: no sentences found (the file is empty or holds only blank/-DOCSTART- lines)")
     if labelled:
         _log_iob1_starts(rows)
     return rows
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save the file as UTF-8") from None
 
 
 def _parse_conll(path: Path, text: str, labelled: bool) -> LabelledRows:
@@ -98,12 +91,9 @@ def _parse_conll(path: Path, text: str, labelled: bool) -> LabelledRows:
     return LabelledRows(source=str(path), inputs={TOKENS: sentences}, labels=labels, lines=lines)
 
 
-def _parse_jsonl(path: Path, text: str, tokens_column: str, tags_column: str | None, bad_rows: str) -> LabelledRows:
+def _parse_jsonl(path: Path, tokens_column: str, tags_column: str | None, bad_rows: str) -> LabelledRows:
     sentences, tags, lines, empty = [], [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = _json_object(path, number, line)
+    for number, row in jsonl_objects(path):
         words = _string_list(row, tokens_column, path, number, "data.tokens_column")
         if not words:
             empty.append(number)
@@ -123,16 +113,6 @@ def _parse_jsonl(path: Path, text: str, tokens_column: str, tags_column: str | N
         log.warning("%s: skipping %d rows with no tokens (lines %s)", path, len(empty), shown)
     labels = tags if tags_column is not None else [[] for _ in sentences]
     return LabelledRows(source=str(path), inputs={TOKENS: sentences}, labels=labels, lines=lines, skipped=len(empty))
-
-
-def _json_object(path: Path, number: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-    return row
 
 
 def _string_list(row: dict, key: str, path: Path, number: int, setting: str) -> list[str]:

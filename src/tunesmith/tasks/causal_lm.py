@@ -154,7 +154,6 @@ class CausalLMTask:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # padding is masked; any id will do
 
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)
 

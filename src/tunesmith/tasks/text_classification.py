@@ -145,7 +145,6 @@ class TextClassificationTask:
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)
 

@@ -149,7 +149,6 @@ class TokenClassificationTask:
             raise DataError(f"{self.resolved.location}: token classification needs a fast tokenizer (tokenizer.json) "
                             "to align tags with sub-words; this model only has a slow one")
 
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)
 
