@@ -8,8 +8,11 @@ Problems are reported with the file and line numbers and what to do about them.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,3 +242,9 @@ def write_jsonl(rows: LabelledRows, label_column: str, path: Path) -> Path:
             record = {column: values[i] for column, values in rows.inputs.items()}
             f.write(json.dumps({**record, label_column: rows.labels[i]}, ensure_ascii=False) + "\n")
     return path
+
+
+def balanced_class_weights(labels: Sequence[Any], names: Sequence[Any]) -> list[float]:
+    """`class_weights: balanced`: n / (classes x count) per class, so each class weighs the same in the loss."""
+    counts = Counter(labels)
+    return [len(labels) / (len(names) * max(1, counts[name])) for name in names]

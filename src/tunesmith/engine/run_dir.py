@@ -80,7 +80,7 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         owner = _lock_owner(lock)
-        if owner is not None and owner != os.getpid() and _alive(owner):
+        if owner is not None and owner != os.getpid() and process_alive(owner):
             raise RunDirError(f"another tunesmith run (pid {owner}) is using {run_dir}; wait for it or use another output_dir") from None
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -100,13 +100,14 @@ def _lock_owner(lock: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # someone else's process
     return True
 
 
@@ -117,8 +118,8 @@ def check_resume_config(run_dir: Path, config: RunConfig, checkpoint_labels: lis
         CheckpointError: the change makes the checkpoint unusable (other labels, task or model).
     """
     saved_path = run_dir / "config.yaml"
-    old = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8"))) if saved_path.exists() else {}
-    new = _flatten(config.model_dump())
+    old = flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8"))) if saved_path.exists() else {}
+    new = flatten(config.model_dump())
     ignore = {"resume", "overwrite_output_dir", "output_dir"}
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)}
     if checkpoint_labels and checkpoint_labels != label_names:
@@ -147,11 +148,12 @@ def _effective_batch(flat: dict[str, Any]) -> int | None:
     return micro * accumulation if isinstance(micro, int) and isinstance(accumulation, int) else None
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict as dotted keys (`training.learning_rate`)."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.engine.run_dir import flatten
 from tunesmith.errors import ConfigError
 
 log = logging.getLogger("tunesmith")
@@ -114,7 +115,7 @@ class MlflowTracker:
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(t.mlflow_experiment)
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name,
                                              tags={"tunesmith.run_dir": str(run_dir.resolve())}).info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in _flatten(config.model_dump()).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(config.model_dump()).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 
@@ -129,12 +130,3 @@ class MlflowTracker:
     def close(self, failed: bool) -> None:
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -23,7 +23,7 @@ from torch import nn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.images import ImageDataset, check_images, read_images, split_folders
-from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of, sample, stratified_split
+from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of, sample, stratified_split
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
@@ -200,9 +200,7 @@ class ImageClassificationTask:
         if self.config.training.class_weights != "balanced" or self.train_rows is None:
             return None
         if not hasattr(self, "_weights"):
-            counts = Counter(self.train_rows.labels)
-            n, k = len(self.train_rows), len(self.label_names)
-            self._weights = torch.tensor([n / (k * max(1, counts[name])) for name in self.label_names])
+            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
         return self._weights.to(device)
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

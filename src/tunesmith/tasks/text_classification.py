@@ -20,6 +20,7 @@ from torch import nn
 from tunesmith.config import RunConfig
 from tunesmith.data.labelled import (
     LabelledRows,
+    balanced_class_weights,
     check_known_labels,
     duplicates_and_leaks,
     label_names_of,
@@ -228,9 +229,7 @@ class TextClassificationTask:
         if self.config.training.class_weights != "balanced" or self.train_rows is None:
             return None
         if not hasattr(self, "_weights"):
-            counts = Counter(self.train_rows.labels)
-            n, k = len(self.train_rows), len(self.label_names)
-            self._weights = torch.tensor([n / (k * counts[name]) for name in self.label_names], dtype=torch.float)
+            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
         return self._weights.to(device)
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

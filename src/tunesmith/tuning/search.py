@@ -24,6 +24,7 @@ from typing import Any
 
 from tunesmith._config_search import ParamSpace, parse_space
 from tunesmith.config import RunConfig, load_config
+from tunesmith.engine.run_dir import process_alive
 from tunesmith.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from tunesmith.tuning.results import TrialRow, trial_rows, write_best_config, write_results
 
@@ -237,19 +238,10 @@ def _fail_orphans(study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if trial.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not process_alive(pid):
             log.warning("trial %d was left running by process %d, which is gone; marking it failed", trial.number, pid)
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def _finished(study) -> int:
