@@ -97,6 +97,14 @@ def test_validate_reports_data_without_loading_a_model(tmp_path, tiny_config):
     assert code == 0 and "config OK: 96 training rows, 32 validation rows" in output
 
 
+def test_validate_tasks_without_labels_or_training_file(tmp_path):
+    questions = tmp_path / "dev.jsonl"
+    questions.write_text('{"question": "Who?", "context": "Ann sang.", "answers": {"text": ["Ann"], "answer_start": [0]}}\n')
+    config = {"task": "question-answering", "data": {"validation": str(questions)}}
+    code, output = run("validate", str(config_file(tmp_path, config)))
+    assert code == 0 and "config OK: 1 validation rows" in output and "labels" not in output
+
+
 def test_inspect_shows_groups_and_schedule(tmp_path, tiny_config):
     tiny_config["strategy"] = {"gradual_unfreezing": True, "layer_lr_decay": 0.5}
     tiny_config["training"]["num_train_epochs"] = 3

@@ -82,8 +82,10 @@ def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
     task = get_task(cfg)
     task.preflight()
     facts = task.describe()
-    console.print(f"config OK: {facts['train']['rows']} training rows, {facts['validation']['rows']} validation rows, "
-                  f"labels {', '.join(facts['labels'])}")
+    rows = ", ".join(f"{facts[split]['rows']} {name} rows" for split, name in (("train", "training"), ("validation", "validation"))
+                     if split in facts)
+    labels = f", labels {', '.join(task.label_names)}" if task.label_names else ""
+    console.print(f"config OK: {rows}{labels}")
 
 
 @app.command()
@@ -285,9 +287,9 @@ def _print_before_after(result) -> None:
     table = Table(title=f"validation results ({result.run_dir})")
     for col in ("metric", "pre-trained", "fine-tuned", "change"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for key in ("f1", "accuracy", "macro_f1", "exact_match", "loss", "perplexity"):
+    for key in ("f1", "accuracy", "macro_f1", "exact_match", "bleu", "rouge1", "rouge2", "rougeL", "loss", "perplexity"):
         if key not in result.final:
-            continue  # f1: entity-level, token-classification only; exact_match, perplexity: causal-lm
+            continue  # each task reports some of these (f1: tagging, QA; bleu, rouge: seq2seq; perplexity: generation)
         before, after = result.baseline[key], result.final[key]
         table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     console.print(table)

@@ -19,12 +19,17 @@ from tunesmith._config_reporting import CompareConfig, TrackingConfig
 from tunesmith._config_augmentation import AugmentationConfig
 from tunesmith._config_errors import describe_error
 from tunesmith._config_llm import CausalLMConfig, LoraConfig
+from tunesmith._config_qa import QuestionAnsweringConfig
+from tunesmith._config_seq2seq import Seq2SeqConfig
 from tunesmith._config_search import SearchConfig
 from tunesmith.errors import ConfigError
 
 
 # Metrics of tasks reporting more than accuracy and macro_f1; the first is their default metric_for_best_model.
-TASK_METRICS = {"token-classification": ("f1", "precision", "recall", "accuracy", "macro_f1"), "causal-lm": ("loss", "exact_match")}
+TASK_METRICS = {"token-classification": ("f1", "precision", "recall", "accuracy", "macro_f1"), "causal-lm": ("loss", "exact_match"),
+                "question-answering": ("f1", "exact_match"), "seq2seq": ("loss", "bleu", "rouge1", "rouge2", "rougeL")}
+# Tasks whose inputs need more tokens than data.max_length's default: their default instead.
+TASK_MAX_LENGTH = {"question-answering": 384}
 
 
 class _Section(BaseModel):
@@ -77,7 +82,8 @@ class DataConfig(_Section):
     """Images: train and evaluate at this square size instead of the model's pretrained input size
     (CNNs only; smaller is faster, usually less accurate)."""
     max_length: int = 128
-    """Longest input in tokens; longer texts are truncated (and counted in the log)."""
+    """Longest input in tokens; longer texts are truncated (and counted in the log). For
+    question-answering the default is 384, and longer contexts are read in windows instead."""
     bad_rows: Literal["skip", "error"] = "skip"
     """Rows with empty text or a missing label (images: also unreadable or truncated files):
     `skip` drops them with a count and a warning, `error` stops the run and names the rows."""
@@ -134,7 +140,9 @@ class TrainingConfig(_Section):
     """Validation metric that selects the best checkpoint and drives early stopping:
     `accuracy`, `macro_f1` or `loss`. token-classification: entity-level `f1` (its default when
     unset), `precision`, `recall`, `macro_f1` (over entity types), `accuracy` (per word) or `loss`.
-    causal-lm: `loss` (its default) or `exact_match` of generated answers."""
+    question-answering: SQuAD `f1` (its default) or `exact_match`. seq2seq: `loss` (its default),
+    `bleu`, `rouge1`, `rouge2` or `rougeL` of generated outputs. causal-lm: `loss` (its default)
+    or `exact_match` of generated answers."""
     early_stopping_patience: int | None = 3
     """Stop after this many evaluations without improvement; `null` never stops early."""
     early_stopping_threshold: float = 0.0
@@ -185,7 +193,7 @@ class StrategyConfig(_Section):
 class RunConfig(_Section):
     task: str = "text-classification"
     """What is being fine-tuned; one of the modules in `tunesmith/tasks/` (`text-classification`,
-    `image-classification`, `token-classification`, `causal-lm`)."""
+    `image-classification`, `token-classification`, `question-answering`, `seq2seq`, `causal-lm`)."""
     output_dir: str = "runs/run"
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False
@@ -213,6 +221,10 @@ class RunConfig(_Section):
     """Parameter-efficient fine-tuning with LoRA/DoRA adapters (peft), and QLoRA."""
     causal_lm: CausalLMConfig = CausalLMConfig()
     """causal-lm: the chat/prompt-response keys, packing, and generated answers."""
+    question_answering: QuestionAnsweringConfig = QuestionAnsweringConfig()
+    """question-answering: the JSONL keys, context windows, and how answers are picked."""
+    seq2seq: Seq2SeqConfig = Seq2SeqConfig()
+    """seq2seq: the source/target columns, target length, and generation settings."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
@@ -228,6 +240,8 @@ class RunConfig(_Section):
         if not 0.0 < d.validation_split < 1.0:
             problems.append(f"data.validation_split must be between 0 and 1, got {d.validation_split}")
         metrics = TASK_METRICS.get(self.task, ("accuracy", "macro_f1")) + ("loss",)
+        if "max_length" not in d.model_fields_set and self.task in TASK_MAX_LENGTH:
+            d.max_length = TASK_MAX_LENGTH[self.task]
         if "metric_for_best_model" not in t.model_fields_set:
             t.metric_for_best_model = metrics[0]
         if t.metric_for_best_model not in metrics:
@@ -267,7 +281,8 @@ class RunConfig(_Section):
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "strategy": StrategyConfig,
             "augmentation": AugmentationConfig, "tracking": TrackingConfig, "compare": CompareConfig, "search": SearchConfig,
-            "lora": LoraConfig, "causal_lm": CausalLMConfig}
+            "lora": LoraConfig, "causal_lm": CausalLMConfig, "question_answering": QuestionAnsweringConfig,
+            "seq2seq": Seq2SeqConfig}
 
 
 def load_config(

@@ -94,8 +94,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         if main:
             dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
         facts = task.describe()
-        log.info("training on %d rows, validating on %d rows, labels: %s",
-                 facts["train"]["rows"], facts["validation"]["rows"], ", ".join(task.label_names))
+        labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
+        log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
                          restart_epoch, on_record=_chain(trackers, on_record))

@@ -225,3 +225,68 @@ def assert_tagged(rows: LabelledRows, labelled: bool) -> None:
     for words, tags in zip(rows.inputs["tokens"], rows.labels):
         assert words and all(isinstance(w, str) and w for w in words)
         assert len(tags) == (len(words) if labelled else 0)
+
+
+# ---- SQuAD JSON and JSONL (question answering) ----------------------------------------------
+
+squad = pytest.importorskip("tunesmith.data.squad")
+QA_COLUMNS = {"id": "id", "question": "question", "context": "context", "answers": "answers"}
+json_value = st.recursive(st.none() | st.booleans() | st.integers(-3, 40) | cell_text,
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                              st.sampled_from(["text", "answer_start", "data", "paragraphs", "qas", "context",
+                                               "question", "answers", "id", "is_impossible"]), inner, max_size=4),
+                          max_leaves=12)
+
+
+def read_qa(path: Path, labelled: bool):
+    return squad.read_squad(path, QA_COLUMNS, labelled)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".json", ".jsonl"]), labelled=st.booleans())
+def test_any_bytes_give_questions_or_a_data_error(data, suffix, labelled):
+    rows = parse_or_clean_error(lambda p: read_qa(p, labelled), write(data, suffix))
+    if rows is not None:
+        assert_questions(rows)
+
+
+@FUZZ
+@given(records=st.lists(st.dictionaries(st.sampled_from(["question", "context", "answers", "id"]), json_value,
+                                        max_size=4), min_size=1, max_size=4),
+       nested=st.booleans(), labelled=st.booleans())
+def test_squad_shaped_json_gives_questions_or_a_data_error(records, nested, labelled):
+    if nested:
+        text = json.dumps({"data": [{"paragraphs": [{"context": r.get("context"), "qas": [r]} for r in records]}]})
+    else:
+        text = "\n".join(json.dumps(r) for r in records)
+    rows = parse_or_clean_error(lambda p: read_qa(p, labelled), write(text.encode(), ".json" if nested else ".jsonl"))
+    if rows is not None:
+        assert_questions(rows)
+
+
+def assert_questions(rows: LabelledRows) -> None:
+    """Every kept question has text and context, and every answer is where it says in the context."""
+    assert len(rows) > 0
+    for question, context, answers in zip(rows.inputs["question"], rows.inputs["context"], rows.labels):
+        assert question.strip() and context.strip()
+        assert len(answers["text"]) == len(answers["answer_start"])
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            assert context[start:start + len(text)] == text
+
+
+@FUZZ
+@given(items=st.lists(st.tuples(cell_text.filter(str.strip), cell_text.filter(str.strip), st.integers(0, 11),
+                                st.integers(1, 6)), min_size=1, max_size=4))
+def test_well_formed_squad_jsonl_reads_back_answer_for_answer(items):
+    records = []
+    for question, context, start, length in items:
+        start = min(start, len(context) - 1)
+        text = context[start:start + length]
+        answers = {"text": [text], "answer_start": [start]} if text.strip() else {"text": [], "answer_start": []}
+        records.append({"question": question, "context": context, "answers": answers})
+    try:
+        rows = read_qa(write("\n".join(json.dumps(r) for r in records).encode(), ".jsonl"), True)
+    except TunesmithError as exc:
+        pytest.fail(f"a well-formed file was refused: {exc}")
+    assert rows.inputs["question"] == [r["question"] for r in records]
+    assert rows.labels == [r["answers"] for r in records]

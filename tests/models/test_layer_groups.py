@@ -24,6 +24,29 @@ def test_bert_groups_cover_every_parameter_once():
     assert all(n.startswith("bert.encoder.layer.1.") for n, _ in groups[2].params)
 
 
+def test_encoder_decoder_groups_run_input_side_first_and_cover_every_parameter_once():
+    from transformers import (BartConfig, BartForConditionalGeneration, EncoderDecoderConfig, EncoderDecoderModel,
+                              T5Config, T5ForConditionalGeneration)
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=100, d_model=16, d_kv=4, d_ff=32, num_layers=2,
+                                             num_decoder_layers=3, num_heads=2))
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=100, d_model=16, encoder_layers=2, decoder_layers=2,
+                                                   encoder_attention_heads=2, decoder_attention_heads=2,
+                                                   encoder_ffn_dim=32, decoder_ffn_dim=32))
+    bert = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    warm = EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(bert, bert))
+    for model, blocks, head in ((t5, (2, 3), True), (bart, (2, 2), False), (warm, (2, 2), True)):
+        groups = transformer_layer_groups(model)
+        expected = (["embeddings"] + [f"encoder.block.{i}" for i in range(blocks[0])]
+                    + [f"decoder.block.{i}" for i in range(blocks[1])] + (["head"] if head else []))
+        assert [g.name for g in groups] == expected, type(model).__name__
+        names = [n for g in groups for n, _ in g.params]
+        assert sorted(names) == sorted(n for n, _ in model.named_parameters()), type(model).__name__
+    assert [n for n, _ in transformer_layer_groups(t5)[0].params] == ["shared.weight"]  # tied lm_head and both sides
+    cross = [n for n, _ in transformer_layer_groups(warm)[3].params if "crossattention" in n]
+    assert cross and all(n.startswith("decoder.bert.encoder.layer.0.") for n in cross)
+
+
 def test_distilbert_groups():
     model = DistilBertForSequenceClassification(DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=100))
     groups = transformer_layer_groups(model)

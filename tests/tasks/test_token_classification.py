@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tunesmith.config import load_config
-from tunesmith.data.sequences import random_split, read_tagged, tag_names, tag_scheme
+from tunesmith.data.labelled import random_split
+from tunesmith.data.sequences import read_tagged, tag_names, tag_scheme
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.report.entity_metrics import entity_metrics, entity_spans
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,8 @@ class LabelledRows:
 
 
 def load_labelled(
-    path: str | Path, input_columns: list[str], label_column: str | None, bad_rows: str
+    path: str | Path, input_columns: list[str], label_column: str | None, bad_rows: str,
+    settings: tuple[str, str] = ("data.text_column", "data.label_column"),
 ) -> LabelledRows:
     """Reads a file and keeps rows whose inputs and label are present.
 
@@ -57,6 +58,7 @@ def load_labelled(
         label_column: Column holding the label, or None for unlabelled data (prediction).
         bad_rows: "skip" drops rows with an empty input or label and warns with the count;
             "error" raises naming the first offending lines.
+        settings: the config keys naming the input and the label column, for error messages.
 
     Raises:
         DataError: missing columns (the columns found are listed), bad rows under "error",
@@ -67,7 +69,7 @@ def load_labelled(
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         found = ", ".join(repr(c) for c in frame.columns)
-        keys = {c: "data.label_column" if c == label_column else "data.text_column" for c in missing}
+        keys = {c: settings[1] if c == label_column else settings[0] for c in missing}
         fix = "; ".join(f"set {keys[c]} to the right name" for c in missing[:1])
         raise DataError(f"{path}: column {missing[0]!r} not found; columns are {found} ({fix})")
     cells = frame[wanted].apply(lambda col: col.str.strip())
@@ -209,6 +211,21 @@ def sample(rows: LabelledRows, limit: int | None, seed: int) -> LabelledRows:
     return rows.subset(sorted(rng.permutation(len(rows))[:limit]))
 
 
+def random_split(rows: LabelledRows, fraction: float, seed: int) -> tuple[LabelledRows, LabelledRows]:
+    """Holds out a seeded random `fraction` of the rows for validation (file order kept); for rows
+    without one label each (sentences, chats, questions), where a stratified split does not apply.
+
+    Raises:
+        DataError: too few rows to hold any out.
+    """
+    n_val = max(1, int(round(len(rows) * fraction)))
+    if n_val >= len(rows):
+        raise DataError(f"{rows.source}: {len(rows)} rows are too few to hold out a validation split; "
+                        "add rows or give data.validation")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return rows.subset(sorted(order[n_val:])), rows.subset(sorted(order[:n_val]), f"{rows.source} (held-out split)")
+
+
 def nested_fractions(rows: LabelledRows, fractions: list[float], seed: int) -> dict[float, LabelledRows]:
     """Stratified, nested subsets for a learning curve: {fraction: rows}.
 
@@ -248,3 +265,28 @@ def balanced_class_weights(labels: Sequence[Any], names: Sequence[Any]) -> list[
     """`class_weights: balanced`: n / (classes x count) per class, so each class weighs the same in the loss."""
     counts = Counter(labels)
     return [len(labels) / (len(names) * max(1, counts[name])) for name in names]
+
+
+def read_splits(data, seed: int, read: Callable[[str], LabelledRows],
+                as_text: Callable[[LabelledRows], LabelledRows] = lambda rows: rows,
+                ) -> tuple[LabelledRows | None, LabelledRows, dict[str, int]]:
+    """Training rows (None without `data.train`), validation rows and the data checks, as `data` asks.
+
+    Validation is `data.validation`, or a seeded `validation_split` of the training file; both are
+    sampled to `max_train_samples` / `max_eval_samples`. Repeats and validation rows seen in training
+    are counted on `as_text` views of the rows (for rows whose inputs are not plain text).
+
+    Raises:
+        DataError: neither file is given, or too few rows to hold out a validation split.
+    """
+    if data.train is None and data.validation is None:
+        raise DataError("no data given: set data.train (and optionally data.validation)")
+    val = read(data.validation) if data.validation else None
+    train, checks = None, {}
+    if data.train is not None:
+        train = read(data.train)
+        if val is None:
+            train, val = random_split(train, data.validation_split, seed)
+        train = sample(train, data.max_train_samples, seed)
+        checks = duplicates_and_leaks(as_text(train), as_text(val))
+    return train, sample(val, data.max_eval_samples, seed), checks

@@ -20,7 +20,6 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 
 from tunesmith.data.labelled import LabelledRows
 from tunesmith.data.readers import jsonl_objects, read_utf8
@@ -166,20 +165,6 @@ def tag_names(rows: LabelledRows) -> list[str]:
     if len(names) < 2:
         raise DataError(f"{rows.source}: only one tag ({names[0]!r}) in the training data; tagging needs at least two")
     return names
-
-
-def random_split(rows: LabelledRows, fraction: float, seed: int) -> tuple[LabelledRows, LabelledRows]:
-    """Holds out a seeded random `fraction` of the sentences for validation (file order kept).
-
-    Raises:
-        DataError: too few sentences to hold any out.
-    """
-    n_val = max(1, int(round(len(rows) * fraction)))
-    if n_val >= len(rows):
-        raise DataError(f"{rows.source}: {len(rows)} sentences are too few to hold out a validation split; "
-                        "add sentences or give data.validation")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    return rows.subset(sorted(order[n_val:])), rows.subset(sorted(order[:n_val]), f"{rows.source} (held-out split)")
 
 
 def as_text_rows(rows: LabelledRows) -> LabelledRows:

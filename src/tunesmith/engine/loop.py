@@ -347,7 +347,8 @@ def _restore_best(model, run_dir: Path) -> None:
         return restore_adapter(model, run_dir / "best")
     weights = load_file(str(run_dir / "best" / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    # Tied copies are not saved; `all_tied_weights_keys` also names those of sub-models (an EncoderDecoderModel's decoder).
+    tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
         raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
 

@@ -5,8 +5,10 @@ mechanism serves every family. For Hugging Face transformers the groups are foun
 model's structure rather than a table of names: the embeddings module, each block of the main
 stack of layers (the longest `ModuleList`), and everything else (pooler, classifier) as the head.
 For decoder-only language models that is [embeddings (with a tied lm_head), each decoder layer,
-final norm + lm_head]. A peft model (LoRA) is grouped as the model it wraps, keeping only the
-adapters and trained head modules: each adapter sits in the group of the layer it adapts.
+final norm + lm_head]; for encoder-decoder models [embeddings (both sides'), each encoder block,
+each decoder block (with its cross-attention), head (final norms, lm_head)]. A peft model (LoRA)
+is grouped as the model it wraps, keeping only the adapters and trained head modules: each adapter
+sits in the group of the layer it adapts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
     """
     if hasattr(model, "get_base_model"):  # a peft model (the model it wraps has `peft_config` too)
         return _adapters_only(transformer_layer_groups(model.get_base_model()), model.base_model.prefix)
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return _encoder_decoder_groups(model)
     base = getattr(model, "base_model", model)
     blocks_name, blocks = _main_stack(base)
     embeddings = _embeddings(base)
@@ -57,6 +61,36 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
     ]
     groups.append(LayerGroup("head", head_modules, head))
     return groups
+
+
+def _encoder_decoder_groups(model: nn.Module) -> list[LayerGroup]:
+    """Groups of a seq2seq model (T5, BART, a warm-started EncoderDecoderModel): the input side first."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    claimed: set[int] = set()
+
+    def group(name: str, modules: list[nn.Module]) -> LayerGroup:
+        params = []
+        for p in (p for m in modules for p in m.parameters()):
+            if id(p) in names and id(p) not in claimed:  # tied weights appear under several modules
+                params.append((names[id(p)], p))
+                claimed.add(id(p))
+        return LayerGroup(name, modules, params)
+
+    stacks = [(side, _main_stack(getattr(stack, "base_model", stack))[1])
+              for side, stack in (("encoder", model.get_encoder()), ("decoder", model.get_decoder()))]
+    in_blocks = {id(p) for _, blocks in stacks for p in blocks.parameters()}
+    embedding_modules = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in _EMBEDDING_NAMES
+                         and not any(id(p) in in_blocks for p in m.parameters())]
+    groups = [group("embeddings", embedding_modules)]
+    groups += [group(f"{side}.block.{i}", [block]) for side, blocks in stacks for i, block in enumerate(blocks)]
+    head = [(n, p) for n, p in model.named_parameters() if id(p) not in claimed]
+    if head:  # BART's lm_head is its tied input embedding: then the last decoder block is the top group
+        groups.append(LayerGroup("head", [model], head))
+    return groups
+
+
+# Module names of input embeddings (tokens, positions, their norm) in encoder-decoder families.
+_EMBEDDING_NAMES = {"shared", "embed_tokens", "embed_positions", "layernorm_embedding", "embeddings"}
 
 
 def _adapters_only(groups: list[LayerGroup], adapter_prefix: str) -> list[LayerGroup]:

@@ -8,14 +8,15 @@ that asks to run its own code is refused unless `trust_remote_code` is on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import ModelSourceError
+from tunesmith.errors import ModelSourceError, TunesmithError
 
 log = logging.getLogger("tunesmith")
 
@@ -140,6 +141,50 @@ def dropout_overrides(resolved: ResolvedSource, dropout: float | None, trust_rem
     base = AutoConfig.from_pretrained(resolved.location, **from_pretrained_kwargs(resolved, trust_remote_code))
     return {k: dropout for k, v in base.to_dict().items()
             if k.endswith(("dropout", "dropout_prob")) and isinstance(v, float | None)}
+
+
+def token_limit(tokenizer, configured: int, fallback: int = 512) -> int:
+    """The longest input in tokens: `configured` (data.max_length), capped by what the tokenizer's
+    model accepts (`fallback` when it does not say; some tokenizers give a huge placeholder)."""
+    limit = getattr(tokenizer, "model_max_length", None) or fallback
+    return int(min(configured, limit, 1_000_000))
+
+
+def load_fast_tokenizer(resolved: ResolvedSource, kwargs: dict, task: str, needed_for: str):
+    """The source's tokenizer, which must be a fast (Rust) one: only those give offsets and word ids.
+
+    Raises:
+        DataError: the source only has a slow tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    from tunesmith.errors import DataError
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{resolved.location}: {task} needs a fast tokenizer (tokenizer.json) {needed_for}; this model "
+                        "only has a slow one")
+    return tokenizer
+
+
+def source_label_names(resolved: ResolvedSource, trust_remote_code: bool) -> list[str]:
+    """The labels a fine-tuned source was trained on, in id order (its config's `id2label`)."""
+    from transformers import AutoConfig
+
+    with loading(resolved):
+        model_config = AutoConfig.from_pretrained(resolved.location, **from_pretrained_kwargs(resolved, trust_remote_code))
+    return [model_config.id2label[i] for i in range(len(model_config.id2label))]
+
+
+@contextlib.contextmanager
+def loading(resolved: ResolvedSource) -> Iterator[None]:
+    """Around `from_pretrained` calls: tunesmith's own errors pass, any other failure becomes `load_failure`'s."""
+    try:
+        yield
+    except TunesmithError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+        raise load_failure(resolved, exc) from None
 
 
 def load_failure(resolved: ResolvedSource, exc: Exception) -> ModelSourceError:

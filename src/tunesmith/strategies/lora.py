@@ -35,7 +35,12 @@ DEFAULT_TARGETS = {
 }
 # The peft task type from the class name of the model the task built.
 TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
-              "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM"}
+              "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM",
+              "ForConditionalGeneration": "SEQ_2_SEQ_LM", "EncoderDecoderModel": "SEQ_2_SEQ_LM"}
+# peft 0.21's PeftModelForQuestionAnswering does not pass `token_type_ids` on to the model, so a BERT-like
+# reader would train blind to which tokens are the question (and its merged model would answer differently);
+# these task types get the generic PeftModel, which passes every input through.
+GENERIC_PEFT = {"QUESTION_ANS"}
 # A new head's module names: trained in full next to the adapters (and saved with them).
 HEAD_MODULES = ("classifier", "score", "qa_outputs")
 
@@ -98,11 +103,15 @@ def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
     if not set(targets) & names:
         raise ConfigError([f"lora.target_modules: none of {targets} is a layer of {type(model).__name__}; "
                            f"linear layers found: {', '.join(sorted(_linear_names(model)))}"])
-    heads = [n for n in HEAD_MODULES if task_type != "CAUSAL_LM" and isinstance(getattr(model, n, None), nn.Module)]
+    heads = [n for n in HEAD_MODULES if task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM")
+             and isinstance(getattr(model, n, None), nn.Module)]
+    if type(model).__name__ == "EncoderDecoderModel":  # warm-started: its cross-attention is new, so it trains in full
+        heads.append("crossattention")
     if lora.quantization != "none":
         model = prepare_model_for_kbit_training(model)
-    peft_config = LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=targets, use_dora=lora.method == "dora", modules_to_save=heads or None)
+    peft_config = LoraConfig(task_type=None if task_type in GENERIC_PEFT else task_type, r=lora.r, lora_alpha=lora.alpha,
+                             lora_dropout=lora.dropout, target_modules=targets, use_dora=lora.method == "dora",
+                             modules_to_save=heads or None)
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, peft_config)
@@ -171,13 +180,14 @@ def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: P
     """
     from tunesmith.engine.checkpoint import atomic_folder
 
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
+    inputs = {k: v for k, v in batch.items()
+              if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")}
     model.eval()
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    adapter_out = model(**inputs).logits.float()
+    adapter_out = _scores(model(**inputs))
     merged = copy.deepcopy(model).merge_and_unload()
-    merged_out = merged(**inputs).logits.float()
+    merged_out = _scores(merged(**inputs))
     diff = float((adapter_out - merged_out).abs().max())
     scale = float(adapter_out.abs().max())
     check = {"max_abs_diff": diff, "max_abs_output": scale, "rows": int(inputs["input_ids"].shape[0]),
@@ -191,3 +201,10 @@ def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: P
     log.info("merged the adapter into %s; outputs match the adapter model (max abs difference %.2e on %d rows)",
              folder / "merged", diff, check["rows"])
     return check
+
+
+def _scores(output) -> torch.Tensor:
+    """A model output's scores: `logits`, or a question-answering head's start and end logits, (B, T, 2)."""
+    if getattr(output, "logits", None) is not None:
+        return output.logits.float()
+    return torch.stack([output.start_logits, output.end_logits], dim=-1).float()

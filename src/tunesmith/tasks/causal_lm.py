@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -31,12 +30,12 @@ from torch import nn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.chat import read_chats, segments
-from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks, sample
-from tunesmith.data.sequences import random_split
-from tunesmith.errors import ConfigError, DataError, ModelSourceError
+from tunesmith.data.labelled import LabelledRows, read_splits
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, loading, resolve_source, token_limit
 from tunesmith.tasks import register_task
+from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
 
 log = logging.getLogger("tunesmith")
 IGNORE = -100  # label of positions without a loss (prompt, padding)
@@ -73,20 +72,11 @@ class CausalLMTask:
             DataError: no data, malformed rows (file, line and key named), or too few rows to split.
             ConfigError: `metric_for_best_model: exact_match` with `causal_lm.generate_on_eval: false`.
         """
-        d, seed = self.config.data, self.config.training.seed
         if self.config.training.metric_for_best_model == "exact_match" and not self.config.causal_lm.generate_on_eval:
             raise ConfigError(["training.metric_for_best_model: exact_match needs generated answers; set "
                                "causal_lm.generate_on_eval: true or metric_for_best_model: loss"])
-        if d.train is None and d.validation is None:
-            raise DataError("no data given: set data.train (and optionally data.validation)")
-        val = self._read(d.validation) if d.validation else None
-        if d.train is not None:
-            train = self._read(d.train)
-            if val is None:
-                train, val = random_split(train, d.validation_split, seed)
-            self.train_rows = sample(train, d.max_train_samples, seed)
-            self.data_checks = duplicates_and_leaks(_as_text(self.train_rows), _as_text(val))
-        self.eval_rows = sample(val, d.max_eval_samples, seed)
+        self.train_rows, self.eval_rows, self.data_checks = read_splits(
+            self.config.data, self.config.training.seed, self._read, _as_text)
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return self._read(path, labelled=False)
@@ -112,7 +102,7 @@ class CausalLMTask:
 
         trust = self.config.model.trust_remote_code
         kwargs = from_pretrained_kwargs(self.resolved, trust)
-        try:
+        with loading(self.resolved):
             self.load_tokenizer()
             overrides = dropout_overrides(self.resolved, self.config.model.dropout, trust)
             if not self.config.model.pretrained:
@@ -120,23 +110,15 @@ class CausalLMTask:
                 return AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust)
             return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **overrides, **kwargs,
                                                                **(quantization_kwargs(self.config) or _gguf(kwargs))))
-        except (ModelSourceError, DataError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
-            raise load_failure(self.resolved, exc) from None
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model (a LoRA run's `best/merged/`), for evaluate/predict."""
         from transformers import AutoModelForCausalLM
 
         kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        try:
+        with loading(self.resolved):
             self.load_tokenizer()
             return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **kwargs, **_gguf(kwargs)))
-        except (ModelSourceError, DataError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise load_failure(self.resolved, exc) from None
 
     def load_tokenizer(self) -> None:
         """The source's tokenizer (all that `dataset` and `collate` need), with a pad token.
@@ -176,8 +158,7 @@ class CausalLMTask:
 
     @property
     def max_length(self) -> int:
-        limit = getattr(self.tokenizer, "model_max_length", None) or 2048
-        return int(min(self.config.data.max_length, limit, 1_000_000))
+        return token_limit(self.tokenizer, self.config.data.max_length, 2048)
 
     def encode(self, prompt: list[dict], answer: str | None) -> tuple[list[int], list[int], int]:
         """(token ids, labels, prompt length) of one chat: labels copy the response tokens and are
@@ -233,14 +214,14 @@ class CausalLMTask:
         generation prompts, (B, P). Training batches under `causal_lm.packing` become one row."""
         if self.config.causal_lm.packing and "prompt_ids" not in features[0]:
             return self._packed(features)
-        batch = _padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id, left=False)
+        batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id, left=False)
         if "labels" in features[0]:
             labels = torch.full((len(features), self.max_length), IGNORE, dtype=torch.long)
             for i, f in enumerate(features):
                 labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
             batch["labels"] = labels
         if "prompt_ids" in features[0]:
-            prompts = _padded([f["prompt_ids"] for f in features], self.tokenizer.pad_token_id, left=True)
+            prompts = padded([f["prompt_ids"] for f in features], self.tokenizer.pad_token_id, left=True)
             batch.update(prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"])
         return batch
 
@@ -290,33 +271,20 @@ class CausalLMTask:
         out = model.generate(input_ids=prompts, attention_mask=batch["prompt_mask"], max_new_tokens=n,
                              do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id)
         new = out[:, prompts.shape[1]:]
-        ended = torch.isin(new, torch.tensor(self._stop_ids(model), device=new.device)).cumsum(1) > 0
-        new = new.masked_fill(ended, -1)
-        return F.pad(new, (0, n - new.shape[1]), value=-1).float()
-
-    def _stop_ids(self, model: nn.Module) -> list[int]:
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        configured = configured if isinstance(configured, list) else [configured]
-        return sorted({i for i in [*configured, self.tokenizer.eos_token_id] if i is not None})
+        return cut_at_stop(new, stop_ids(model, self.tokenizer), n)
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """Loss per response token and its perplexity; with generated answers, their exact match
         with the references. `outputs` are in the order of `self.eval_rows`, as the engine gives them."""
-        tokens = float(outputs[:, 1].sum())
-        loss = float(outputs[:, 0].sum()) / max(tokens, 1.0)
-        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "response_tokens": int(tokens)}
+        scores: dict[str, Any] = token_loss(outputs)
         if outputs.shape[1] > 2:
-            answers = self._decode(outputs[:, 2:])
+            answers = decode(self.tokenizer, outputs[:, 2:])
             scores["exact_match"] = float(np.mean([_normal(a) == _normal(r) for a, r in zip(answers, self.eval_rows.labels)]))
         return scores
 
-    def _decode(self, generated: np.ndarray) -> list[str]:
-        return [self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip()
-                for row in generated]
-
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Per row: the last prompt message, the generated answer and (when scored) the row's loss per token."""
-        answers = self._decode(outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
+        answers = decode(self.tokenizer, outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
         records = []
         for i, prompt in enumerate(rows.inputs["messages"]):
             record: dict[str, Any] = {"prompt": prompt[-1]["content"]}
@@ -344,18 +312,6 @@ def _dense(model: nn.Module) -> nn.Module:
     if quantizer is not None and getattr(quantizer.quantization_config, "quant_method", None) == "gguf":
         quantizer.remove_quantization_config(model)
     return model
-
-
-def _padded(rows: list[list[int]], pad_id: int | None, left: bool) -> dict[str, torch.Tensor]:
-    """Ids and attention mask, (B, longest); left padding puts every prompt's end at the same place."""
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(longest - len(r), longest) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _normal(text: str) -> str:

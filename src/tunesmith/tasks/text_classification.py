@@ -28,9 +28,10 @@ from tunesmith.data.labelled import (
     sample,
     stratified_split,
 )
-from tunesmith.errors import DataError, ModelSourceError
+from tunesmith.errors import DataError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, loading, resolve_source,
+                                     source_label_names, token_limit)
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import register_task
 
@@ -74,23 +75,13 @@ class TextClassificationTask:
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
         else:
-            self.label_names = self._label_names_from_model()
+            self.label_names = source_label_names(self.resolved, self.config.model.trust_remote_code)
             val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
         check_known_labels(val, self.label_names)
         self.eval_rows = sample(val, d.max_eval_samples, seed)
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return load_labelled(path, self.input_columns, None, self.config.data.bad_rows)
-
-    def _label_names_from_model(self) -> list[str]:
-        from transformers import AutoConfig
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        try:
-            model_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
-            raise load_failure(self.resolved, exc) from None
-        return [model_config.id2label[i] for i in range(len(model_config.id2label))]
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"labels": self.label_names}
@@ -115,7 +106,7 @@ class TextClassificationTask:
         head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
                 "label2id": {n: i for i, n in enumerate(names)},
                 **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
-        try:
+        with loading(self.resolved):
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
             if not self.config.model.pretrained:
                 model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
@@ -127,10 +118,6 @@ class TextClassificationTask:
                 **head,
                 **kwargs,
             )
-        except ModelSourceError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise load_failure(self.resolved, exc) from None
         return model
 
     def load_trained(self) -> nn.Module:
@@ -138,11 +125,9 @@ class TextClassificationTask:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        try:
+        with loading(self.resolved):
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
             model = AutoModelForSequenceClassification.from_pretrained(self.resolved.location, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise load_failure(self.resolved, exc) from None
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
@@ -165,7 +150,7 @@ class TextClassificationTask:
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Token ids per row, tokenized once and unpadded (no augmentation, so `train` is unused)."""
         columns = [rows.inputs[c] for c in self.input_columns]
-        max_length = min(self.config.data.max_length, self._model_max_length())
+        max_length = token_limit(self.tokenizer, self.config.data.max_length)
         encoded = self.tokenizer(*columns, truncation=True, max_length=max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
         label_ids = {n: i for i, n in enumerate(self.label_names)}
@@ -180,10 +165,6 @@ class TextClassificationTask:
             log.info("%s: %d of %d texts reached max_length=%d and were truncated", rows.source, truncated, len(rows), max_length)
         self.truncated += truncated
         return features
-
-    def _model_max_length(self) -> int:
-        limit = getattr(self.tokenizer, "model_max_length", None) or 512
-        return int(min(limit, 1_000_000))
 
     def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
         return [len(f["input_ids"]) for f in dataset]

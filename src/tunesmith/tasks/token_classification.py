@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.config import RunConfig
-from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, sample
-from tunesmith.data.sequences import TOKENS, as_text_rows, random_split, read_tagged, tag_names, tag_scheme
-from tunesmith.errors import DataError, ModelSourceError
+from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, random_split, sample
+from tunesmith.data.sequences import TOKENS, as_text_rows, read_tagged, tag_names, tag_scheme
+from tunesmith.errors import DataError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, load_failure, resolve_source
+from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, load_fast_tokenizer, loading,
+                                     resolve_source, source_label_names, token_limit)
 from tunesmith.report.entity_metrics import entity_metrics, entity_spans
 from tunesmith.tasks import register_task
 
@@ -69,7 +70,7 @@ class TokenClassificationTask:
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(as_text_rows(self.train_rows), as_text_rows(val))
         else:
-            self.label_names = self._label_names_from_model()
+            self.label_names = source_label_names(self.resolved, self.config.model.trust_remote_code)
             val = self._read(d.validation)
         check_known_labels(val, self.label_names)
         self.scheme = tag_scheme(self.train_rows or val)
@@ -77,16 +78,6 @@ class TokenClassificationTask:
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return self._read(path, labelled=False)
-
-    def _label_names_from_model(self) -> list[str]:
-        from transformers import AutoConfig
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        try:
-            model_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
-            raise load_failure(self.resolved, exc) from None
-        return [model_config.id2label[i] for i in range(len(model_config.id2label))]
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"labels": self.label_names, "tag_scheme": self.scheme}
@@ -112,7 +103,7 @@ class TokenClassificationTask:
                 **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
         trust = self.config.model.trust_remote_code
         kwargs = from_pretrained_kwargs(self.resolved, trust)
-        try:
+        with loading(self.resolved):
             self._load_tokenizer(kwargs)
             if not self.config.model.pretrained:
                 model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
@@ -120,34 +111,21 @@ class TokenClassificationTask:
             # A source fine-tuned on other labels has a head of another size: replace it.
             return AutoModelForTokenClassification.from_pretrained(
                 self.resolved.location, ignore_mismatched_sizes=True, **head, **kwargs)
-        except (ModelSourceError, DataError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise load_failure(self.resolved, exc) from None
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned tagger as it is (head and tag names included), for evaluate/predict."""
         from transformers import AutoModelForTokenClassification
 
         kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        try:
+        with loading(self.resolved):
             self._load_tokenizer(kwargs)
             model = AutoModelForTokenClassification.from_pretrained(self.resolved.location, **kwargs)
-        except (ModelSourceError, DataError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise load_failure(self.resolved, exc) from None
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
     def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
         """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers give."""
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise DataError(f"{self.resolved.location}: token classification needs a fast tokenizer (tokenizer.json) "
-                            "to align tags with sub-words; this model only has a slow one")
+        self.tokenizer = load_fast_tokenizer(self.resolved, kwargs, "token classification", "to align tags with sub-words")
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return transformer_layer_groups(model)
@@ -167,8 +145,7 @@ class TokenClassificationTask:
 
     @property
     def max_length(self) -> int:
-        limit = getattr(self.tokenizer, "model_max_length", None) or 512
-        return int(min(self.config.data.max_length, limit, 1_000_000))
+        return token_limit(self.tokenizer, self.config.data.max_length)
 
     def _encode(self, rows: LabelledRows):
         return self.tokenizer(rows.inputs[TOKENS], is_split_into_words=True, truncation=True,

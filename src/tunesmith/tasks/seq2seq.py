@@ -1,0 +1,260 @@
+"""Sequence-to-sequence (translation, summarization, question generation) on an encoder-decoder model.
+
+Rows are source/target text pairs from CSV, TSV, JSONL or Parquet (`seq2seq.source_column`,
+`seq2seq.target_column`), read with the same checks as labelled text. The model is
+`AutoModelForSeq2SeqLM` (T5, BART, Marian, ...). A source that is an encoder only (BERT-like, as
+`demo:minilm`) is warm-started as an encoder-decoder (Rothe et al., 2020, "BERT2BERT"): the
+encoder and the decoder both start from its weights, the decoder's cross-attention is new, and
+`best/` is a transformers `EncoderDecoderModel`.
+
+Targets carry the loss (teacher forcing, padding -100); sources longer than `data.max_length` and
+targets longer than `seq2seq.max_target_length` are cut and counted. Evaluation scores the mean
+loss per target token and its perplexity and (`seq2seq.generate_on_eval`) generates an output for
+every validation row (greedy, or beam search with `seq2seq.num_beams`) scored with BLEU and ROUGE
+(`report/text_metrics.py`). Outputs per row are one float vector: [sum of token losses, target
+tokens, then the generated ids, -1 after the end].
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.data.labelled import LabelledRows, load_labelled, read_splits
+from tunesmith.errors import ConfigError
+from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
+from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, loading, resolve_source, token_limit
+from tunesmith.report.text_metrics import generation_metrics
+from tunesmith.tasks import register_task
+from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
+
+log = logging.getLogger("tunesmith")
+IGNORE = -100  # label of padded target positions
+
+
+@register_task("seq2seq")
+class Seq2SeqTask:
+    primary_metrics = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
+    supports_activation_cache = False  # the decoder reads every encoder layer's output through generation
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.train_rows: LabelledRows | None = None
+        self.eval_rows: LabelledRows | None = None
+        self.label_names: list[str] = []  # targets are free text, not classes
+        self.tokenizer = None
+        self.decoder_start: int | None = None
+        self.truncated = {"sources": 0, "targets": 0}
+        self.data_checks: dict[str, int] = {}
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _read(self, path: str, labelled: bool = True) -> LabelledRows:
+        s = self.config.seq2seq
+        rows = load_labelled(path, [s.source_column], s.target_column if labelled else None, self.config.data.bad_rows,
+                             settings=("seq2seq.source_column", "seq2seq.target_column"))
+        return LabelledRows(rows.source, {"source": rows.inputs[s.source_column]}, rows.labels, rows.lines, rows.skipped)
+
+    def preflight(self) -> None:
+        """Reads and checks the source/target files before any weights load."""
+        self.train_rows, self.eval_rows, self.data_checks = read_splits(
+            self.config.data, self.config.training.seed, self._read)
+
+    def unlabelled_rows(self, path: str) -> LabelledRows:
+        return self._read(path, labelled=False)
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"truncated": dict(self.truncated)}
+        for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
+            if rows is not None:
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
+                                "mean_target_words": round(float(np.mean([len(t.split()) for t in rows.labels])), 1)}
+        facts.update(self.data_checks)
+        return facts
+
+    # ---- model ------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """The source's encoder-decoder, or an encoder warm-started as one; `model.pretrained: false`
+        gives the same architecture from random initialization."""
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+        trust = self.config.model.trust_remote_code
+        kwargs = from_pretrained_kwargs(self.resolved, trust)
+        extra = dropout_overrides(self.resolved, self.config.model.dropout, trust)
+        with loading(self.resolved):
+            self._load_tokenizer(kwargs)
+            source_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
+            if not getattr(source_config, "is_encoder_decoder", False):
+                return self._configured(self._warm_start(source_config, extra, kwargs))
+            if not self.config.model.pretrained:
+                model_config = AutoConfig.from_pretrained(self.resolved.location, **extra, **kwargs)
+                return self._configured(AutoModelForSeq2SeqLM.from_config(model_config, trust_remote_code=trust))
+            return self._configured(AutoModelForSeq2SeqLM.from_pretrained(self.resolved.location, **extra, **kwargs))
+
+    def _warm_start(self, source_config, extra: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+        """An EncoderDecoderModel whose encoder and decoder both start from an encoder-only source."""
+        from transformers import AutoConfig, EncoderDecoderConfig, EncoderDecoderModel
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if source_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(source_config, "is_decoder", False) \
+                or source_config.architectures and any(a.endswith("ForCausalLM") for a in source_config.architectures):
+            raise ConfigError([f"model.source: {self.resolved.location} is a {source_config.model_type} model, neither "
+                               "an encoder-decoder (T5, BART, Marian) nor an encoder that can be warm-started as one "
+                               "(BERT-like); for a decoder-only language model use task: causal-lm"])
+        location = self.resolved.location
+        if not self.config.model.pretrained:
+            encoder = AutoConfig.from_pretrained(location, **extra, **kwargs)
+            return EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(encoder, encoder))
+        log.info("%s is an encoder: warm-starting an encoder-decoder from it (encoder and decoder from its weights, "
+                 "new cross-attention)", location)
+        side = {**extra, **kwargs}
+        return EncoderDecoderModel.from_encoder_decoder_pretrained(
+            location, location, encoder_add_pooling_layer=False, **{f"encoder_{k}": v for k, v in side.items()},
+            **{f"decoder_{k}": v for k, v in side.items()})
+
+    def _configured(self, model: nn.Module) -> nn.Module:
+        """Start, end and padding ids where the model lacks them (a warm-started BERT has none)."""
+        t, c = self.tokenizer, model.config
+        if getattr(c, "decoder_start_token_id", None) is None:
+            c.decoder_start_token_id = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
+        c.pad_token_id = c.pad_token_id if c.pad_token_id is not None else t.pad_token_id
+        c.eos_token_id = c.eos_token_id if getattr(c, "eos_token_id", None) is not None else (t.sep_token_id or t.eos_token_id)
+        model.generation_config.decoder_start_token_id = c.decoder_start_token_id
+        model.generation_config.pad_token_id, model.generation_config.eos_token_id = c.pad_token_id, c.eos_token_id
+        self.decoder_start = c.decoder_start_token_id
+        if self.decoder_start is None:
+            raise ConfigError([f"model.source: {self.resolved.location} has no decoder start token (decoder_start_token_id, "
+                               "or a [CLS]/BOS token in its tokenizer)"])
+        return model
+
+    def load_trained(self) -> nn.Module:
+        from transformers import AutoModelForSeq2SeqLM
+
+        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
+        with loading(self.resolved):
+            self._load_tokenizer(kwargs)
+            return self._configured(AutoModelForSeq2SeqLM.from_pretrained(self.resolved.location, **kwargs))
+
+    def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return transformer_layer_groups(model)
+
+    def card_usage(self) -> str:
+        return (
+            "```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n'
+            'model = AutoModelForSeq2SeqLM.from_pretrained("path/to/best")\n'
+            'ids = model.generate(**tokenizer(["your source text"], return_tensors="pt"), max_new_tokens=64)\n'
+            "print(tokenizer.batch_decode(ids, skip_special_tokens=True))\n```"
+        )
+
+    def save(self, model: nn.Module, folder: str) -> None:
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # ---- tensors ----------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return token_limit(self.tokenizer, self.config.data.max_length)
+
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
+        """Source ids (and target ids) per row, tokenized once and unpadded (`train` unused)."""
+        s = self.config.seq2seq
+        sources = [s.source_prefix + text for text in rows.inputs["source"]]
+        encoded = self.tokenizer(sources, truncation=True, max_length=self.max_length)["input_ids"]
+        features = [{"input_ids": ids} for ids in encoded]
+        cut = sum(len(ids) >= self.max_length for ids in encoded)
+        if labelled:
+            targets = self.tokenizer(text_target=rows.labels, truncation=True, max_length=s.max_target_length)["input_ids"]
+            for feature, ids in zip(features, targets):
+                feature["labels"] = ids
+            self.truncated["targets"] += sum(len(ids) >= s.max_target_length for ids in targets)
+        if cut:
+            log.info("%s: %d of %d sources reached max_length=%d and were cut", rows.source, cut, len(rows), self.max_length)
+        self.truncated["sources"] += cut
+        return features
+
+    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
+        return [len(f["input_ids"]) + len(f.get("labels", ())) for f in dataset]
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Sources right-padded, (B, S); `decoder_input_ids` (the targets shifted right after the start
+        token) padded to the batch's longest target, (B, T); labels padded with -100 to
+        `max_target_length`, (B, L), so that evaluation can stack batches of different lengths."""
+        batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id)
+        if "labels" in features[0]:
+            longest = max(len(f["labels"]) for f in features)
+            labels = torch.full((len(features), self.config.seq2seq.max_target_length), IGNORE, dtype=torch.long)
+            for i, f in enumerate(features):
+                labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
+            start = torch.full((len(features), 1), self.decoder_start, dtype=torch.long)
+            shifted = torch.cat([start, labels[:, : longest - 1]], dim=1)
+            batch["labels"] = labels
+            batch["decoder_input_ids"] = shifted.masked_fill(shifted == IGNORE, self.tokenizer.pad_token_id or 0)
+        return batch
+
+    # ---- loss, metrics, predictions ---------------------------------------------------------
+
+    def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, T, V)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Generated outputs, (B, 2 + max_new_tokens) as described above (the loss columns hold 0)."""
+        generated = self._generate(model, batch)
+        return torch.cat([generated.new_zeros((len(generated), 2)), generated], dim=1)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over target tokens; outputs (B, 2) per-row loss sums and token
+        counts, plus generated ids when evaluating."""
+        logits = self._logits(model, batch).float()  # (B, T, V)
+        labels = batch["labels"][:, : logits.shape[1]]  # (B, T)
+        smoothing = self.config.training.label_smoothing_factor if model.training else 0.0
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
+        if model.training:
+            return loss, logits.new_zeros((len(labels), 2))
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (B, T)
+        outputs = torch.stack([per_token.sum(1), (labels != IGNORE).sum(1).float()], dim=1)
+        if self.config.seq2seq.generate_on_eval:
+            outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
+        return loss, outputs
+
+    @torch.no_grad()
+    def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Generated ids, (B, max_new_tokens) as floats, -1 from the end on (the start token dropped)."""
+        model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
+        s = self.config.seq2seq
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=False)
+        return cut_at_stop(out[:, 1:], stop_ids(model, self.tokenizer), s.max_new_tokens)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Loss per target token and perplexity; with generated outputs, BLEU and ROUGE against the targets."""
+        scores: dict[str, Any] = token_loss(outputs)
+        if outputs.shape[1] > 2:
+            scores.update(generation_metrics(decode(self.tokenizer, outputs[:, 2:]), self.eval_rows.labels))
+        return scores
+
+    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Per row: the source, the generated output and (when scored) the row's loss per token."""
+        generated = decode(self.tokenizer, outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
+        records = []
+        for i, source in enumerate(rows.inputs["source"]):
+            record: dict[str, Any] = {"source": source, "output": generated[i]}
+            if outputs[i, 1] > 0:
+                record["loss"] = round(float(outputs[i, 0] / outputs[i, 1]), 6)
+            records.append(record)
+        return records
