@@ -164,6 +164,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
             "warmup_steps": args.warmup_steps, "weight_decay": WEIGHT_DECAY, "seed": args.seed,
             "per_device_train_batch_size": BATCH_SIZE, "per_device_eval_batch_size": EVAL_BATCH_SIZE,
             "eval_strategy": "steps", "eval_steps": args.max_steps, "early_stopping_patience": None,
+            "torch_compile": args.torch_compile,
         },
         "strategy": {"freeze": "none", "gradual_unfreezing": False, "layer_lr_decay": 1.0},
     }
@@ -243,7 +244,7 @@ def run_trainer(args: argparse.Namespace) -> dict:
         per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=EVAL_BATCH_SIZE,
         learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=args.warmup_steps,
         weight_decay=WEIGHT_DECAY, seed=args.seed, eval_strategy="no", save_strategy="no", report_to="none",
-        use_cpu=True, disable_tqdm=True,
+        use_cpu=True, disable_tqdm=True, torch_compile=args.torch_compile,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Progress()])
@@ -303,7 +304,8 @@ def spawn(tool: str, run_id: str, args: argparse.Namespace, train_file: Path, lo
     command = [sys.executable, __file__, "--worker", tool, "--run-id", run_id, "--result-file", str(result_file),
                "--train-file", str(train_file), "--dev-file", str(Path(args.data_dir) / "dev.tsv"),
                "--max-steps", str(args.max_steps), "--warmup-steps", str(args.warmup_steps),
-               "--learning-rate", str(args.learning_rate), "--seed", str(args.seed)]
+               "--learning-rate", str(args.learning_rate), "--seed", str(args.seed)] + (
+                   ["--torch-compile"] if args.torch_compile else [])
     print(f"{tool} run {run_id}: started", file=sys.stderr, flush=True)
     proc = subprocess.run(command, stdout=log, stderr=log, cwd=REPO)
     if proc.returncode != 0 or not result_file.exists():
@@ -388,6 +390,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=1, help="pairs of runs (tunesmith, Trainer), alternating")
+    parser.add_argument("--torch-compile", action="store_true", help="both sides compile the model (torch.compile)")
     for hidden in ("--worker", "--run-id", "--result-file", "--train-file", "--dev-file", "--warmup-steps"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,7 +424,8 @@ def main() -> None:
               "settings": {**settings, "train_rows": rows, "steps_per_epoch": steps_per_epoch,
                            "batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "weight_decay": WEIGHT_DECAY},
               "summary": summary, "padding": padding, "runs": runs}
-    name = "sst2_vs_trainer.json" if args.train_rows is None else f"sst2_vs_trainer_{rows}rows.json"
+    name = ("sst2_vs_trainer" + ("" if args.train_rows is None else f"_{rows}rows")
+            + ("_compiled" if args.torch_compile else "") + ".json")
     (OUT / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(summary, runs, padding))
     print(f"\nraw numbers: {OUT / name}", file=sys.stderr)

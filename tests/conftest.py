@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BERT built from a config (no download), the shipped reviews, shared data."""
+"""Shared fixtures: a tiny BERT and a tiny BART built from configs (no download), the shipped reviews, shared data."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ def tiny_bert(tmp_path_factory) -> Path:
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, num_labels=2)
     BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    """A 2+2-layer, 32-wide BART with random weights and the real MiniLM (BERT) tokenizer's special ids."""
+    import torch
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    from tunesmith.models.sources import resolve_source
+
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                        pad_token_id=0, bos_token_id=101, eos_token_id=102, decoder_start_token_id=101,
+                        forced_bos_token_id=None, forced_eos_token_id=None)
+    BartForConditionalGeneration(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location).save_pretrained(folder)
     return folder
 

@@ -164,6 +164,10 @@ class TrainingConfig(_Section):
     """Frozen-prefix activation cache: with the first groups frozen for good and inputs that do
     not change between epochs, record the frozen part's outputs in one epoch and run only the
     trainable top afterwards (same numbers, less compute). `auto` uses it where it is safe."""
+    torch_compile: bool = False
+    """Compile the model's forward with `torch.compile` (inductor, dynamic shapes). The first
+    steps are slower while it compiles (and again when freezing changes); on GPUs and long runs
+    the later ones are faster. Turns the activation cache off."""
     activation_cache_max_gb: float = 2.0
     """Above this size the activation cache lives in a disk-backed memmap in the run directory."""
     nan_policy: Literal["stop", "skip"] = "stop"

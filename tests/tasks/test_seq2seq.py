@@ -26,25 +26,6 @@ def pairs(path: Path, n: int, seed: int, source: str = "source", target: str = "
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_bart(tmp_path_factory) -> Path:
-    """A 2+2-layer, 32-wide BART with random weights and the real MiniLM (BERT) tokenizer's special ids."""
-    import torch
-    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
-
-    from tunesmith.models.sources import resolve_source
-
-    folder = tmp_path_factory.mktemp("tiny-bart")
-    torch.manual_seed(0)
-    config = BartConfig(vocab_size=30522, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                        pad_token_id=0, bos_token_id=101, eos_token_id=102, decoder_start_token_id=101,
-                        forced_bos_token_id=None, forced_eos_token_id=None)
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location).save_pretrained(folder)
-    return folder
-
-
 # ---- metrics and config -------------------------------------------------------------------------
 
 

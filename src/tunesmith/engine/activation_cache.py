@@ -115,6 +115,8 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
         reasons.append("training inputs change between epochs (augmentation)")
     if world > 1:
         reasons.append("several processes train")
+    if config.training.torch_compile:
+        reasons.append("torch_compile is on (the cache swaps modules the compiled graph was traced with)")
     if groups[0].name != "embeddings":
         reasons.append("the model has no embeddings group")
     depths = lowest_trainable_by_epoch
