@@ -91,6 +91,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         model = apply_lora(task.build_model(), config)  # unchanged unless lora.enabled
         config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
         check_memory(task, model, config, accelerator)  # warns when the run will not fit
+        if config.training.torch_compile:  # in place: the same module and state_dict keys, only __call__ compiles
+            model.compile(dynamic=True)
         if main:
             dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
         facts = task.describe()

@@ -120,7 +120,9 @@ def test_lora_resume_mid_epoch_is_identical(lora_config, tmp_path):
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(reference / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")  # mid epoch 2
     saved = load_file(str(resumed / "checkpoints" / "step-4" / "model.safetensors"))
-    assert any("lora_A" in k for k in saved)  # checkpoints hold the adapter weights
+    assert any("lora_A" in k for k in saved)  # checkpoints hold the adapter weights and the new head,
+    assert any("modules_to_save" in k for k in saved)  # not the frozen base, which the source rebuilds
+    assert not any(k.endswith("attention.self.query.base_layer.weight") for k in saved)
     shutil.copytree(reference / "best", resumed / "best")
     shutil.copy(reference / "config.yaml", resumed / "config.yaml")
     kept = [line for line in (reference / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]

@@ -79,8 +79,7 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state:
     final = folder / f"step-{state['global_step']}"
     try:
         with atomic_folder(final) as tmp:
-            weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-            save_file(_untie(weights), tmp / "model.safetensors")
+            save_file(_untie(checkpoint_weights(model)), tmp / "model.safetensors")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -92,6 +91,18 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state:
     for old in checkpoints(folder)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a step checkpoint keeps: all of them, or under LoRA only the adapters and the fully
+    trained heads (`modules_to_save`). A LoRA run's frozen base never changes and is rebuilt from
+    `model.source` on resume, so its checkpoints are megabytes, not the whole model, and writing one
+    does not serialize a second copy of the model in memory."""
+    weights = model.state_dict()
+    if hasattr(model, "peft_config"):
+        prefix = model.base_model.prefix  # "lora_": adapter weights and DoRA magnitudes
+        weights = {k: v for k, v in weights.items() if prefix in k or ".modules_to_save." in k}
+    return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 
 
 def checkpoints(folder: Path) -> list[Path]:

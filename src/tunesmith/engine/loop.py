@@ -98,8 +98,6 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         state = _resume(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
-    if t.torch_compile:  # in place: the same module and state_dict keys, only its __call__ is compiled
-        model.compile(dynamic=True)
     oom = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
     oom.adopt(state, config)  # a micro-batch found after running out of memory is kept on resume
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
