@@ -297,11 +297,11 @@ def _span_positions(offsets: list[tuple[int, int] | None], answers: dict[str, li
 def _candidate_spans(start: np.ndarray, end: np.ndarray, offsets: list[tuple[int, int] | None], n_best: int,
                      max_tokens: int) -> list[tuple[float, int, int]]:
     """(score, first char, end char) of the valid pairs among the n_best starts and ends."""
-    spans = []
+    spans, ends = [], np.argsort(-end)[:n_best]
     for s in np.argsort(-start)[:n_best]:
         if s >= len(offsets) or offsets[s] is None:
             continue
-        for e in np.argsort(-end)[:n_best]:
+        for e in ends:
             if e < s or e - s + 1 > max_tokens or e >= len(offsets) or offsets[e] is None:
                 continue
             spans.append((float(start[s] + end[e]), offsets[s][0], offsets[e][1]))

@@ -104,8 +104,9 @@ class Seq2SeqTask:
         from transformers import AutoConfig, EncoderDecoderConfig, EncoderDecoderModel
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        if source_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(source_config, "is_decoder", False) \
-                or source_config.architectures and any(a.endswith("ForCausalLM") for a in source_config.architectures):
+        decoder_only = getattr(source_config, "is_decoder", False) or any(
+            a.endswith("ForCausalLM") for a in source_config.architectures or [])
+        if decoder_only or source_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:  # no decoder form
             raise ConfigError([f"model.source: {self.resolved.location} is a {source_config.model_type} model, neither "
                                "an encoder-decoder (T5, BART, Marian) nor an encoder that can be warm-started as one "
                                "(BERT-like); for a decoder-only language model use task: causal-lm"])
@@ -156,7 +157,8 @@ class Seq2SeqTask:
             "```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
             'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n'
             'model = AutoModelForSeq2SeqLM.from_pretrained("path/to/best")\n'
-            'ids = model.generate(**tokenizer(["your source text"], return_tensors="pt"), max_new_tokens=64)\n'
+            'inputs = tokenizer(["your source text"], return_tensors="pt", return_token_type_ids=False)\n'
+            "ids = model.generate(**inputs, max_new_tokens=64)\n"
             "print(tokenizer.batch_decode(ids, skip_special_tokens=True))\n```"
         )
 
