@@ -230,6 +230,10 @@ def test_tiny_bert_trains_saves_evaluates_and_predicts(tiny_bert, tmp_path):
     scores = evaluate(str(result.best_model_dir), str(dev))
     assert scores["f1"] == pytest.approx(result.final["f1"], abs=1e-6)
 
+    card = (result.run_dir / "README.md").read_text(encoding="utf-8")  # its usage snippet runs as written
+    snippet = card.split("```python\n")[1].split("```")[0].replace("path/to/best", str(result.best_model_dir))
+    exec(compile(snippet, "model-card", "exec"), {})
+
     out = predict(str(result.run_dir), str(dev), str(tmp_path / "pred.jsonl"))
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     contexts = [json.loads(line)["context"] for line in dev.read_text(encoding="utf-8").splitlines()]

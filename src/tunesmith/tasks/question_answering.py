@@ -137,10 +137,22 @@ class QuestionAnsweringTask:
         return transformer_layer_groups(model)
 
     def card_usage(self) -> str:
+        # transformers 5 has no question-answering pipeline: the best span, the plain way.
         return (
-            "```python\nfrom transformers import pipeline\n"
-            'qa = pipeline("question-answering", model="path/to/best")\n'
-            'qa(question="Who wrote it?", context="The book was written by Ann Lee in 1990.")\n```'
+            "```python\nimport torch\nfrom transformers import AutoModelForQuestionAnswering, AutoTokenizer\n"
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n'
+            'model = AutoModelForQuestionAnswering.from_pretrained("path/to/best")\n'
+            'question, context = "Who wrote it?", "The book was written by Ann Lee in 1990."\n'
+            'inputs = tokenizer(question, context, return_tensors="pt", return_offsets_mapping=True)\n'
+            'offsets = inputs.pop("offset_mapping")[0]\n'
+            "with torch.no_grad():\n    out = model(**inputs)\n"
+            "in_context = torch.tensor([i == 1 for i in inputs.sequence_ids(0)])\n"
+            "start = out.start_logits[0].masked_fill(~in_context, -1e4)\nend = out.end_logits[0].masked_fill(~in_context, -1e4)\n"
+            "scores = start[:, None] + end[None, :]  # (start, end) pairs; keep end >= start, at most 30 tokens\n"
+            "scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).triu().tril(29), -1e9)\n"
+            "s, e = divmod(int(scores.argmax()), scores.shape[1])\n"
+            "print(context[offsets[s][0]:offsets[e][1]])\n```\n"
+            "`tunesmith predict` does the same over long contexts (windows) and many questions."
         )
 
     def save(self, model: nn.Module, folder: str) -> None:
