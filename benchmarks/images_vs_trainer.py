@@ -1,0 +1,148 @@
+"""demo:efficientnet-lite0 with a frozen backbone on ants vs bees: tunesmith against Hugging Face Trainer.
+
+Run by hand (not a test), from the repository root, with ../shared/data/hymenoptera beside it:
+
+    .venv/bin/python benchmarks/images_vs_trainer.py              # 4 epochs each
+    .venv/bin/python benchmarks/images_vs_trainer.py --epochs 1   # smoke
+
+Both arms train only the new classifier of the same pre-trained EfficientNet-Lite0 (a linear
+probe), on the same 245 training images through the same decoding and transforms (tunesmith's
+dataset, light augmentation, 224 px), with the same batch size, epochs, learning rate, cosine
+schedule without warm-up, weight decay and seed; accuracy on the 153 validation images.
+tunesmith: `strategy.freeze: head_only`, so the frozen backbone runs in eval mode (BatchNorm
+statistics fixed). Trainer: the backbone's parameters get `requires_grad=False`, what a Trainer user
+writes; `model.train()` then still updates its BatchNorm statistics. Each arm runs in its own
+subprocess, so its peak memory is its own; throughput is training images per second of the training
+loop (tunesmith's end-of-epoch evaluations and saves are timed and taken out). Prints a Markdown
+table; raw numbers go to benchmarks/out/images_vs_trainer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+DATA = REPO.parent / "shared" / "data" / "hymenoptera"
+
+
+def config_for(args: argparse.Namespace) -> dict:
+    return {"task": "image-classification", "output_dir": str(OUT / "runs" / f"images-vs-trainer-{args.arm}"),
+            "overwrite_output_dir": True, "model": {"source": "demo:efficientnet-lite0"},
+            "data": {"train": str(DATA)},
+            "training": {"num_train_epochs": args.epochs, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
+                         "lr_scheduler_type": "cosine", "warmup_steps": 0, "weight_decay": 0.05,
+                         "early_stopping_patience": None, "seed": 0, "dataloader_num_workers": 0},
+            "strategy": {"freeze": "head_only"}, "augmentation": {"preset": "light"}}
+
+
+def run_tunesmith(args: argparse.Namespace) -> dict:
+    import tunesmith
+    import tunesmith.engine.loop as loop
+
+    spent: list[float] = []
+
+    def timed(fn):
+        def wrapped(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent.append(time.perf_counter() - start)
+        return wrapped
+
+    evaluate = loop.evaluate
+    loop.evaluate, loop._save_best, loop.save_checkpoint = timed(evaluate), timed(loop._save_best), timed(loop.save_checkpoint)
+    result = tunesmith.finetune(config_for(args), quiet=True)
+    # spent: baseline evaluation first (before the clock) and the final one last (after it).
+    return {"train_seconds": result.train_seconds - sum(spent[1:-1]), "accuracy": result.final["accuracy"],
+            "accuracy_before": result.baseline["accuracy"]}
+
+
+def run_trainer(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from tunesmith.config import load_config
+    from tunesmith.tasks import get_task
+
+    task = get_task(load_config(config_for(args)))
+    task.preflight()
+    set_seed(0)
+    backbone = task.build_model()
+    head = set(backbone.get_classifier().parameters())
+    for p in backbone.parameters():
+        p.requires_grad = p in head
+
+    class Classifier(nn.Module):  # what Trainer needs: a forward that returns the loss
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values, labels=None):
+            logits = self.model(pixel_values)
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    train, val = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
+    t = config_for(args)["training"]
+    trainer = Trainer(model=Classifier(backbone), train_dataset=train, eval_dataset=val, data_collator=task.collate,
+                      args=TrainingArguments(
+                          output_dir=str(OUT / "runs" / "images-vs-trainer-trainer"), num_train_epochs=t["num_train_epochs"],
+                          per_device_train_batch_size=16, per_device_eval_batch_size=64, learning_rate=t["learning_rate"],
+                          lr_scheduler_type="cosine", warmup_steps=0, weight_decay=t["weight_decay"], seed=0,
+                          eval_strategy="no", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                          dataloader_num_workers=0, remove_unused_columns=False))
+
+    def accuracy() -> float:
+        predicted = trainer.predict(val)
+        return float((np.argmax(predicted.predictions, -1) == predicted.label_ids).mean())
+
+    before = accuracy()
+    out = trainer.train()
+    return {"train_seconds": out.metrics["train_runtime"], "accuracy": accuracy(), "accuracy_before": before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--arm", choices=["tunesmith", "trainer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.arm:
+        start = time.perf_counter()
+        result = (run_tunesmith if args.arm == "tunesmith" else run_trainer)(args)
+        images = 245 * args.epochs
+        result.update(arm=args.arm, epochs=args.epochs, images_per_second=images / result["train_seconds"],
+                      wall_seconds=time.perf_counter() - start,
+                      peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        print(json.dumps(result))
+        return
+    if not (DATA / "train").is_dir():
+        sys.exit(f"hymenoptera not found at {DATA} (../shared/data beside the repository)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for arm in ("tunesmith", "trainer"):
+        proc = subprocess.run([sys.executable, __file__, "--arm", arm, *sys.argv[1:]], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"the {arm} run failed:\n{proc.stderr[-3000:]}")
+        runs[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{arm}: {runs[arm]}", file=sys.stderr)
+    (OUT / "images_vs_trainer.json").write_text(json.dumps(runs, indent=2) + "\n")
+    a, b = runs["tunesmith"], runs["trainer"]
+    print("| | val accuracy (before) | images/s | peak RSS |\n|---|---|---|---|")
+    for name, r in (("tunesmith", a), ("HF Trainer", b)):
+        print(f"| {name} | {r['accuracy']:.4f} ({r['accuracy_before']:.4f}) | {r['images_per_second']:.1f} "
+              f"| {r['peak_rss_mib']} MiB |")
+    print(f"| **tunesmith / Trainer** | {a['accuracy'] - b['accuracy']:+.4f} | "
+          f"**{a['images_per_second'] / b['images_per_second']:.2f}x** | {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
