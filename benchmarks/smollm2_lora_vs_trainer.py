@@ -28,7 +28,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from smollm2_sst2_lora import DATA, OUT, write_jsonl
 
