@@ -12,12 +12,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tunesmith.data.readers import read_table
 from tunesmith.errors import DataError
+
+if TYPE_CHECKING:
+    from tunesmith.config import DataConfig
 
 log = logging.getLogger("tunesmith")
 
@@ -267,7 +270,7 @@ def balanced_class_weights(labels: Sequence[Any], names: Sequence[Any]) -> list[
     return [len(labels) / (len(names) * max(1, counts[name])) for name in names]
 
 
-def read_splits(data, seed: int, read: Callable[[str], LabelledRows],
+def read_splits(data: DataConfig, seed: int, read: Callable[[str], LabelledRows],
                 as_text: Callable[[LabelledRows], LabelledRows] = lambda rows: rows,
                 ) -> tuple[LabelledRows | None, LabelledRows, dict[str, int]]:
     """Training rows (None without `data.train`), validation rows and the data checks, as `data` asks.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import ModelSourceError, TunesmithError
+from tunesmith.errors import DataError, ModelSourceError, TunesmithError
 
 log = logging.getLogger("tunesmith")
 
@@ -157,8 +157,6 @@ def load_fast_tokenizer(resolved: ResolvedSource, kwargs: dict, task: str, neede
         DataError: the source only has a slow tokenizer.
     """
     from transformers import AutoTokenizer
-
-    from tunesmith.errors import DataError
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
     if not getattr(tokenizer, "is_fast", False):
