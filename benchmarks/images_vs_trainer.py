@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _arms import in_loop_seconds, run_arms, time_loop_extras
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
@@ -44,24 +45,10 @@ def config_for(args: argparse.Namespace) -> dict:
 
 def run_tunesmith(args: argparse.Namespace) -> dict:
     import tunesmith
-    import tunesmith.engine.loop as loop
 
-    spent: list[float] = []
-
-    def timed(fn):
-        def wrapped(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent.append(time.perf_counter() - start)
-        return wrapped
-
-    evaluate = loop.evaluate
-    loop.evaluate, loop._save_best, loop.save_checkpoint = timed(evaluate), timed(loop._save_best), timed(loop.save_checkpoint)
+    spent = time_loop_extras()
     result = tunesmith.finetune(config_for(args), quiet=True)
-    # spent: baseline evaluation first (before the clock) and the final one last (after it).
-    return {"train_seconds": result.train_seconds - sum(spent[1:-1]), "accuracy": result.final["accuracy"],
+    return {"train_seconds": result.train_seconds - in_loop_seconds(spent), "accuracy": result.final["accuracy"],
             "accuracy_before": result.baseline["accuracy"]}
 
 
@@ -127,14 +114,7 @@ def main() -> None:
     if not (DATA / "train").is_dir():
         sys.exit(f"hymenoptera not found at {DATA} (../shared/data beside the repository)")
     OUT.mkdir(parents=True, exist_ok=True)
-    runs = {}
-    for arm in ("tunesmith", "trainer"):
-        proc = subprocess.run([sys.executable, __file__, "--arm", arm, *sys.argv[1:]], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"the {arm} run failed:\n{proc.stderr[-3000:]}")
-        runs[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{arm}: {runs[arm]}", file=sys.stderr)
-    (OUT / "images_vs_trainer.json").write_text(json.dumps(runs, indent=2) + "\n")
+    runs = run_arms(__file__, OUT / "images_vs_trainer.json")
     a, b = runs["tunesmith"], runs["trainer"]
     print("| | val accuracy (before) | images/s | peak RSS |\n|---|---|---|---|")
     for name, r in (("tunesmith", a), ("HF Trainer", b)):

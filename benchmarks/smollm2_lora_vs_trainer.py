@@ -25,10 +25,10 @@ import argparse
 import json
 import math
 import resource
-import subprocess
 import sys
 import time
 
+from _arms import in_loop_seconds, run_arms, time_loop_extras
 from smollm2_sst2_lora import DATA, OUT, write_jsonl
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
@@ -55,25 +55,10 @@ def warmup_steps(args: argparse.Namespace) -> int:
 
 def run_tunesmith(args: argparse.Namespace) -> dict:
     import tunesmith
-    import tunesmith.engine.loop as loop
 
-    # The loop clock also holds the evaluation and the adapter saves at the end of the epoch, which
-    # Trainer's clock does not (no eval or save configured there): time them to subtract them.
-    spent: dict[str, list[float]] = {"evaluate": [], "save": []}
-
-    def timed(name, fn):
-        def wrapped(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[name].append(time.perf_counter() - start)
-        return wrapped
-
-    loop.evaluate = timed("evaluate", loop.evaluate)
-    loop._save_best, loop.save_checkpoint = timed("save", loop._save_best), timed("save", loop.save_checkpoint)
+    spent = time_loop_extras()
     result = tunesmith.finetune(tunesmith_config(args), quiet=True)
-    in_loop = sum(spent["evaluate"][1:-1]) + sum(spent["save"])  # baseline and final evaluations are outside it
+    in_loop = in_loop_seconds(spent)
     tokens = sum(len(f["input_ids"]) for f in _features(args)[0])
     return {"train_seconds": result.train_seconds - in_loop, "loop_clock_seconds": result.train_seconds,
             "dev_loss": result.final["loss"], "dev_loss_before": result.baseline["loss"], "tokens": tokens}
@@ -140,14 +125,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     write_jsonl(DATA / "train.tsv", args.train_rows, 0, OUT / "smollm2_vs_trainer_train.jsonl")
     write_jsonl(DATA / "dev.tsv", args.eval_rows, 1, OUT / "smollm2_vs_trainer_dev.jsonl")
-    runs = {}
-    for arm in ("tunesmith", "trainer"):
-        proc = subprocess.run([sys.executable, __file__, "--arm", arm, *sys.argv[1:]], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"the {arm} run failed:\n{proc.stderr[-3000:]}")
-        runs[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{arm}: {runs[arm]}", file=sys.stderr)
-    (OUT / "smollm2_lora_vs_trainer.json").write_text(json.dumps(runs, indent=2) + "\n")
+    runs = run_arms(__file__, OUT / "smollm2_lora_vs_trainer.json")
     a, b = runs["tunesmith"], runs["trainer"]
     print("| | samples/s | tokens/s | dev loss per answer token (before) | peak RSS |\n|---|---|---|---|---|")
     for name, r in (("tunesmith", a), ("Trainer + PEFT", b)):
