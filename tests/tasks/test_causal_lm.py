@@ -169,6 +169,31 @@ def test_packing_gives_the_unpacked_loss(smollm2, repeat_data, tmp_path):
     assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-4)
 
 
+def test_the_head_projects_only_answer_positions_and_the_loss_is_the_models_own(smollm2, repeat_data, tmp_path,
+                                                                                 monkeypatch):
+    from tunesmith.tasks import causal_lm
+
+    task = prepared(config(smollm2, repeat_data, tmp_path))
+    model = task.build_model().eval()
+    features = task.dataset(task.eval_rows, train=False)
+    batch = task.collate(features)
+    width = batch["input_ids"].shape[1]
+    answers = int((batch["labels"][:, 1:width] != IGNORE).sum())
+    projected = []
+    model.lm_head.register_forward_hook(lambda module, args, out: projected.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        loss, outputs = task.loss(model, batch)
+        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    labels=batch["labels"][:, :width]).loss
+        monkeypatch.setattr(causal_lm, "_head_slices", lambda model_class: False)  # a head that cannot slice
+        loss_full, outputs_full = task.loss(model, batch)
+    assert projected[0] == answers < batch["attention_mask"].sum() / 3  # not the prompts, not the padding
+    assert loss.item() == pytest.approx(own.item(), abs=1e-4)
+    assert loss_full.item() == pytest.approx(own.item(), abs=1e-4)
+    assert torch.allclose(outputs[:, :2], outputs_full[:, :2], atol=1e-4)
+    assert outputs[:, 1].sum() == answers
+
+
 # ---- fine-tuning --------------------------------------------------------------------------------
 
 

@@ -19,8 +19,10 @@ generated token ids, -1 after the end]; `forward` of a training batch returns th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -236,9 +238,17 @@ class CausalLMTask:
 
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
-    def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits (B, T, V); with `keep`, a (B, T) mask, only those of the kept positions, (N, V).
+        Where the model supports it the head projects only the kept positions: with the loss on short
+        answers that skips most of the vocabulary projection (a fifth of SmolLM2's compute) and its
+        (B, T, V) logits, the largest activation of a training step."""
         # No cache: transformers only reads packed examples from position ids when there is none.
-        return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False).logits  # (B, T, V)
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        if keep is not None and _slices_logits(model):
+            return model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        logits = model(**inputs, use_cache=False).logits
+        return logits if keep is None else logits[keep]
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Generated answers for an evaluation batch, (B, 2 + max_new_tokens) as described above
@@ -251,14 +261,19 @@ class CausalLMTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over response tokens (next-token: position t predicts label t+1);
         outputs (B, 2) per-row loss sums and token counts, plus generated ids when evaluating."""
-        logits = self._logits(model, batch)[:, :-1].float()  # (B, T-1, V)
-        targets = batch["labels"][:, 1 : logits.shape[1] + 1]  # (B, T-1)
+        width = batch["input_ids"].shape[1]
+        targets = batch["labels"][:, 1:width]  # (B, T-1)
+        keep = F.pad(targets != IGNORE, (0, 1))  # (B, T): the positions whose next token carries the loss
+        logits = self._logits(model, batch, keep).float()  # (N, V)
+        wanted = targets[keep[:, :-1]]  # (N,)
         smoothing = self.config.training.label_smoothing_factor if model.training else 0.0
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
+        loss = F.cross_entropy(logits, wanted, label_smoothing=smoothing)
         if model.training:
             return loss, logits.new_zeros((len(targets), 2))
-        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
-        outputs = torch.stack([per_token.sum(1), (targets != IGNORE).sum(1).float()], dim=1)
+        per_token = F.cross_entropy(logits, wanted, reduction="none")  # (N,)
+        rows = keep.nonzero(as_tuple=True)[0]
+        sums = per_token.new_zeros(len(targets)).index_add_(0, rows, per_token)
+        outputs = torch.stack([sums, keep.sum(1).float()], dim=1)
         if self.config.causal_lm.generate_on_eval and "prompt_ids" in batch:
             outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
         return loss, outputs
@@ -294,6 +309,25 @@ class CausalLMTask:
                 record["loss"] = round(float(outputs[i, 0] / outputs[i, 1]), 6)
             records.append(record)
         return records
+
+
+def _slices_logits(model: nn.Module) -> bool:
+    """Whether the model's head can project only masked positions (see `_head_slices`)."""
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return _head_slices(type(inner))
+
+
+@functools.cache
+def _head_slices(model_class: type) -> bool:
+    """True when the class's forward slices hidden states with transformers' `slice_logits_to_keep`
+    in a version that reads a boolean (B, T) mask (older ones take an int or 1-D positions only)."""
+    from transformers import modeling_utils
+
+    helper = getattr(modeling_utils, "slice_logits_to_keep", None)
+    if helper is None or getattr(sys.modules.get(model_class.__module__), "slice_logits_to_keep", None) is not helper:
+        return False
+    return helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape == (1, 1)
 
 
 def _gguf(kwargs: dict[str, Any]) -> dict[str, Any]:
