@@ -51,7 +51,9 @@ class CausalLMConfig(_Section):
     """Key of the response in prompt/response rows."""
     packing: bool = False
     """Pack each training batch into one row without padding; position ids restart at every
-    example, so attention never crosses examples (same loss as unpacked, less padding computed)."""
+    example, so attention never crosses examples (same loss as unpacked, less padding computed).
+    Packed batches are drawn at random, not grouped by length: grouping would pack the longest
+    rows into one step and raise peak memory."""
     max_new_tokens: int = Field(32, gt=0)
     """Longest generated answer, in tokens, for evaluation and `tunesmith predict`."""
     generate_on_eval: bool = True

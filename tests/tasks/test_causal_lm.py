@@ -167,6 +167,9 @@ def test_packing_gives_the_unpacked_loss(smollm2, repeat_data, tmp_path):
         loss_packed, _ = task.loss(model, packed)
         loss_padded, _ = task.loss(model, padded)
     assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-4)
+    task.config.causal_lm.packing = True
+    assert task.lengths(features) is None  # packed training batches are not grouped by length
+    assert task.lengths(task.dataset(task.eval_rows, train=False))  # evaluation batches are padded: grouped
 
 
 def test_the_head_projects_only_answer_positions_and_the_loss_is_the_models_own(smollm2, repeat_data, tmp_path,

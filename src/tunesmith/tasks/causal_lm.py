@@ -207,7 +207,12 @@ class CausalLMTask:
         self.truncated += truncated
         return features
 
-    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
+    def lengths(self, dataset: list[dict[str, Any]]) -> list[int] | None:
+        """Token counts for length-grouped batches; None for training rows under packing: a packed
+        row has no padding to save, and grouping by length would pack the longest rows together, into
+        the step that sets peak memory (and, with attention quadratic in the packed row, the slowest)."""
+        if self.config.causal_lm.packing and dataset and "prompt_ids" not in dataset[0]:
+            return None
         return [len(f["input_ids"]) for f in dataset]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
