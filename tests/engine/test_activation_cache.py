@@ -60,3 +60,49 @@ def test_cache_is_off_with_gradual_unfreezing_that_never_settles(tiny_config, ca
     tiny_config["strategy"] = {"gradual_unfreezing": True}  # 4 groups: frozen prefix 3, 2, 1
     tunesmith.finetune(tiny_config, quiet=True)
     assert "activation cache:" not in caplog.text
+
+
+def test_frozen_image_backbone_is_cached_without_augmentation(image_config, tmp_path, caplog, monkeypatch):
+    """EfficientNet-Lite0 with only the head training and augmentation `none`: later epochs neither
+    decode images nor run the backbone, and the run equals the uncached one."""
+    from tunesmith.data import images
+
+    decoded = []
+    original = images.open_rgb
+    monkeypatch.setattr(images, "open_rgb", lambda path: decoded.append(path) or original(path))
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    image_config["training"].update(num_train_epochs=3, early_stopping_patience=None)
+    image_config["strategy"] = {"freeze": "head_only"}
+    image_config["augmentation"] = {"preset": "none"}
+    cached = tunesmith.finetune(image_config, quiet=True)
+    assert "activation cache: stem" in caplog.text and "activation cache off" not in caplog.text
+    reads_cached = len(decoded)
+    decoded.clear()
+    image_config["output_dir"] = str(tmp_path / "uncached")
+    image_config["training"]["activation_cache"] = "off"
+    uncached = tunesmith.finetune(image_config, quiet=True)
+    assert len(decoded) - reads_cached == 2 * 18  # the 18 training images, not decoded in the 2 replayed epochs
+    for a, b in zip(losses(cached.run_dir), losses(uncached.run_dir), strict=True):
+        assert a[:2] == b[:2]
+        for x, y in zip(a[2:], b[2:]):
+            assert x == y if y is None else x == pytest.approx(y, rel=1e-4, abs=1e-6)
+    one = load_file(str(cached.run_dir / "best" / "model.safetensors"))
+    two = load_file(str(uncached.run_dir / "best" / "model.safetensors"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def test_cache_turns_itself_off_when_a_module_outside_the_groups_sits_between_them(tmp_path, color_images, caplog):
+    """timm's ResNet runs its stem's activation and max-pool (no parameters, in no group) between the
+    stem and stage 0: replaying stage 0's output there would pool it again. The first recorded batch
+    finds that out and the run goes on uncached, equal to a run without the cache."""
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    config = {"task": "image-classification", "output_dir": str(tmp_path / "cached"),
+              "model": {"source": "resnet10t", "pretrained": False},
+              "data": {"train": str(color_images), "validation_split": 0.25, "image_size": 32},
+              "training": {"num_train_epochs": 2, "per_device_train_batch_size": 6, "early_stopping_patience": None,
+                           "dataloader_num_workers": 0},
+              "strategy": {"freeze": 2}, "augmentation": {"preset": "none"}}
+    cached = tunesmith.finetune(config, quiet=True).run_dir
+    assert "stage.1 does not get the input it gets in the real forward" in caplog.text
+    config["output_dir"], config["training"]["activation_cache"] = str(tmp_path / "uncached"), "off"
+    assert losses(cached) == losses(tunesmith.finetune(config, quiet=True).run_dir)

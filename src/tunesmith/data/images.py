@@ -211,7 +211,9 @@ class ImageDataset(Dataset):
     """Decodes and transforms images on access; training samples are keyed on (seed, epoch, index).
 
     Items are `{"pixel_values": (C, H, W) float tensor, "index": i}` plus `labels` (an int) when
-    labelled and `epoch` when augmenting (collate keys mixup on it).
+    labelled and `epoch` when augmenting (collate keys mixup on it). While the activation cache
+    replays a frozen backbone's outputs it sets `inputs_needed` false, and items carry no pixels
+    (nothing is decoded).
     """
 
     def __init__(self, paths: list[str], labels: list[int] | None, transform: Callable, seed: int | None = None,
@@ -223,11 +225,17 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.inputs_needed = True
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.preferred_workers = preferred_workers if preferred_workers is not None else min(8, max(0, cores - 1))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def varies_by_epoch(self) -> bool:
+        """Whether an image's pixels depend on the epoch (random augmentation)."""
+        return self.seed is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -235,14 +243,16 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         from tunesmith.strategies.augmentation import keyed_rng
 
-        image = open_rgb(self.paths[index])
         item: dict[str, Any] = {"index": index}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        if not self.inputs_needed:
+            return item
+        image = open_rgb(self.paths[index])
         if self.seed is None:
             item["pixel_values"] = self.transform(image)
         else:
             with keyed_rng(self.seed, self.epoch, index):
                 item["pixel_values"] = self.transform(image)
             item["epoch"] = self.epoch
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
         return item

@@ -3,20 +3,30 @@
 When the first k layer groups are frozen (and stay frozen), they run in eval mode and an example's
 inputs are the same every epoch, so their output for that example never changes. During one epoch
 the cache records the output of the last frozen group for every training row (a forward hook, no
-extra pass); in later epochs the frozen modules are stubbed out (the embeddings return the cached
-hidden states, frozen blocks pass them through) and only the trainable top runs. The numbers are
-the same as without the cache: the cached values are exactly what the frozen prefix computes, and
-padded positions, which differ, are masked out of attention.
+extra pass); in later epochs the frozen modules are stubbed out (the first one returns the cached
+output, the others pass it through) and only the trainable top runs. The numbers are the same as
+without the cache: the cached values are exactly what the frozen prefix computes, and padded
+positions, which differ, are masked out of attention.
 
-Rows are stored unpadded in one flat float32 buffer (tokens x hidden), in memory or, above
-`activation_cache_max_gb`, in a disk-backed memmap in the run directory.
+Stubbing relies on the frozen groups' modules running one after the other with nothing between
+them. The first recorded batch checks that: the first trainable module must receive the same
+input with the stubs in place as in the real forward (a parameter-free module outside the groups
+that sits between them, such as a ResNet's max-pool or a ViT's position embedding, would be
+applied to the cached value again and change it). If it does not, the cache turns itself off.
+
+Token rows (text) are stored unpadded in one flat float32 buffer (tokens x hidden); fixed-shape
+rows (image feature maps) as one (rows, ...) buffer. The buffer is in memory or, above
+`activation_cache_max_gb`, a disk-backed memmap in the run directory. During replayed epochs a
+dataset with an `inputs_needed` attribute is told it may skip loading the inputs (images are not
+decoded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,72 +37,176 @@ from tunesmith.models.layer_groups import LayerGroup
 log = logging.getLogger("tunesmith")
 
 
+class _Reached(Exception):
+    """Raised by a pre-hook to stop a probing forward at the first trainable module."""
+
+    def __init__(self, value: tuple[torch.nn.Module, torch.Tensor]):
+        self.value = value
+
+
 class ActivationCache:
     """Outputs of groups[:depth] for every training row, recorded once and replayed after."""
 
-    def __init__(self, groups: list[LayerGroup], depth: int, lengths: Sequence[int], hidden_size: int,
+    def __init__(self, groups: list[LayerGroup], depth: int, rows: int, lengths: Sequence[int] | None,
                  memory_limit_bytes: float, folder: Path):
+        """`lengths`: tokens per row for token rows (text), None for fixed-shape rows (images)."""
         self.groups, self.depth = groups, depth
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        self.hidden_size = hidden_size
-        self.filled = np.zeros(len(lengths), dtype=bool)
-        size = int(self.offsets[-1]) * hidden_size * 4
-        self.on_disk = size > memory_limit_bytes
-        if self.on_disk:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.path = folder / f"activations-depth{depth}.f32"
-            self.buffer = torch.from_numpy(np.memmap(self.path, np.float32, "w+", shape=(int(self.offsets[-1]), hidden_size)))
-        else:
-            self.buffer = torch.empty((int(self.offsets[-1]), hidden_size), dtype=torch.float32)
-        log.info("activation cache: %s frozen; caching their outputs (%.0f MB %s) from the next epoch on",
-                 ", ".join(g.name for g in groups[:depth]), size / 2**20, "on disk" if self.on_disk else "in memory")
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.offsets = None if lengths is None else np.concatenate([[0], np.cumsum(self.lengths)])
+        self.filled = np.zeros(rows, dtype=bool)
+        self.memory_limit_bytes, self.folder = memory_limit_bytes, folder
+        self.buffer: torch.Tensor | None = None  # allocated at the first recorded batch, when shapes are known
+        self.on_disk, self.path, self.channels_last = False, None, False
+        self.usable, self.checked = True, False
+        self.real_input: tuple | None = None  # (module, input): where the real forward entered the trainable top
 
     @property
     def complete(self) -> bool:
-        return bool(self.filled.all())
+        return self.usable and bool(self.filled.all())
 
-    @contextlib.contextmanager
-    def record(self, indices: torch.Tensor) -> Iterator[None]:
-        """Stores the last frozen group's output for these rows while the batch runs normally."""
-        rows = indices.tolist()
+    def _on_first_trainable(self, hook: Callable) -> list:
+        """Pre-hooks on every module of the first trainable group: whichever runs first is the point
+        where the frozen prefix hands over."""
+        return [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self.groups[self.depth].modules]
 
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
-            values = hidden.detach().float().cpu()
+    def _allocate(self, values: torch.Tensor) -> None:
+        if self.lengths is not None:
+            shape = (int(self.offsets[-1]), values.shape[-1])  # tokens x hidden
+        else:
+            shape = (len(self.filled), *values.shape[1:])
+        size = math.prod(shape) * 4
+        self.on_disk = size > self.memory_limit_bytes
+        if self.on_disk:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.path = self.folder / f"activations-depth{self.depth}.f32"
+            self.buffer = torch.from_numpy(np.memmap(self.path, np.float32, "w+", shape=shape))
+        else:
+            self.buffer = torch.empty(shape, dtype=torch.float32)
+        log.info("activation cache: %s frozen; caching their outputs (%.0f MB %s) from the next epoch on",
+                 ", ".join(g.name for g in self.groups[: self.depth]), size / 2**20,
+                 "on disk" if self.on_disk else "in memory")
+
+    def _store(self, rows: list[int], values: torch.Tensor) -> None:
+        if self.buffer is None:
+            self._allocate(values)
+            # Replayed feature maps keep the recorded memory layout: convolution kernels, and so the
+            # last bits of their results, differ between NCHW and channels-last inputs.
+            self.channels_last = values.dim() == 4 and values.is_contiguous(memory_format=torch.channels_last)
+        if self.lengths is None:
+            self.buffer[torch.tensor(rows)] = values
+        else:
             for b, row in enumerate(rows):
                 start, n = int(self.offsets[row]), int(self.lengths[row])
                 self.buffer[start : start + n] = values[b, :n]
-                self.filled[row] = True
+        self.filled[rows] = True
 
-        handle = self.groups[self.depth - 1].modules[0].register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    @contextlib.contextmanager
-    def replay(self, indices: torch.Tensor, seq_len: int, device: torch.device) -> Iterator[None]:
-        """Runs the batch with the frozen prefix replaced by its cached output, (B, T, H)."""
-        hidden = torch.zeros((len(indices), seq_len, self.hidden_size), dtype=torch.float32)
+    def _rows(self, indices: torch.Tensor, seq_len: int | None) -> torch.Tensor:
+        """The cached outputs of these rows as one batch: (B, ...), token rows zero-padded to seq_len."""
+        if self.lengths is None:
+            rows = self.buffer[indices]
+            return rows.contiguous(memory_format=torch.channels_last) if self.channels_last else rows
+        hidden = torch.zeros((len(indices), seq_len, self.buffer.shape[1]), dtype=torch.float32)
         for b, row in enumerate(indices.tolist()):
             start, n = int(self.offsets[row]), int(self.lengths[row])
             hidden[b, :n] = self.buffer[start : start + n]
-        hidden = hidden.to(device)
-        embeddings, blocks = self.groups[0].modules[0], [g.modules[0] for g in self.groups[1 : self.depth]]
-        embeddings.forward = lambda *args, **kwargs: hidden
-        for block in blocks:
-            block.forward = _pass_through
+        return hidden
+
+    @contextlib.contextmanager
+    def record(self, indices: torch.Tensor) -> Iterator[None]:
+        """Stores the last frozen group's output for these rows while the batch runs normally; until
+        `check` has run, also keeps what the first trainable module receives."""
+        rows = indices.tolist()
+
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self._store(rows, hidden.detach().float().cpu())
+
+        def pre_hook(module, args, kwargs):
+            if self.real_input is None:
+                self.real_input = (module, _first_tensor(args, kwargs).detach())
+
+        handles = [self.groups[self.depth - 1].modules[-1].register_forward_hook(hook)]
+        if not self.checked:
+            handles += self._on_first_trainable(pre_hook)
         try:
             yield
         finally:
-            for module in [embeddings, *blocks]:
+            for handle in handles:
+                handle.remove()
+
+    def check(self, indices: torch.Tensor, seq_len: int | None, device: torch.device,
+              forward: Callable[[], object]) -> None:
+        """After the first recorded batch: with the stubs in place, does the first trainable module
+        get what it got in the real forward? `forward` runs the batch's forward again; a pre-hook
+        stops it at the first trainable module, so nothing trainable runs and no statistics move,
+        and the random generators are restored after."""
+        self.checked = True
+        real, self.real_input = self.real_input, None
+
+        def stop(module, args, kwargs):
+            raise _Reached((module, _first_tensor(args, kwargs).detach()))
+
+        replayed = None
+        handles = self._on_first_trainable(stop)
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+                    self.replay(indices, seq_len, device):
+                forward()
+        except _Reached as reached:
+            replayed = reached.value
+        finally:
+            for handle in handles:
+                handle.remove()
+        same = (real is not None and replayed is not None and real[0] is replayed[0]
+                and _same_input(real[1], replayed[1], self.lengths, indices))
+        if not same:
+            self.usable = False
+            self.release()
+            log.info("activation cache off: with the frozen groups replayed, %s does not get the input it gets "
+                     "in the real forward (a module outside the layer groups sits between them)",
+                     self.groups[self.depth].name)
+
+    @contextlib.contextmanager
+    def replay(self, indices: torch.Tensor, seq_len: int | None, device: torch.device) -> Iterator[None]:
+        """Runs the batch with the frozen prefix replaced by its cached output."""
+        hidden = self._rows(indices, seq_len).to(device)
+        frozen = [m for g in self.groups[: self.depth] for m in g.modules]
+        frozen[0].forward = lambda *args, **kwargs: hidden
+        for module in frozen[1:]:
+            module.forward = _pass_through
+        try:
+            yield
+        finally:
+            for module in frozen:
                 del module.forward
 
+    def prepare_epoch(self, dataset, mode: str | None) -> None:
+        """Tells a dataset that can skip loading inputs (`inputs_needed`) whether this epoch needs them."""
+        if hasattr(dataset, "inputs_needed"):
+            dataset.inputs_needed = mode != "replay"
+
     def release(self) -> None:
-        self.buffer = torch.empty(0)
+        self.buffer = None
         if self.on_disk:
             self.path.unlink(missing_ok=True)
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+def _same_input(real: torch.Tensor, replayed: torch.Tensor, lengths, indices: torch.Tensor) -> bool:
+    """Equal up to the float error of the cache's float32 copy of a lower-precision forward; token
+    rows are compared on each row's own tokens (padded positions differ and are masked anyway)."""
+    if real.shape != replayed.shape:
+        return False
+    tolerance = 1e-5 if real.dtype == torch.float32 else 2e-2
+    real, replayed = real.float().cpu(), replayed.float().cpu()
+    pairs = [(real, replayed)] if lengths is None or real.dim() != 3 else [
+        (real[b, :n], replayed[b, :n]) for b, n in enumerate(lengths[indices.numpy()].tolist())]
+    return all(torch.allclose(x, y, rtol=tolerance, atol=tolerance) for x, y in pairs)
 
 
 def _pass_through(hidden_states, *args, **kwargs):
@@ -103,26 +217,26 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
     """Depth (number of frozen groups) to cache, or 0 when caching is off, unsafe or pointless.
 
     Safe only when: the task declares support, inputs are not randomly augmented (the dataset has
-    no per-epoch state), the frozen prefix is the same in at least two epochs, and one process
-    trains (under DDP each process sees other rows every epoch).
+    no per-epoch state, or says `varies_by_epoch` is false), the frozen prefix is the same in at
+    least two epochs, and one process trains (under DDP each process sees other rows every epoch).
     """
     if config.training.activation_cache == "off":
         return 0
     reasons = []
     if not getattr(task, "supports_activation_cache", False):
         reasons.append(f"the {config.task} task does not support it")
-    if hasattr(train_data, "start_epoch") or hasattr(train_data, "set_epoch"):
+    if getattr(train_data, "varies_by_epoch", hasattr(train_data, "start_epoch") or hasattr(train_data, "set_epoch")):
         reasons.append("training inputs change between epochs (augmentation)")
     if world > 1:
         reasons.append("several processes train")
     if config.training.torch_compile:
         reasons.append("torch_compile is on (the cache swaps modules the compiled graph was traced with)")
-    if groups[0].name != "embeddings":
-        reasons.append("the model has no embeddings group")
     depths = lowest_trainable_by_epoch
     stable = [d for d, nxt in zip(depths, depths[1:]) if d == nxt and d > 0]
     if not stable:
         reasons.append("no frozen prefix stays the same for two epochs")
+    elif any(group.train_when_frozen for group in groups[: stable[0]]):
+        reasons.append("normalization layers in the frozen groups train (model.train_batchnorm)")
     if reasons:
         log.debug("activation cache off: %s", "; ".join(reasons))
         return 0

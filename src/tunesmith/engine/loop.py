@@ -139,7 +139,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
             sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
             if hasattr(train_data, "set_epoch"):
                 train_data.set_epoch(state.epoch)
-            cache_mode = _cache_mode(cache, state.lowest_trainable)
+            cache_mode = _begin_cache_epoch(cache, state.lowest_trainable, train_data)
             for batch in train_loader:
                 oom.at_micro_batch(state)
                 state.batch_in_epoch += 1
@@ -231,7 +231,7 @@ def _activation_cache(config: RunConfig, task, model, groups, train_data, world:
     depth = plan_cache(config, task, groups, train_data, world, depths)
     if not depth:
         return None
-    return ActivationCache(groups, depth, task.lengths(train_data), model.config.hidden_size,
+    return ActivationCache(groups, depth, len(train_data), task.lengths(train_data),
                            config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
 
 
@@ -240,22 +240,36 @@ def _forward_backward(task, model, batch, accelerator: Accelerator, cache: Activ
     with _cached(cache, mode, indices, batch, accelerator.device):
         loss, _ = task.loss(model, batch)
     accelerator.backward(loss)
+    if mode == "record" and cache.usable and not cache.checked:
+        cache.check(indices, _seq_len(batch), accelerator.device, lambda: task.forward(model, batch))
     return loss
 
 
-def _cache_mode(cache: ActivationCache | None, lowest_trainable: int) -> str | None:
-    """`replay` when the cache is full for this epoch's frozen prefix, `record` while it fills."""
-    if cache is None or lowest_trainable != cache.depth:
-        return None
-    return "replay" if cache.complete else "record"
+def _begin_cache_epoch(cache: ActivationCache | None, lowest_trainable: int, train_data) -> str | None:
+    """The epoch's cache mode: `replay` when the cache is full for this epoch's frozen prefix,
+    `record` while it fills; tells the dataset whether it must load inputs this epoch."""
+    if cache is None or not cache.usable or lowest_trainable != cache.depth:
+        mode = None
+    else:
+        mode = "replay" if cache.complete else "record"
+    if cache is not None:
+        cache.prepare_epoch(train_data, mode)
+    return mode
 
 
 def _cached(cache: ActivationCache | None, mode: str | None, indices: torch.Tensor, batch, device):
+    if cache is None or not cache.usable:  # also when its check turned it off during this epoch
+        return contextlib.nullcontext()
     if mode == "record":
         return cache.record(indices)
     if mode == "replay":
-        return cache.replay(indices, batch["input_ids"].shape[1], device)
+        return cache.replay(indices, _seq_len(batch), device)
     return contextlib.nullcontext()
+
+
+def _seq_len(batch: dict[str, Any]) -> int | None:
+    """Padded length of a batch of token rows; None for fixed-shape inputs (images)."""
+    return batch["input_ids"].shape[1] if "input_ids" in batch else None
 
 
 def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:

@@ -100,6 +100,11 @@ def mixes(aug: AugmentationConfig) -> bool:
     return aug.mixup_alpha > 0 or aug.cutmix_alpha > 0
 
 
+def is_random(aug: AugmentationConfig) -> bool:
+    """Whether training images differ from epoch to epoch (preset `none` without mixing does not)."""
+    return PRESETS[aug.preset].random_crop or mixes(aug)
+
+
 def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, aug: AugmentationConfig,
               smoothing: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix of a batch with itself reversed (timm's batch mode).

@@ -28,7 +28,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.strategies.augmentation import eval_transform, key_seed, mix_batch, mixes, train_transform
+from tunesmith.strategies.augmentation import eval_transform, is_random, key_seed, mix_batch, mixes, train_transform
 from tunesmith.tasks import register_task
 
 log = logging.getLogger("tunesmith")
@@ -37,6 +37,7 @@ log = logging.getLogger("tunesmith")
 @register_task("image-classification")
 class ImageClassificationTask:
     primary_metrics = ("accuracy", "macro_f1")
+    supports_activation_cache = True  # with augmentation `none`: the same pixels, so the same frozen features
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -157,8 +158,10 @@ class ImageClassificationTask:
         ids = {n: i for i, n in enumerate(self.label_names)}
         labels = [ids[label] for label in rows.labels] if labelled else None
         if train:
-            transform = train_transform(self.data_config, self.config.augmentation)
-            return ImageDataset(rows.inputs[self.image_key], labels, transform, seed=self.config.training.seed)
+            aug = self.config.augmentation
+            transform = train_transform(self.data_config, aug)
+            seed = self.config.training.seed if is_random(aug) else None  # None: the same pixels every epoch
+            return ImageDataset(rows.inputs[self.image_key], labels, transform, seed=seed)
         return ImageDataset(rows.inputs[self.image_key], labels, eval_transform(self.data_config))
 
     def lengths(self, dataset: ImageDataset) -> None:
@@ -167,7 +170,10 @@ class ImageClassificationTask:
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """(B, C, H, W) pixels and (B,) labels; training batches under mixup/cutmix also get
         (B, num_classes) soft `targets`, drawn from a generator keyed on (seed, epoch, first row)."""
-        batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
+        if "pixel_values" in features[0]:
+            batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
+        else:  # the activation cache replays the frozen backbone's outputs; the model never reads these
+            batch = {"pixel_values": torch.zeros((len(features), 3, 1, 1))}
         if "labels" not in features[0]:
             return batch
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
