@@ -5,6 +5,7 @@ Run by hand (not a test), from the repository root, with ../shared/data/hymenopt
     .venv/bin/python benchmarks/images_vs_trainer.py              # 4 epochs each
     .venv/bin/python benchmarks/images_vs_trainer.py --epochs 1   # smoke
     .venv/bin/python benchmarks/images_vs_trainer.py --augmentation none   # + tunesmith without the cache
+    .venv/bin/python benchmarks/images_vs_trainer.py --augmentation none --freeze 5   # bottom half frozen
 
 Both arms train only the new classifier of the same pre-trained EfficientNet-Lite0 (a linear
 probe), on the same 245 training images through the same decoding and transforms (tunesmith's
@@ -49,7 +50,7 @@ def config_for(args: argparse.Namespace) -> dict:
                          "lr_scheduler_type": "cosine", "warmup_steps": 0, "weight_decay": 0.05,
                          "early_stopping_patience": None, "seed": 0, "dataloader_num_workers": 0, "logging_steps": 1,
                          "activation_cache": "off" if args.arm == "tunesmith-no-cache" else "auto"},
-            "strategy": {"freeze": "head_only"}, "augmentation": {"preset": args.augmentation}}
+            "strategy": {"freeze": args.freeze}, "augmentation": {"preset": args.augmentation}}
 
 
 def run_tunesmith(args: argparse.Namespace) -> dict:
@@ -97,9 +98,10 @@ def run_trainer(args: argparse.Namespace) -> dict:
     task.preflight()
     set_seed(0)
     backbone = task.build_model()
-    head = set(backbone.get_classifier().parameters())
+    groups = task.layer_groups(backbone)
+    frozen = {id(p) for g in groups[: len(groups) - 1 if args.freeze == "head_only" else args.freeze] for _, p in g.params}
     for p in backbone.parameters():
-        p.requires_grad = p in head
+        p.requires_grad = id(p) not in frozen
 
     class Classifier(nn.Module):  # what Trainer needs: a forward that returns the loss
         def __init__(self, model: nn.Module):
@@ -133,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--augmentation", choices=["light", "none"], default="light")
+    parser.add_argument("--freeze", type=lambda v: v if v == "head_only" else int(v), default="head_only",
+                        help="head_only (a linear probe) or the number of bottom layer groups to freeze")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
@@ -148,7 +152,8 @@ def main() -> None:
         sys.exit(f"hymenoptera not found at {DATA} (../shared/data beside the repository)")
     OUT.mkdir(parents=True, exist_ok=True)
     arms = ARMS if args.augmentation == "none" else ARMS[:2]
-    runs = run_arms(__file__, OUT / f"images_vs_trainer{'-none' if args.augmentation == 'none' else ''}.json", arms)
+    suffix = ("-none" if args.augmentation == "none" else "") + ("" if args.freeze == "head_only" else f"-freeze{args.freeze}")
+    runs = run_arms(__file__, OUT / f"images_vs_trainer{suffix}.json", arms)
     a, b = runs["tunesmith"], runs["trainer"]
     print("| | val accuracy (before) | images/s | peak RSS |\n|---|---|---|---|")
     names = {"tunesmith": "tunesmith", "trainer": "HF Trainer", "tunesmith-no-cache": "tunesmith, cache off"}
@@ -157,7 +162,7 @@ def main() -> None:
         print(f"| {names[arm]} | {r['accuracy']:.4f} ({r['accuracy_before']:.4f}) | {r['images_per_second']:.1f} "
               f"| {r['peak_rss_mib']} MiB |")
     for arm in arms:
-        if "epoch_seconds" in runs[arm]:
+        if runs[arm].get("epoch_seconds"):
             print(f"{names[arm]}: seconds of training per epoch after the first: "
                   + ", ".join(f"{s:.2f}" for s in runs[arm]["epoch_seconds"]))
     print(f"| **tunesmith / Trainer** | {a['accuracy'] - b['accuracy']:+.4f} | "
