@@ -36,6 +36,15 @@ def test_cached_run_equals_uncached_run(tiny_config, tmp_path, caplog, freeze):
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
 
 
+def test_a_cache_on_disk_replays_and_leaves_no_file(tiny_config, caplog):
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    tiny_config["training"].update(num_train_epochs=2, activation_cache_max_gb=1e-6)
+    tiny_config["strategy"] = {"freeze": 2}
+    run_dir = tunesmith.finetune(tiny_config, quiet=True).run_dir
+    assert "MB on disk" in caplog.text
+    assert not list(run_dir.rglob("*.f32"))
+
+
 def test_replayed_epochs_skip_the_frozen_prefix(tiny_config, monkeypatch):
     from transformers.models.bert.modeling_bert import BertEmbeddings
 

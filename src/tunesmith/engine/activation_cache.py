@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class ActivationCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.path = self.folder / f"activations-depth{self.depth}.f32"
             self.buffer = torch.from_numpy(np.memmap(self.path, np.float32, "w+", shape=shape))
+            weakref.finalize(self, self.path.unlink, missing_ok=True)  # the file goes with the run's cache
         else:
             self.buffer = torch.empty(shape, dtype=torch.float32)
         log.info("activation cache: %s frozen; caching their outputs (%.0f MB %s) from the next epoch on",
