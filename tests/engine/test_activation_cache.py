@@ -91,6 +91,7 @@ def test_frozen_image_backbone_is_cached_without_augmentation(image_config, tmp_
     image_config["training"]["activation_cache"] = "off"
     uncached = tunesmith.finetune(image_config, quiet=True)
     assert len(decoded) - reads_cached == 2 * 18  # the 18 training images, not decoded in the 2 replayed epochs
+    assert "with augmentation.preset: none" not in caplog.text
     for a, b in zip(losses(cached.run_dir), losses(uncached.run_dir), strict=True):
         assert a[:2] == b[:2]
         for x, y in zip(a[2:], b[2:]):
@@ -115,3 +116,11 @@ def test_cache_turns_itself_off_when_a_module_outside_the_groups_sits_between_th
     assert "stage.1 does not get the input it gets in the real forward" in caplog.text
     config["output_dir"], config["training"]["activation_cache"] = str(tmp_path / "uncached"), "off"
     assert losses(cached) == losses(tunesmith.finetune(config, quiet=True).run_dir)
+
+
+def test_with_augmentation_the_log_says_how_to_get_the_cache(image_config, caplog):
+    caplog.set_level(logging.INFO, logger="tunesmith")
+    image_config["strategy"] = {"freeze": "head_only"}  # augmentation: the default preset, light
+    tunesmith.finetune(image_config, quiet=True)
+    assert "activation cache off: training inputs change between epochs" in caplog.text
+    assert "with augmentation.preset: none, epochs after the first would skip" in caplog.text

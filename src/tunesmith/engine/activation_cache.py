@@ -36,6 +36,7 @@ import torch
 from tunesmith.models.layer_groups import LayerGroup
 
 log = logging.getLogger("tunesmith")
+AUGMENTED = "training inputs change between epochs (augmentation)"
 
 
 class _Reached(Exception):
@@ -228,7 +229,7 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
     if not getattr(task, "supports_activation_cache", False):
         reasons.append(f"the {config.task} task does not support it")
     if getattr(train_data, "varies_by_epoch", hasattr(train_data, "start_epoch") or hasattr(train_data, "set_epoch")):
-        reasons.append("training inputs change between epochs (augmentation)")
+        reasons.append(AUGMENTED)
     if world > 1:
         reasons.append("several processes train")
     if config.training.torch_compile:
@@ -239,7 +240,9 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
         reasons.append("no frozen prefix stays the same for two epochs")
     elif any(group.train_when_frozen for group in groups[: stable[0]]):
         reasons.append("normalization layers in the frozen groups train (model.train_batchnorm)")
-    if reasons:
+    if reasons == [AUGMENTED] and config.task == "image-classification":  # the one reason a user may want to lift
+        log.info("activation cache off: %s; with augmentation.preset: none, epochs after the first would skip "
+                 "the frozen groups (and image decoding)", AUGMENTED)
+    elif reasons:
         log.debug("activation cache off: %s", "; ".join(reasons))
-        return 0
-    return stable[0]
+    return 0 if reasons else stable[0]
