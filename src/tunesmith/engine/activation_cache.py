@@ -240,7 +240,7 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
         reasons.append("no frozen prefix stays the same for two epochs")
     elif any(group.train_when_frozen for group in groups[: stable[0]]):
         reasons.append("normalization layers in the frozen groups train (model.train_batchnorm)")
-    if reasons == [AUGMENTED] and config.task == "image-classification":  # the one reason a user may want to lift
+    if reasons == [AUGMENTED]:  # the one reason a user may want to lift (only image datasets augment)
         log.info("activation cache off: %s; with augmentation.preset: none, epochs after the first would skip "
                  "the frozen groups (and image decoding)", AUGMENTED)
     elif reasons:
