@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BERT and a tiny BART built from configs (no download), the shipped reviews, shared data."""
+"""Shared fixtures: a tiny BERT, BART and Llama built from configs (no download), the shipped reviews, shared data."""
 
 from __future__ import annotations
 
@@ -108,7 +108,26 @@ def image_config(color_images, tmp_path) -> dict:
         "task": "image-classification",
         "output_dir": str(tmp_path / "run"),
         "model": {"source": "demo:efficientnet-lite0"},
-        "data": {"train": str(color_images), "validation_split": 0.25, "image_size": 64},
+        "data": {"train": str(color_images), "validation_split": 0.25}, "image_classification": {"image_size": 64},
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 6, "learning_rate": 5e-3,
                      "logging_steps": 1, "dataloader_num_workers": 0},
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 1-layer, 16-wide Llama with random weights and SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models.sources import from_pretrained_kwargs, resolve_source
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    source = resolve_source("demo:smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **from_pretrained_kwargs(source, False))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)
+                     ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

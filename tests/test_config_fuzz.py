@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunesmith.config import SECTIONS, RunConfig, dump_config, load_config
+from tunesmith.config import RunConfig, dump_config, load_config, schema, section_fields
 from tunesmith.errors import ConfigError
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -19,8 +19,9 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.f
                     st.text(max_size=20), st.sampled_from(["auto", "none", "epoch", "steps", "skip", "1e-3", "-1", ""]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                             max_size=3), max_leaves=6)
+SECTIONS = section_fields(schema())
 section_keys = {name: sorted(section.model_fields) for name, section in SECTIONS.items()}
-top_keys = sorted(k for k in RunConfig.model_fields if k not in SECTIONS)
+top_keys = sorted(k for k in schema().model_fields if k not in SECTIONS)
 
 
 @st.composite

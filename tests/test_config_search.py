@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith._config_search import parse_space
+from tunesmith.config.search import parse_space
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
 

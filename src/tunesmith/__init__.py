@@ -17,3 +17,7 @@ __all__ = [
     "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict",
 ]
 __version__ = "0.1.0"
+
+import tunesmith.tasks  # noqa: E402 - last: every task registers its config section before any config loads
+
+tunesmith.tasks.load_all()

@@ -102,9 +102,8 @@ def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder,
     table = Table(title=f"{model} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("f1", "precision", "recall", "accuracy", "top5_accuracy", "macro_f1", "exact_match", "loss", "perplexity"):
-        if metrics.get(key) is not None:
-            table.add_row(key, f"{metrics[key]:.4f}")
+    for key in _task_schema(model, set_).shown(metrics, extra=("top5_accuracy",)):
+        table.add_row(key, f"{metrics[key]:.4f}")
     console.print(table)
     if "per_class" in metrics:  # classification tasks
         _print_per_class(metrics)
@@ -275,6 +274,30 @@ def lr_find(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
     console.print(f"plot: {result.plot}", soft_wrap=True)
 
 
+def catalogue() -> None:
+    """List the tasks (with their config section and metrics) and the demo: model sources."""
+    from tunesmith.config import task_schemas
+    from tunesmith.models.demos import demos
+
+    tasks = Table(title="tasks (task: ...)")
+    for col in ("task", "own section", "metrics (first selects the best model)", "what"):
+        tasks.add_column(col)
+    for spec in task_schemas().values():
+        tasks.add_row(spec.name, spec.section if spec.settings else "-", ", ".join(spec.selectable), spec.summary)
+    console.print(tasks)
+    sources = Table(title="demo sources (model.source: demo:...), shipped by packages, offline")
+    for col in ("source", "modality", "tasks", "a copy of", "what"):
+        sources.add_column(col)
+    for demo in demos().values():
+        sources.add_row(f"demo:{demo.name}", demo.modality, ", ".join(demo.tasks), demo.base_model, demo.summary)
+    console.print(sources)
+    console.print("Any hub id or local folder works too (bert-base-uncased, resnet50.a1_in1k, ./my-model).")
+
+
+app.command("tasks")(catalogue)
+app.command("models")(catalogue)
+
+
 @app.command("config-reference")
 def config_reference() -> None:
     """Print every config key with its default and meaning (Markdown)."""
@@ -283,14 +306,22 @@ def config_reference() -> None:
     print(reference_markdown())
 
 
+def _task_schema(model: str, overrides: list[str] | None):
+    """The registry's view of the task a model was trained for (its metrics, in order)."""
+    from tunesmith.config import load_config
+    from tunesmith.run import _saved_task
+
+    return load_config({"task": _saved_task(model)}, [o for o in overrides or [] if o.startswith("task=")]).task_schema
+
+
 def _print_before_after(result) -> None:
     table = Table(title=f"validation results ({result.run_dir})")
     for col in ("metric", "pre-trained", "fine-tuned", "change"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for key in ("f1", "accuracy", "macro_f1", "exact_match", "bleu", "rouge1", "rouge2", "rougeL", "loss", "perplexity"):
-        if key not in result.final:
-            continue  # each task reports some of these (f1: tagging, QA; bleu, rouge: seq2seq; perplexity: generation)
-        before, after = result.baseline[key], result.final[key]
+    for key in result.config.task_schema.shown(result.final):
+        before, after = result.baseline.get(key), result.final[key]
+        if before is None:
+            continue
         table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     console.print(table)
     console.print(f"best model: {result.best_model_dir} (step {result.best_step})"

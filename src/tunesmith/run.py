@@ -35,6 +35,8 @@ class RunResult:
     samples_per_second: float
     overfitting: str | None = None
     """The overfitting watch's warning, when the run over-fitted after its best evaluation."""
+    config: RunConfig | None = None
+    """The resolved config the run trained with."""
 
     @property
     def best_model_dir(self) -> Path:
@@ -116,7 +118,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
                 merge_lora(task, accelerator.unwrap_model(model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
-                     state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting)
+                     state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting, config)
 
 
 def _chain(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None] | None:
@@ -224,8 +226,20 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
-    return load_config({"task": _saved_task(model), "model": {"source": model}, "data": {"validation": validation}},
-                       overrides)
+    return with_inferred_task(load_config({"task": _saved_task(model), "model": {"source": model},
+                                           "data": {"validation": validation}}, overrides))
+
+
+def with_inferred_task(config: RunConfig) -> RunConfig:
+    """The config with the task its model source implies (a demo alias serves one modality), when the
+    task was left at its default; a task the user set is kept (and a mismatch is refused when loading)."""
+    from tunesmith.models.demos import inferred_task
+
+    task = inferred_task(config.model.source)
+    if task is None or task == config.task or config.task != type(config).model_fields["task"].default:
+        return config
+    log.info("task: %s (inferred from model.source %s)", task, config.model.source)
+    return load_config(config.model_dump(exclude_unset=True) | {"task": task})
 
 
 def _saved_task(model: str) -> str:
@@ -278,10 +292,12 @@ def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None =
     from tunesmith.strategies.learning_rates import group_learning_rates
     from tunesmith.tasks import get_task
 
-    config = load_config(config, overrides)
+    config = with_inferred_task(load_config(config, overrides))
     task = get_task(config)
     _quiet_libraries()
-    task.label_names = task.label_names or ["0", "1"]
+    if config.data.train is not None or config.data.validation is not None:
+        task.preflight()  # the real labels, so the head has its real size
+    task.label_names = task.label_names or ["0", "1"]  # no data: a two-label head stands in
     from tunesmith.strategies.lora import apply_lora
 
     model = apply_lora(task.build_model(), config)

@@ -51,7 +51,7 @@ def test_table_of_relative_paths(images, tmp_path):
     assert rows.skipped == 1 and rows.lines == [2, 3]
     with pytest.raises(DataError, match=r"1 rows with an empty path or label \(lines 4\)"):
         read_images(table, "path", "kind", None, "error")
-    with pytest.raises(DataError, match="column 'image' not found; columns are 'path', 'kind' .*data.image_column"):
+    with pytest.raises(DataError, match="column 'image' not found; columns are 'path', 'kind' .*image_classification.image_column"):
         read_images(table, "image", "kind", None, "skip")
     rooted = tmp_path / "elsewhere.jsonl"
     rooted.write_text('{"image": "red/red1.jpg", "label": "red"}\n')

@@ -108,7 +108,7 @@ def test_cache_turns_itself_off_when_a_module_outside_the_groups_sits_between_th
     caplog.set_level(logging.INFO, logger="tunesmith")
     config = {"task": "image-classification", "output_dir": str(tmp_path / "cached"),
               "model": {"source": "resnet10t", "pretrained": False},
-              "data": {"train": str(color_images), "validation_split": 0.25, "image_size": 32},
+              "data": {"train": str(color_images), "validation_split": 0.25}, "image_classification": {"image_size": 32},
               "training": {"num_train_epochs": 2, "per_device_train_batch_size": 6, "early_stopping_patience": None,
                            "dataloader_num_workers": 0},
               "strategy": {"freeze": 2}, "augmentation": {"preset": "none"}}

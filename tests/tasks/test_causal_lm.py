@@ -262,3 +262,10 @@ def test_lora_on_demo_smollm2_writes_adapter_and_matching_merge_then_predicts(re
     outcome = runner.invoke(app, ["evaluate", str(result.run_dir), "--data", str(repeat_data)])
     assert outcome.exit_code == 0, outcome.output
     assert "exact_match" in outcome.output and "perplexity" in outcome.output
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): a 1-layer Llama repeating a word."""
+    rows = [{"prompt": f"Repeat: {w}", "response": w} for w in make.words(24)]
+    return {"model": {"source": str(request.getfixturevalue("tiny_llama"))}, "data": {"train": make.jsonl(rows)},
+            "causal_lm": {"max_new_tokens": 4}}

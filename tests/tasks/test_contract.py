@@ -2,11 +2,14 @@
 finite loss, backward reaches every trainable parameter, evaluation outputs of batches of different
 sizes and lengths stack, and a saved model loads back (`load_trained`) with the same outputs.
 
-A new task module is picked up by `available_tasks()` and fails here until it has a case below.
+Each task's own test file (`tests/tasks/test_<task>.py`) gives its case as `contract_case(request,
+make)`: a run config on a tiny model and a few rows. A new task module is picked up by
+`available_tasks()` and fails here until its test file has one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -20,66 +23,33 @@ from tunesmith.tasks import available_tasks, get_task
 WORDS = ["apple", "river", "stone", "cloud", "forest", "candle"]
 
 
-def jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
+class CaseMaker:
+    """What a contract case needs: seeded random words and a place to write rows."""
 
+    def __init__(self, tmp_path: Path):
+        self.rng = np.random.default_rng(0)
+        self.tmp_path = tmp_path
 
-def words(rng: np.random.Generator, n: int) -> list[str]:
-    return [str(w) for w in rng.choice(WORDS, size=n)]
+    def words(self, n: int) -> list[str]:
+        return [str(w) for w in self.rng.choice(WORDS, size=n)]
 
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 1-layer, 16-wide Llama with random weights and SmolLM2's real tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tunesmith.models.sources import from_pretrained_kwargs, resolve_source
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    source = resolve_source("demo:smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **from_pretrained_kwargs(source, False))
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)
-                     ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    def jsonl(self, rows: list[dict]) -> str:
+        path = self.tmp_path / "t.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return str(path)
 
 
 def case(name: str, request, tmp_path: Path) -> dict:
-    """A run config for task `name` on a tiny model and a few rows written to `tmp_path`."""
-    rng = np.random.default_rng(0)
-    if name == "text-classification":
-        rows = [{"text": " ".join(words(rng, int(rng.integers(2, 9)))), "label": str(rng.choice(["a", "b"]))}
-                for _ in range(24)]
-        return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": jsonl(tmp_path / "t.jsonl", rows)}}
-    if name == "token-classification":
-        rows = []
-        for _ in range(24):
-            tokens = words(rng, int(rng.integers(2, 9)))
-            rows.append({"tokens": tokens, "tags": ["B-X" if t == "river" else "O" for t in tokens]})
-        return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": jsonl(tmp_path / "t.jsonl", rows)}}
-    if name == "question-answering":
-        rows = []
-        for _ in range(24):
-            before, answer = " ".join(words(rng, int(rng.integers(2, 30)))), str(rng.choice(WORDS))
-            rows.append({"question": "Which word follows code?", "context": f"{before} code {answer} end",
-                         "answers": {"text": [answer], "answer_start": [len(before) + 6]}})
-        return {"model": {"source": str(request.getfixturevalue("tiny_bert"))},
-                "data": {"train": jsonl(tmp_path / "t.jsonl", rows), "max_length": 24}}  # long contexts: several windows
-    if name == "seq2seq":
-        rows = [{"source": " ".join(w), "target": " ".join(w[::-1])} for w in (words(rng, int(rng.integers(1, 6))) for _ in range(24))]
-        return {"model": {"source": str(request.getfixturevalue("tiny_bart"))}, "data": {"train": jsonl(tmp_path / "t.jsonl", rows)},
-                "seq2seq": {"max_new_tokens": 4}}
-    if name == "causal-lm":
-        rows = [{"prompt": f"Repeat: {w}", "response": w} for w in words(rng, 24)]
-        return {"model": {"source": str(request.getfixturevalue("tiny_llama"))}, "data": {"train": jsonl(tmp_path / "t.jsonl", rows)},
-                "causal_lm": {"max_new_tokens": 4}}
-    if name == "image-classification":
-        return {"model": {"source": "demo:efficientnet-lite0"},
-                "data": {"train": str(request.getfixturevalue("color_images")), "image_size": 64}}
-    pytest.fail(f"task {name!r} has no contract case in tests/tasks/test_contract.py; add one")
+    """The run config `tests/tasks/test_<task>.py::contract_case` gives for task `name`."""
+    path = Path(__file__).parent / f"test_{name.replace('-', '_')}.py"
+    spec = importlib.util.spec_from_file_location(f"contract_case_{path.stem}", path)
+    if not path.is_file() or spec is None:
+        pytest.fail(f"task {name!r} has no test file {path.name} with a contract_case(request, make)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "contract_case"):
+        pytest.fail(f"{path.name} has no contract_case(request, make) for the task contract; add one")
+    return module.contract_case(request, CaseMaker(tmp_path))
 
 
 def outputs(task, model, rows) -> np.ndarray:

@@ -52,8 +52,8 @@ def test_top5_is_reported_with_more_than_five_classes(color_images, tmp_path):
         for j in range(3):
             Image.new("RGB", (16, 16), (40 * i, 10 * j, 0)).save(tmp_path / "many" / f"c{i}" / f"{j}.png")
     config = load_config({"task": "image-classification", "model": {"source": "resnet10t", "pretrained": False},
-                          "data": {"train": str(tmp_path / "many"), "validation": str(tmp_path / "many"),
-                                   "image_size": 32}})
+                          "data": {"train": str(tmp_path / "many"), "validation": str(tmp_path / "many")},
+                          "image_classification": {"image_size": 32}})
     task = get_task(config)
     task.preflight()
     import numpy as np
@@ -144,7 +144,7 @@ def test_bad_images_are_found_before_the_model_loads(image_config, color_images,
 
 def test_image_size_is_refused_for_fixed_size_models(image_config):
     image_config["model"] = {"source": "vit_tiny_patch16_224", "pretrained": False}
-    with pytest.raises(tunesmith.ConfigError, match="data.image_size: vit_tiny_patch16_224 takes a fixed input size"):
+    with pytest.raises(tunesmith.ConfigError, match="image_classification.image_size: vit_tiny_patch16_224 takes a fixed input size"):
         task = get_task(load_config(image_config))
         task.label_names = ["a", "b"]
         task.build_model()
@@ -170,3 +170,9 @@ def test_inspect_and_cli(image_config, color_images, tmp_path):
     out = runner.invoke(app, ["predict", str(result.run_dir), "--data", str(tmp_path / "nowhere"),
                               "--output", str(tmp_path / "p.csv")])
     assert out.exit_code == 2 and "data not found" in out.output
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): the real EfficientNet-Lite0 at 64 px."""
+    return {"model": {"source": "demo:efficientnet-lite0"}, "data": {"train": str(request.getfixturevalue("color_images"))},
+            "image_classification": {"image_size": 64}}

@@ -45,7 +45,7 @@ def augmented_image_config(color_images, tmp_path) -> dict:
     return {
         "task": "image-classification",
         "model": {"source": "test_efficientnet", "pretrained": False},
-        "data": {"train": str(color_images), "validation_split": 0.25, "image_size": 48},
+        "data": {"train": str(color_images), "validation_split": 0.25}, "image_classification": {"image_size": 48},
         "augmentation": {"preset": "strong", "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
         "training": {"num_train_epochs": 4, "per_device_train_batch_size": 6, "learning_rate": 5e-3,
                      "logging_steps": 1, "save_steps": 1, "save_total_limit": 2, "dataloader_num_workers": 2,

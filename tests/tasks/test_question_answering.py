@@ -277,3 +277,14 @@ def test_minilm_learns_squad(shared_data, tmp_path):
                .read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in records] == [r["question"] for r in dev]
     assert all(a["answer"] and r["context"][a["start"]:a["end"]] == a["answer"] for r, a in zip(dev, records))
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): contexts long enough for several windows."""
+    rows = []
+    for _ in range(24):
+        before, answer = " ".join(make.words(int(make.rng.integers(2, 30)))), make.words(1)[0]
+        rows.append({"question": "Which word follows code?", "context": f"{before} code {answer} end",
+                     "answers": {"text": [answer], "answer_start": [len(before) + 6]}})
+    return {"model": {"source": str(request.getfixturevalue("tiny_bert"))},
+            "data": {"train": make.jsonl(rows), "max_length": 24}}

@@ -164,3 +164,11 @@ def test_lora_on_a_warm_started_model_trains_its_new_cross_attention(tiny_bert):
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("crossattention" in n and "modules_to_save" in n for n in trained)
     assert any("lora_A" in n for n in trained) and not any("intermediate.dense.weight" in n and "lora" not in n for n in trained)
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): a tiny BART reversing word lists."""
+    rows = [{"source": " ".join(w), "target": " ".join(w[::-1])}
+            for w in (make.words(int(make.rng.integers(1, 6))) for _ in range(24))]
+    return {"model": {"source": str(request.getfixturevalue("tiny_bart"))}, "data": {"train": make.jsonl(rows)},
+            "seq2seq": {"max_new_tokens": 4}}

@@ -34,3 +34,10 @@ def test_random_initialization_follows_the_seed(tiny_bert):
     key = "bert.encoder.layer.0.attention.self.query.weight"
     first, again, other = (build(tiny_bert, False, seed)[1].state_dict()[key] for seed in (1, 1, 2))
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): a tiny BERT on random two-label rows."""
+    rows = [{"text": " ".join(make.words(int(make.rng.integers(2, 9)))), "label": str(make.rng.choice(["a", "b"]))}
+            for _ in range(24)]
+    return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(rows)}}

@@ -146,11 +146,11 @@ def test_first_subtoken_gets_the_tag_others_are_ignored(task):
 
 
 def test_label_all_subtokens_continues_b_as_i(task):
-    task.config.data.label_all_subtokens = True
+    task.config.token_classification.label_all_subtokens = True
     try:
         feature = task.dataset(rows_of(["Schwarzenegger"], ["B-PER"]), train=True)[0]
     finally:
-        task.config.data.label_all_subtokens = False
+        task.config.token_classification.label_all_subtokens = False
     inner = feature["subtoken_labels"][1:-1]
     assert inner[0] == 3 and set(inner[1:]) == {4} and feature["subtoken_labels"][0] == -100
 
@@ -235,3 +235,12 @@ def test_minilm_learns_conll_entities(shared_data, tmp_path):
         for span in r["entities"]:
             first, end = span["words"]
             assert r["text"][span["start"]:span["end"]] == span["text"] == " ".join(r["tokens"][first:end])
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): a tiny BERT tagging one word."""
+    rows = []
+    for _ in range(24):
+        tokens = make.words(int(make.rng.integers(2, 9)))
+        rows.append({"tokens": tokens, "tags": ["B-X" if t == "river" else "O" for t in tokens]})
+    return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(rows)}}

@@ -66,7 +66,7 @@ def _data_overrides(train: Path, validation: Path, seed: int) -> list[str]:
     # Image paths in the rows were resolved against the working directory when they were read.
     return [f"data.train={json.dumps(str(train))}", f"data.validation={json.dumps(str(validation))}",
             "data.max_train_samples=null", "data.max_eval_samples=null",
-            f"data.image_root={json.dumps(os.getcwd())}", f"training.seed={seed}"]
+            f"image_classification.image_root={json.dumps(os.getcwd())}", f"training.seed={seed}"]
 
 
 def summarize(points: list[CurvePoint], metric: str) -> dict[str, list[dict[str, Any]]]:

@@ -3,7 +3,7 @@
 Three layouts are read into `LabelledRows` (the image paths are the one input column):
 a folder with a subfolder per class; a folder holding `train/` and `val/` (or `validation/`)
 folders of class subfolders; and a table (CSV, TSV, JSONL, Parquet) with a path column and a
-label column, paths relative to the table's folder or `data.image_root`. `check_images` decodes
+label column, paths relative to the table's folder or `image_classification.image_root`. `check_images` decodes
 every image in a preflight, before any weights load, and reports the unreadable ones (missing,
 empty, truncated, not an image) by path. `ImageDataset` decodes on the fly, converts grayscale,
 palette, 16-bit and transparent images to RGB (transparency over white), honours EXIF rotation,
@@ -94,7 +94,7 @@ def _read_class_folders(folder: Path, key: str) -> LabelledRows:
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder}: no class folders found; an image folder needs one subfolder per class "
-                        "(e.g. train/cats/*.jpg, train/dogs/*.jpg), or use a CSV with data.image_column")
+                        "(e.g. train/cats/*.jpg, train/dogs/*.jpg), or use a CSV with image_classification.image_column")
     paths, labels, ignored = [], [], []
     for class_folder in classes:
         images, others = _image_files(class_folder)
@@ -126,7 +126,7 @@ def _note_ignored(folder: Path, ignored: list[Path]) -> None:
 def _read_path_table(path: Path, image_column: str, label_column: str | None, image_root: str | None,
                      bad_rows: str) -> LabelledRows:
     frame = read_table(path)
-    wanted = {image_column: "data.image_column"} | ({label_column: "data.label_column"} if label_column else {})
+    wanted = {image_column: "image_classification.image_column"} | ({label_column: "data.label_column"} if label_column else {})
     for column, key in wanted.items():
         if column not in frame.columns:
             found = ", ".join(repr(c) for c in frame.columns)

@@ -93,12 +93,12 @@ def _parse_conll(path: Path, text: str, labelled: bool) -> LabelledRows:
 def _parse_jsonl(path: Path, tokens_column: str, tags_column: str | None, bad_rows: str) -> LabelledRows:
     sentences, tags, lines, empty = [], [], [], []
     for number, row in jsonl_objects(path):
-        words = _string_list(row, tokens_column, path, number, "data.tokens_column")
+        words = _string_list(row, tokens_column, path, number, "token_classification.tokens_column")
         if not words:
             empty.append(number)
             continue
         if tags_column is not None:
-            row_tags = _string_list(row, tags_column, path, number, "data.tags_column")
+            row_tags = _string_list(row, tags_column, path, number, "token_classification.tags_column")
             if len(row_tags) != len(words):
                 raise DataError(f"{path}, line {number}: {len(words)} tokens but {len(row_tags)} tags; "
                                 "every token needs exactly one tag")

@@ -226,7 +226,7 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
     if config.training.activation_cache == "off":
         return 0
     reasons = []
-    if not getattr(task, "supports_activation_cache", False):
+    if not task.supports_activation_cache:
         reasons.append(f"the {config.task} task does not support it")
     if getattr(train_data, "varies_by_epoch", hasattr(train_data, "start_epoch") or hasattr(train_data, "set_epoch")):
         reasons.append(AUGMENTED)

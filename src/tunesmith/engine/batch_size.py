@@ -12,6 +12,7 @@ so the config is returned unchanged.
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import math
@@ -131,10 +132,9 @@ def longest_examples(task, count: int) -> list[Any]:
     rows = task.train_rows
     chars = [sum(len(str(column[i])) for column in rows.inputs.values()) for i in range(len(rows))]
     longest = sorted(range(len(rows)), key=lambda i: -chars[i])[:count]
-    truncated = getattr(task, "truncated", None)
+    truncated = copy.deepcopy(task.truncated)  # a copy: seq2seq counts in a dict it mutates
     data = task.dataset(rows.subset(longest), train=True)
-    if truncated is not None:
-        task.truncated = truncated  # the loop encodes the training rows again and counts them then
+    task.truncated = truncated  # the loop encodes the training rows again and counts them then
     lengths = task.lengths(data)
     order = sorted(range(len(data)), key=lambda i: -lengths[i]) if lengths is not None else range(len(data))
     return [data[i] for i in order]

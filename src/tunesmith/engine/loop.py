@@ -111,7 +111,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                  **extra, **results}
         history.append(entry)
         if phase != "train":
-            display.note(_summary(phase, entry))
+            display.note(_summary(phase, entry, config))
         return entry
 
     def checkpoint() -> Path:
@@ -372,9 +372,7 @@ def _group_rates(optimizer) -> dict[str, float]:
     return {g["group_name"].removesuffix(".no_decay"): g["lr"] for g in optimizer.param_groups}
 
 
-def _summary(phase: str, entry: dict[str, Any]) -> str:
+def _summary(phase: str, entry: dict[str, Any], config: RunConfig) -> str:
     parts = [f"{phase:>8} step {entry['step']:>6} epoch {entry['epoch']:.2f}"]
-    for key in ("loss", "f1", "accuracy", "macro_f1"):
-        if entry.get(key) is not None:
-            parts.append(f"{key} {entry[key]:.4f}")
+    parts += [f"{key} {entry[key]:.4f}" for key in config.task_schema.shown(entry)]
     return "  ".join(parts)

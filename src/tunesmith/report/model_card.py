@@ -11,7 +11,7 @@ from tunesmith.config import RunConfig
 def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseline: dict[str, Any],
                      final: dict[str, Any], facts: dict[str, Any], usage: str) -> None:
     t, s = config.training, config.strategy
-    metrics = [m for m in ("f1", "accuracy", "macro_f1", "loss") if final.get(m) is not None]
+    metrics = [m for m in config.task_schema.shown(final) if baseline.get(m) is not None]
     rows = "\n".join(f"| {m} | {baseline[m]:.4f} | {final[m]:.4f} | {final[m] - baseline[m]:+.4f} |" for m in metrics)
     per_class = "\n".join(
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
@@ -23,7 +23,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         for split, info in data.items() if isinstance(info, dict) and "rows" in info
     )
     text = f"""---
-pipeline_tag: {config.task}
+pipeline_tag: {config.task_schema.pipeline_tag or config.task}
 base_model: {config.model.source}
 tags: [tunesmith]
 ---

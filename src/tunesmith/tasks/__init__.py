@@ -1,22 +1,30 @@
 """Tasks: one module per task, registered by the name used in the config's `task` key.
 
-A task owns how rows become tensors, which head sits on the backbone, the loss, the metrics and
-how outputs become predictions. The engine talks to a task only through the `Task` protocol.
-Adding a task is one new file in this folder with `@register_task("name")` on its class.
+A task owns everything task-specific: its own config section (a `Section` subclass named by its
+`settings` attribute, read as `config.<task_name>`), how rows become tensors, which head sits on the
+backbone, the loss, its metrics (`metric_names`, the first selecting the best model by default) and
+its defaults for shared keys (`defaults`), and how outputs become predictions. The engine talks to a
+task only through the `Task` protocol. Adding a task is one new file in this folder with
+`@register_task("name")` on its class; `import tunesmith` imports every task module (`load_all`), so
+the config schema, `tunesmith tasks` and `config-reference` include it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from tunesmith.config import TaskSchema, register_task_schema
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
 
-    from tunesmith.config import RunConfig
+    from tunesmith.config import RunConfig, Section
     from tunesmith.data.labelled import LabelledRows
     from tunesmith.models.layer_groups import LayerGroup
 
@@ -26,11 +34,20 @@ _TASKS: dict[str, type] = {}
 class Task(Protocol):
     """What the engine needs from a task."""
 
-    name: str
-    primary_metrics: tuple[str, ...]
+    name: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]
+    """Metrics `training.metric_for_best_model` may name, the default first (`loss` is always allowed)."""
+    settings: ClassVar[type[Section] | None]
+    """The task's own config section, or None."""
+    defaults: ClassVar[Mapping[str, Any]]
+    """Shared keys whose default differs for this task (`{"data.max_length": 384}`)."""
+    supports_activation_cache: ClassVar[bool]
+    """Whether a frozen prefix's outputs can be recorded once and replayed (engine/activation_cache.py)."""
     train_rows: LabelledRows | None
     eval_rows: LabelledRows | None
     label_names: list[str]
+    truncated: Any
+    """Inputs cut to fit so far: a count, or counts by kind (seq2seq: sources, targets)."""
 
     def preflight(self) -> None:
         """Reads and checks all data; raises DataError before any weights load."""
@@ -77,9 +94,17 @@ class Task(Protocol):
 
 
 def register_task(name: str) -> Callable[[type], type]:
+    """Registers a task class under `name` and its config needs (section, metrics, defaults) with the schema."""
+
     def wrap(cls: type) -> type:
         cls.name = name
         _TASKS[name] = cls
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()  # its module's first line
+        register_task_schema(TaskSchema(
+            name=name, metrics=tuple(cls.metric_names), settings=getattr(cls, "settings", None),
+            minimize=frozenset(getattr(cls, "minimize", ("loss", "perplexity"))),
+            defaults=dict(getattr(cls, "defaults", {})), summary=doc[0] if doc else "",
+            pipeline_tag=getattr(cls, "pipeline_tag", None)))
         return cls
 
     return wrap
@@ -87,14 +112,20 @@ def register_task(name: str) -> Callable[[type], type]:
 
 def available_tasks() -> list[str]:
     """Task names, one per module file in this folder (`text_classification.py` -> `text-classification`)."""
-    from pathlib import Path
-
     return sorted(p.stem.replace("_", "-") for p in Path(__file__).parent.glob("[!_]*.py"))
 
 
+def load_all() -> None:
+    """Imports every task module, so each registers itself (and its config section)."""
+    for name in available_tasks():
+        if name not in _TASKS:
+            importlib.import_module(f"tunesmith.tasks.{name.replace('-', '_')}")
+
+
+def task_class(name: str) -> type:
+    load_all()
+    return _TASKS[name]
+
+
 def get_task(config: RunConfig) -> Task:
-    name = config.task
-    if name not in _TASKS:
-        # Task modules are imported on first use so optional dependencies stay lazy.
-        importlib.import_module(f"tunesmith.tasks.{name.replace('-', '_')}")
-    return _TASKS[name](config)
+    return task_class(config.task)(config)

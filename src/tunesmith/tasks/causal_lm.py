@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.chat import read_chats, segments
 from tunesmith.data.labelled import LabelledRows, read_splits
 from tunesmith.errors import ConfigError, DataError
@@ -44,9 +45,32 @@ IGNORE = -100  # label of positions without a loss (prompt, padding)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
+# ---- config section `causal_lm` ----------------------------------------------------------
+
+class CausalLMConfig(Section):
+    messages_column: str = "messages"
+    """JSONL key of a chat (a list of `{role, content}`); the last assistant message is the reference answer."""
+    prompt_column: str = "prompt"
+    """Key of the prompt in prompt/response rows (used when a row has no `messages_column`)."""
+    response_column: str = "response"
+    """Key of the response in prompt/response rows."""
+    packing: bool = False
+    """Pack each training batch into one row without padding; position ids restart at every
+    example, so attention never crosses examples (same loss as unpacked, less padding computed).
+    Packed batches are drawn at random, not grouped by length: grouping would pack the longest
+    rows into one step and raise peak memory."""
+    max_new_tokens: int = Field(32, gt=0)
+    """Longest generated answer, in tokens, for evaluation and `tunesmith predict`."""
+    generate_on_eval: bool = True
+    """At each evaluation also generate an answer to every validation prompt (greedy) and score
+    `exact_match` against the reference (whitespace and case ignored); off scores loss and perplexity only."""
+
+
 @register_task("causal-lm")
 class CausalLMTask:
-    primary_metrics = ("loss", "perplexity", "exact_match")
+    metric_names = ("loss", "perplexity", "exact_match")
+    pipeline_tag = "text-generation"  # the Hub's name for the task
+    settings = CausalLMConfig
     supports_activation_cache = False  # generation needs the whole model; packed rows change shape
 
     def __init__(self, config: RunConfig):

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.images import ImageDataset, check_images, read_images, split_folders
 from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of, sample, stratified_split
 from tunesmith.errors import ConfigError, DataError
@@ -34,20 +35,32 @@ from tunesmith.tasks import register_task
 log = logging.getLogger("tunesmith")
 
 
+class ImageClassificationConfig(Section):
+    image_column: str = "image"
+    """Column holding the image path in a CSV/JSONL file."""
+    image_root: str | None = None
+    """Folder that relative paths in `image_column` start from (default: the file's own folder)."""
+    image_size: int | None = Field(None, gt=0)
+    """Train and evaluate at this square size instead of the model's pretrained input size (CNNs
+    only; smaller is faster, usually less accurate)."""
+
+
 @register_task("image-classification")
 class ImageClassificationTask:
-    primary_metrics = ("accuracy", "macro_f1")
+    metric_names = ("accuracy", "macro_f1")
+    settings = ImageClassificationConfig
     supports_activation_cache = True  # with augmentation `none`: the same pixels, so the same frozen features
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.image_key = config.data.image_column
+        self.image_key = config.image_classification.image_column
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.bad_images: dict[str, list[dict[str, Any]]] = {}
         self.data_config: dict[str, Any] = {}  # mean, std, input_size, crop_pct, interpolation
         self.channels_last = False
+        self.truncated = 0  # images are resized, never cut
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -80,7 +93,8 @@ class ImageClassificationTask:
 
     def _read(self, path: str | Path, labelled: bool = True) -> LabelledRows:
         d = self.config.data
-        return read_images(path, self.image_key, d.label_column, d.image_root, d.bad_rows, labelled=labelled)
+        return read_images(path, self.image_key, d.label_column, self.config.image_classification.image_root, d.bad_rows,
+                           labelled=labelled)
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
         kept, self.bad_images[split] = check_images(rows, self.image_key, self.config.data.bad_rows)
@@ -125,10 +139,10 @@ class ImageClassificationTask:
     def _prepare(self, model: nn.Module) -> nn.Module:
         from timm.data import resolve_model_data_config
 
-        size = self.config.data.image_size
+        size = self.config.image_classification.image_size
         if size and model.pretrained_cfg.get("fixed_input_size"):
-            raise ConfigError([f"data.image_size: {model.pretrained_cfg.get('architecture')} takes a fixed input size "
-                               f"{tuple(model.pretrained_cfg['input_size'][1:])}; remove data.image_size"])
+            raise ConfigError([f"image_classification.image_size: {model.pretrained_cfg.get('architecture')} takes a fixed input size "
+                               f"{tuple(model.pretrained_cfg['input_size'][1:])}; remove image_classification.image_size"])
         self.data_config = resolve_model_data_config(model, args={"img_size": size} if size else None)
         choice = self.config.model.channels_last
         self.channels_last = torch.cuda.is_available() if choice == "auto" else bool(choice)

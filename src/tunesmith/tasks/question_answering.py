@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, read_splits
 from tunesmith.data.squad import answerable, as_text_rows, read_squad
 from tunesmith.errors import DataError
@@ -41,6 +42,30 @@ from tunesmith.tasks import register_task
 
 log = logging.getLogger("tunesmith")
 PAD_LOGIT = -1e4  # start/end score of positions past a window's end (never part of an answer)
+
+
+# ---- config section `question_answering` ----------------------------------------------------------
+
+class QuestionAnsweringConfig(Section):
+    question_column: str = "question"
+    """JSONL key of the question (the official SQuAD `.json` layout has fixed keys)."""
+    context_column: str = "context"
+    """JSONL key of the passage the answer is taken from."""
+    answers_column: str = "answers"
+    """JSONL key of the gold answers: `{"text": [...], "answer_start": [...]}` (character offsets
+    into the context; without `answer_start` the text is looked up), empty for unanswerable."""
+    id_column: str = "id"
+    """JSONL key of the question id, kept in predictions (the line number when absent)."""
+    doc_stride: int | None = Field(None, gt=0)
+    """A context longer than `data.max_length` is read in overlapping windows; this many tokens of
+    each window repeat in the next one. `null`: a third of `data.max_length` (128 for 384)."""
+    max_answer_length: int = Field(30, gt=0)
+    """Longest answer, in tokens, that is ever predicted."""
+    n_best: int = Field(20, gt=0)
+    """Start and end positions tried per window (the highest-scoring this many of each)."""
+    null_score_threshold: float = 0.0
+    """Unanswerable questions (SQuAD 2.0 style, when the data has any): answer nothing when the
+    no-answer score beats the best span's score by more than this (raise it to answer more often)."""
 
 
 @dataclass
@@ -56,7 +81,9 @@ class Windows:
 
 @register_task("question-answering")
 class QuestionAnsweringTask:
-    primary_metrics = ("f1", "exact_match")
+    metric_names = ("f1", "exact_match")
+    settings = QuestionAnsweringConfig
+    defaults = {"data.max_length": 384}  # a question and a passage need more than the 128 shared default
     supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
 
     def __init__(self, config: RunConfig):

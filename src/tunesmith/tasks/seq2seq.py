@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, load_labelled, read_splits
 from tunesmith.errors import ConfigError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
@@ -38,9 +39,31 @@ log = logging.getLogger("tunesmith")
 IGNORE = -100  # label of padded target positions
 
 
+# ---- config section `seq2seq` ----------------------------------------------------------
+
+class Seq2SeqConfig(Section):
+    source_column: str = "source"
+    """Column (CSV/TSV/Parquet) or key (JSONL) of the input text; `data.max_length` caps its tokens."""
+    target_column: str = "target"
+    """Column or key of the output text the model learns to write."""
+    source_prefix: str = ""
+    """Text put before every source, as T5 expects (`"summarize: "`, `"translate English to German: "`)."""
+    max_target_length: int = Field(128, gt=0)
+    """Longest target in tokens; longer targets are cut for training (and counted)."""
+    max_new_tokens: int = Field(64, gt=0)
+    """Longest generated output, in tokens, for evaluation and `tunesmith predict`."""
+    num_beams: int = Field(1, gt=0)
+    """Beam search width for generation (1 = greedy)."""
+    generate_on_eval: bool = True
+    """At each evaluation also generate an output for every validation row and score `bleu` (sacrebleu)
+    and `rouge1`, `rouge2`, `rougeL` against the targets; off scores loss and perplexity only."""
+
+
 @register_task("seq2seq")
 class Seq2SeqTask:
-    primary_metrics = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
+    metric_names = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
+    pipeline_tag = "text2text-generation"  # the Hub's name for the task
+    settings = Seq2SeqConfig
     supports_activation_cache = False  # the decoder reads every encoder layer's output through generation
 
     def __init__(self, config: RunConfig):

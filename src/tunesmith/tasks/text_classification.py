@@ -40,7 +40,8 @@ log = logging.getLogger("tunesmith")
 
 @register_task("text-classification")
 class TextClassificationTask:
-    primary_metrics = ("accuracy", "macro_f1")
+    metric_names = ("accuracy", "macro_f1")
+    settings = None  # reads only the shared sections
     supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
 
     def __init__(self, config: RunConfig):

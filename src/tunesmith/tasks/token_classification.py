@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, random_split, sample
 from tunesmith.data.sequences import TOKENS, as_text_rows, read_tagged, tag_names, tag_scheme
 from tunesmith.errors import DataError
@@ -34,9 +34,19 @@ log = logging.getLogger("tunesmith")
 IGNORE = -100  # label of positions the loss and the scores skip
 
 
+class TokenClassificationConfig(Section):
+    tokens_column: str = "tokens"
+    """JSONL key of each sentence's word list (CoNLL files: the first column)."""
+    tags_column: str = "tags"
+    """JSONL key of the BIO/BIOES tags, one per word (CoNLL files: the last column)."""
+    label_all_subtokens: bool = False
+    """Train on every sub-token of a word (B- continued as I-), not only the first."""
+
+
 @register_task("token-classification")
 class TokenClassificationTask:
-    primary_metrics = ("f1", "precision", "recall", "accuracy", "macro_f1")
+    metric_names = ("f1", "precision", "recall", "accuracy", "macro_f1")
+    settings = TokenClassificationConfig
     supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
 
     def __init__(self, config: RunConfig):
@@ -54,7 +64,8 @@ class TokenClassificationTask:
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
         d = self.config.data
-        return read_tagged(path, d.tokens_column, d.tags_column if labelled else None, d.bad_rows)
+        s = self.config.token_classification
+        return read_tagged(path, s.tokens_column, s.tags_column if labelled else None, d.bad_rows)
 
     def preflight(self) -> None:
         """Reads and checks the data. Without a training file, the tags come from the model."""
@@ -179,7 +190,7 @@ class TokenClassificationTask:
             first.append(ids[tags[word]] if is_first else IGNORE)
             every.append(IGNORE if word is None else ids[tags[word]] if is_first else ids[self._continued(tags[word])])
             previous = word
-        if self.config.data.label_all_subtokens:
+        if self.config.token_classification.label_all_subtokens:
             return {"labels": first, "subtoken_labels": every}
         return {"labels": first}
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith._config_search import ParamSpace, parse_space
+from tunesmith.config.search import ParamSpace, parse_space
 from tunesmith.config import RunConfig, load_config
 from tunesmith.engine.run_dir import process_alive
 from tunesmith.errors import ConfigError, NonFiniteLossError, TrainingInterrupted

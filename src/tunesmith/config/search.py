@@ -4,7 +4,7 @@
 (`{low, high, log, step}`) or a list of `choices`. It is checked when the config loads, against
 the same schema every other key is checked against: an unknown key gets the nearest valid one,
 a bad range names its key, and every bound or choice must be a value the key itself accepts.
-The section lives here only to keep `tunesmith.config` within its size budget.
+Every section but `tracking`, `compare` and `search` itself can be searched, a task's own included.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-SEARCHABLE_SECTIONS = ("model", "data", "training", "strategy", "augmentation", "lora")
+from tunesmith.config._section import Section, section_fields
+
+UNSEARCHABLE_SECTIONS = ("tracking", "compare", "search")
 RANGE_KEYS = ("low", "high", "log", "step")
 
 
-class _Section(BaseModel):
-    # The same rules as the sections in tunesmith.config.
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
-
-class SearchConfig(_Section):
+class SearchConfig(Section):
     n_trials: int = Field(20, ge=1)
     """`tunesmith tune`: trials the study should hold (completed plus pruned); a resumed study
     runs only the missing ones."""
@@ -90,13 +88,14 @@ def parse_space(config: BaseModel) -> tuple[list[ParamSpace], list[str]]:
 
 def _field_problem(config: BaseModel, key: str) -> str | None:
     """Why `key` cannot be searched (unknown, not a setting), with the nearest valid key."""
-    valid = [f"{s}.{name}" for s in SEARCHABLE_SECTIONS for name in type(getattr(config, s)).model_fields]
+    searchable = [s for s in section_fields(type(config)) if s not in UNSEARCHABLE_SECTIONS]
+    valid = [f"{s}.{name}" for s in searchable for name in type(getattr(config, s)).model_fields]
     if key in valid:
         return None
     hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not hint and "." not in key:
         hint = [k for k in valid if k.endswith("." + key)][:1]
-    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; searchable sections: {', '.join(SEARCHABLE_SECTIONS)}"
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; searchable sections: {', '.join(searchable)}"
     return f"unknown key {key!r}{suggestion}"
 
 
@@ -185,6 +184,8 @@ def _accepted_kinds(config: BaseModel, key: str) -> set[type]:
             pending.extend(typing.get_args(annotation))
         elif origin is typing.Literal:
             kinds.update(type(a) for a in typing.get_args(annotation))
+        elif origin is typing.Annotated:  # a bounded member of a union (`Annotated[int, Field(ge=0)]`)
+            pending.append(typing.get_args(annotation)[0])
         elif isinstance(annotation, type):
             kinds.add(annotation)
     return kinds

@@ -2,27 +2,23 @@
 
 `compare` sets up `tunesmith compare`: which arms run (the pre-trained model as it is, a probe
 on the frozen backbone, the configured fine-tune, the same architecture from scratch,
-probe-then-fine-tune) and the learning curve's label fractions and seeds. These sections live
-here only to keep `tunesmith.config` within its size budget; `RunConfig` includes them, and the
-config reference is generated from their docstrings like every other section.
+probe-then-fine-tune) and the learning curve's label fractions and seeds.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tunesmith.config._section import Section
 
 Arm = Literal["pretrained", "probe", "finetune", "scratch", "probe_then_finetune"]
 CurveArm = Literal["probe", "finetune", "scratch"]
 
 
-class _Section(BaseModel):
-    # The same rules as the sections in tunesmith.config.
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
-
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     tensorboard: bool = False
     """Write every logged record to TensorBoard event files in `<output_dir>/tensorboard`
     (`pip install 'tunesmith[tracking]'`; view with `tensorboard --logdir <output_dir>`)."""
@@ -36,7 +32,7 @@ class TrackingConfig(_Section):
     """MLflow experiment the run is logged under."""
 
 
-class CompareConfig(_Section):
+class CompareConfig(Section):
     arms: list[Arm] = Field(default=["pretrained", "probe", "finetune", "scratch"], min_length=1)
     """Rows of `tunesmith compare`: `pretrained` (the model as it is, before training), `probe`
     (only the head trains, on the frozen backbone), `finetune` (this config), `scratch` (the same

@@ -1,23 +1,19 @@
 """Config section `augmentation`: random transforms of training images, mixup and cutmix.
 
-It lives here only to keep `tunesmith.config` within its size budget (like `_config_search.py`);
-`RunConfig` includes it, `tunesmith.config.AugmentationConfig` still names it, and the config
-reference is generated from its docstrings like every other section.
+Shared by every image task (a task that does not augment ignores it).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tunesmith.config._section import Section
 
 
-class _Section(BaseModel):
-    # The same rules as the sections in tunesmith.config.
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
-
-class AugmentationConfig(_Section):
+class AugmentationConfig(Section):
     preset: Literal["none", "light", "strong"] = "light"
     """Images: training augmentation. `none`: resize and centre crop, as in evaluation; `light`:
     random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
