@@ -70,7 +70,7 @@ def test_real_minilm_has_six_blocks():
 
 
 def test_unknown_demo_alias():
-    with pytest.raises(ModelSourceError, match="unknown demo model 'demo:nope'; available: demo:minilm"):
+    with pytest.raises(ModelSourceError, match="unknown demo model 'demo:nope'; available: .*demo:minilm \(text\)"):
         resolve_source("demo:nope")
 
 

@@ -54,7 +54,7 @@ def test_demo_builds_with_a_zero_head_and_the_weights_own_preprocessing():
 def test_source_errors_say_what_to_do(tmp_path):
     with pytest.raises(ModelSourceError, match="did you mean efficientnet_lite0"):
         create_timm_model("efficientnet_lite00", 2)
-    with pytest.raises(ModelSourceError, match="unknown image demo model 'demo:nope'; available: demo:efficientnet-lite0"):
+    with pytest.raises(ModelSourceError, match="unknown demo model 'demo:nope'; available: demo:efficientnet-lite0 \(image\)"):
         create_timm_model("demo:nope", 2)
     weights = tmp_path / "mine.safetensors"
     save_file(timm.create_model("resnet10t", num_classes=2).state_dict(), str(weights))

@@ -52,6 +52,16 @@ def case(name: str, request, tmp_path: Path) -> dict:
     return module.contract_case(request, CaseMaker(tmp_path))
 
 
+def check_layer_groups(groups, model) -> None:
+    """The family's rule covers every parameter exactly once, input side first, the head (if any) last."""
+    owned = [id(p) for g in groups for _, p in g.params]
+    assert len(owned) == len(set(owned)), "a parameter is in two groups"
+    assert set(owned) == {id(p) for p in model.parameters()}, "parameters in no group"
+    names = [g.name for g in groups]
+    assert names[0] in ("embeddings", "stem"), names
+    assert "head" not in names or names[-1] == "head", names
+
+
 def outputs(task, model, rows) -> np.ndarray:
     """Evaluation outputs of `rows` in two batches of different sizes, stacked as the engine does."""
     data = task.dataset(rows, train=False)
@@ -69,6 +79,7 @@ def test_task_contract(name, request, tmp_path):
     task.preflight()
     torch.manual_seed(0)
     model = task.build_model()
+    check_layer_groups(task.layer_groups(model), model)
     model.train()
     data = task.dataset(task.train_rows, train=True)
     loss, _ = task.loss(model, task.collate([data[i] for i in range(4)]))
@@ -86,3 +97,32 @@ def test_task_contract(name, request, tmp_path):
     again = reloaded.load_trained()
     again.eval()
     np.testing.assert_allclose(outputs(reloaded, again, task.eval_rows), before, rtol=1e-4, atol=1e-5)
+
+
+GOLDEN = Path(__file__).parent / "golden_losses.json"
+GOLDEN_STEPS = 4
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_first_losses_match_the_golden_values(name, request, tmp_path):
+    """The first logged training losses of each task on its tiny case, pinned: a change in loss reduction,
+    AdamW settings or warm-up rounding fails here. After a deliberate change, regenerate with
+    `TUNESMITH_UPDATE_GOLDEN=1 pytest tests/tasks/test_contract.py -k golden` and review the diff."""
+    import os
+
+    from tunesmith.run import finetune
+
+    raw = {"task": name, "output_dir": str(tmp_path / "run"), **case(name, request, tmp_path)}
+    raw["data"] = {"validation_split": 0.25, **raw["data"]}
+    raw["training"] = {"max_steps": GOLDEN_STEPS, "logging_steps": 1, "per_device_train_batch_size": 4,
+                       "learning_rate": 1e-3, "seed": 0, "dataloader_num_workers": 0}
+    result = finetune(raw, quiet=True)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if r["phase"] == "train"]
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    if os.environ.get("TUNESMITH_UPDATE_GOLDEN"):
+        golden[name] = losses
+        GOLDEN.write_text(json.dumps(dict(sorted(golden.items())), indent=1) + "\n")
+    assert name in golden, f"no golden losses for {name}: run with TUNESMITH_UPDATE_GOLDEN=1 once"
+    assert len(losses) == GOLDEN_STEPS
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(golden[name]), rtol=1e-4, atol=1e-5)

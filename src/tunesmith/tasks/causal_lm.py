@@ -35,8 +35,9 @@ from tunesmith.config import RunConfig, Section
 from tunesmith.data.chat import read_chats, segments
 from tunesmith.data.labelled import LabelledRows, read_splits
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, loading, resolve_source, token_limit
+from tunesmith.models.hf_family import HFModel, plain_tokenizer
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import token_limit
 from tunesmith.tasks import register_task
 from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
 
@@ -75,7 +76,8 @@ class CausalLMTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.hf = HFModel("AutoModelForCausalLM", config.model, tokenizer=_tokenizer_with_pad)
+        self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # answers are free text, not classes
@@ -122,48 +124,24 @@ class CausalLMTask:
     def build_model(self) -> nn.Module:
         """The source's decoder with its language-model head; under `model.pretrained: false` the
         same architecture from random initialization, with the source's tokenizer."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         from tunesmith.strategies.lora import quantization_kwargs
 
-        trust = self.config.model.trust_remote_code
-        kwargs = from_pretrained_kwargs(self.resolved, trust)
-        with loading(self.resolved):
-            self.load_tokenizer()
-            overrides = dropout_overrides(self.resolved, self.config.model.dropout, trust)
-            if not self.config.model.pretrained:
-                model_config = AutoConfig.from_pretrained(self.resolved.location, **overrides, **kwargs)
-                return AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust)
-            return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **overrides, **kwargs,
-                                                               **(quantization_kwargs(self.config) or _gguf(kwargs))))
+        model = self.hf.build(new_head=False, **(quantization_kwargs(self.config) or _gguf(self.hf.kwargs)))
+        self.tokenizer = self.hf.tokenizer
+        return _dense(model)
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model (a LoRA run's `best/merged/`), for evaluate/predict."""
-        from transformers import AutoModelForCausalLM
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        with loading(self.resolved):
-            self.load_tokenizer()
-            return _dense(AutoModelForCausalLM.from_pretrained(self.resolved.location, **kwargs, **_gguf(kwargs)))
+        model = self.hf.load_trained(**_gguf(self.hf.kwargs))
+        self.tokenizer = self.hf.tokenizer
+        return _dense(model)
 
     def load_tokenizer(self) -> None:
-        """The source's tokenizer (all that `dataset` and `collate` need), with a pad token.
-
-        Raises:
-            DataError: the tokenizer has no end-of-sequence token.
-        """
-        from transformers import AutoTokenizer
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
-        if self.tokenizer.eos_token is None:
-            raise DataError(f"{self.resolved.location}: the tokenizer has no end-of-sequence token, so the model "
-                            "cannot learn where an answer ends; use a tokenizer that defines eos_token")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token  # padding is masked; any id will do
+        """The source's tokenizer (all that `dataset` and `collate` need), with a pad token."""
+        self.tokenizer = self.hf.load_tokenizer()
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return transformer_layer_groups(model)
+        return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
         return (
@@ -177,8 +155,7 @@ class CausalLMTask:
         )
 
     def save(self, model: nn.Module, folder: str) -> None:
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.hf.save(model, folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
@@ -357,6 +334,21 @@ def _head_slices(model_class: type) -> bool:
     if helper is None or getattr(sys.modules.get(model_class.__module__), "slice_logits_to_keep", None) is not helper:
         return False
     return helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape == (1, 1)
+
+
+def _tokenizer_with_pad(resolved, kwargs: dict[str, Any]):
+    """The source's tokenizer, with a pad token.
+
+    Raises:
+        DataError: the tokenizer has no end-of-sequence token.
+    """
+    tokenizer = plain_tokenizer(resolved, kwargs)
+    if tokenizer.eos_token is None:
+        raise DataError(f"{resolved.location}: the tokenizer has no end-of-sequence token, so the model "
+                        "cannot learn where an answer ends; use a tokenizer that defines eos_token")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked; any id will do
+    return tokenizer
 
 
 def _gguf(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, read_splits
 from tunesmith.data.squad import answerable, as_text_rows, read_squad
 from tunesmith.errors import DataError
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, load_fast_tokenizer, loading,
-                                     resolve_source, token_limit)
+from tunesmith.models.hf_family import HFModel
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import load_fast_tokenizer, token_limit
 from tunesmith.report.qa_metrics import squad_metrics
 from tunesmith.tasks import register_task
 
@@ -79,6 +79,11 @@ class Windows:
     unreachable: int  # labelled answerable rows whose first answer lies in no window
 
 
+def _fast_tokenizer(resolved, kwargs: dict[str, Any]):
+    """Windows and answer spans need offsets and overflowing tokens, which only fast tokenizers give."""
+    return load_fast_tokenizer(resolved, kwargs, "question answering", "to map answers to tokens")
+
+
 @register_task("question-answering")
 class QuestionAnsweringTask:
     metric_names = ("f1", "exact_match")
@@ -88,12 +93,14 @@ class QuestionAnsweringTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.hf = HFModel("AutoModelForQuestionAnswering", config.model, tokenizer=_fast_tokenizer)
+        self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # answers are spans, not classes
         self.tokenizer = None
         self.with_unanswerable = False
+        self.truncated = 0  # long contexts are read in windows, never cut
         self.data_checks: dict[str, int] = {}
         self._windows: dict[int, tuple[LabelledRows, Windows]] = {}
 
@@ -132,36 +139,18 @@ class QuestionAnsweringTask:
     def build_model(self) -> nn.Module:
         """The source's encoder with a start/end head; under `model.pretrained: false` the same
         architecture from random initialization, with the source's tokenizer."""
-        from transformers import AutoConfig, AutoModelForQuestionAnswering
-
-        trust = self.config.model.trust_remote_code
-        extra = dropout_overrides(self.resolved, self.config.model.dropout, trust)
-        kwargs = from_pretrained_kwargs(self.resolved, trust)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            if not self.config.model.pretrained:
-                model_config = AutoConfig.from_pretrained(self.resolved.location, **extra, **kwargs)
-                return AutoModelForQuestionAnswering.from_config(model_config, trust_remote_code=trust)
-            # A source with another head (a classifier) gets a new start/end head.
-            return AutoModelForQuestionAnswering.from_pretrained(self.resolved.location, ignore_mismatched_sizes=True,
-                                                                 **extra, **kwargs)
+        model = self.hf.build()  # a source with another head (a classifier) gets a new start/end head
+        self.tokenizer = self.hf.tokenizer
+        return model
 
     def load_trained(self) -> nn.Module:
-        from transformers import AutoModelForQuestionAnswering
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            model = AutoModelForQuestionAnswering.from_pretrained(self.resolved.location, **kwargs)
+        model = self.hf.load_trained()
+        self.tokenizer = self.hf.tokenizer
         self.with_unanswerable |= bool(getattr(model.config, "tunesmith_unanswerable", False))
         return model
 
-    def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
-        """Windows and answer spans need offsets and overflowing tokens, which only fast tokenizers give."""
-        self.tokenizer = load_fast_tokenizer(self.resolved, kwargs, "question answering", "to map answers to tokens")
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return transformer_layer_groups(model)
+        return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
         # transformers 5 has no question-answering pipeline: the best span, the plain way.
@@ -186,8 +175,7 @@ class QuestionAnsweringTask:
         # Kept with the model so that `predict` on unlabelled questions may answer nothing too.
         if getattr(model, "config", None) is not None:
             model.config.tunesmith_unanswerable = self.with_unanswerable
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.hf.save(model, folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 

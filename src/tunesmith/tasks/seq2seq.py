@@ -29,8 +29,9 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, load_labelled, read_splits
 from tunesmith.errors import ConfigError
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import dropout_overrides, from_pretrained_kwargs, loading, resolve_source, token_limit
+from tunesmith.models.hf_family import HFModel
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import loading, token_limit
 from tunesmith.report.text_metrics import generation_metrics
 from tunesmith.tasks import register_task
 from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
@@ -68,7 +69,8 @@ class Seq2SeqTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.hf = HFModel("AutoModelForSeq2SeqLM", config.model)
+        self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # targets are free text, not classes
@@ -107,20 +109,15 @@ class Seq2SeqTask:
     def build_model(self) -> nn.Module:
         """The source's encoder-decoder, or an encoder warm-started as one; `model.pretrained: false`
         gives the same architecture from random initialization."""
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM
-
-        trust = self.config.model.trust_remote_code
-        kwargs = from_pretrained_kwargs(self.resolved, trust)
-        extra = dropout_overrides(self.resolved, self.config.model.dropout, trust)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            source_config = AutoConfig.from_pretrained(self.resolved.location, **kwargs)
-            if not getattr(source_config, "is_encoder_decoder", False):
-                return self._configured(self._warm_start(source_config, extra, kwargs))
-            if not self.config.model.pretrained:
-                model_config = AutoConfig.from_pretrained(self.resolved.location, **extra, **kwargs)
-                return self._configured(AutoModelForSeq2SeqLM.from_config(model_config, trust_remote_code=trust))
-            return self._configured(AutoModelForSeq2SeqLM.from_pretrained(self.resolved.location, **extra, **kwargs))
+        source_config = self.hf.model_config()
+        if getattr(source_config, "is_encoder_decoder", False):
+            model = self.hf.build(new_head=False)
+        else:
+            self.hf.load_tokenizer()
+            with loading(self.resolved):
+                model = self._warm_start(source_config, self.hf.dropout(), self.hf.kwargs)
+        self.tokenizer = self.hf.tokenizer
+        return self._configured(model)
 
     def _warm_start(self, source_config, extra: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
         """An EncoderDecoderModel whose encoder and decoder both start from an encoder-only source."""
@@ -160,20 +157,12 @@ class Seq2SeqTask:
         return model
 
     def load_trained(self) -> nn.Module:
-        from transformers import AutoModelForSeq2SeqLM
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            return self._configured(AutoModelForSeq2SeqLM.from_pretrained(self.resolved.location, **kwargs))
-
-    def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
+        model = self.hf.load_trained()
+        self.tokenizer = self.hf.tokenizer
+        return self._configured(model)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return transformer_layer_groups(model)
+        return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
         return (
@@ -186,8 +175,7 @@ class Seq2SeqTask:
         )
 
     def save(self, model: nn.Module, folder: str) -> None:
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.hf.save(model, folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 

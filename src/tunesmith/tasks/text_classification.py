@@ -29,9 +29,9 @@ from tunesmith.data.labelled import (
     stratified_split,
 )
 from tunesmith.errors import DataError
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, loading, resolve_source,
-                                     source_label_names, token_limit)
+from tunesmith.models.hf_family import HFModel
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import source_label_names, token_limit
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import register_task
 
@@ -46,7 +46,8 @@ class TextClassificationTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.hf = HFModel("AutoModelForSequenceClassification", config.model)
+        self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
@@ -99,41 +100,21 @@ class TextClassificationTask:
     def build_model(self) -> nn.Module:
         """The source's encoder with a head for these labels; under `model.pretrained: false` the
         same architecture from random initialization, with the source's tokenizer."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-        trust = self.config.model.trust_remote_code
-        kwargs = from_pretrained_kwargs(self.resolved, trust)
         names = self.label_names
-        head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)},
-                **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
-        with loading(self.resolved):
-            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
-            if not self.config.model.pretrained:
-                model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
-                return AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=trust)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.resolved.location,
-                # A source fine-tuned on other labels has a head of another size: replace it.
-                ignore_mismatched_sizes=True,
-                **head,
-                **kwargs,
-            )
+        model = self.hf.build({"num_labels": len(names), "id2label": dict(enumerate(names)),
+                               "label2id": {n: i for i, n in enumerate(names)}})
+        self.tokenizer = self.hf.tokenizer
         return model
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model as it is (head and labels included), for evaluate/predict."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        with loading(self.resolved):
-            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
-            model = AutoModelForSequenceClassification.from_pretrained(self.resolved.location, **kwargs)
+        model = self.hf.load_trained()
+        self.tokenizer = self.hf.tokenizer
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return transformer_layer_groups(model)
+        return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
         return (
@@ -143,8 +124,7 @@ class TextClassificationTask:
         )
 
     def save(self, model: nn.Module, folder: str) -> None:
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.hf.save(model, folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 

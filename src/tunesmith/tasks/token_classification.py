@@ -24,9 +24,9 @@ from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, random_split, sample
 from tunesmith.data.sequences import TOKENS, as_text_rows, read_tagged, tag_names, tag_scheme
 from tunesmith.errors import DataError
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, load_fast_tokenizer, loading,
-                                     resolve_source, source_label_names, token_limit)
+from tunesmith.models.hf_family import HFModel
+from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import load_fast_tokenizer, source_label_names, token_limit
 from tunesmith.report.entity_metrics import entity_metrics, entity_spans
 from tunesmith.tasks import register_task
 
@@ -43,6 +43,11 @@ class TokenClassificationConfig(Section):
     """Train on every sub-token of a word (B- continued as I-), not only the first."""
 
 
+def _fast_tokenizer(resolved, kwargs: dict[str, Any]):
+    """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers give."""
+    return load_fast_tokenizer(resolved, kwargs, "token classification", "to align tags with sub-words")
+
+
 @register_task("token-classification")
 class TokenClassificationTask:
     metric_names = ("f1", "precision", "recall", "accuracy", "macro_f1")
@@ -51,7 +56,8 @@ class TokenClassificationTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.resolved = resolve_source(config.model.source, config.model.trust_remote_code)
+        self.hf = HFModel("AutoModelForTokenClassification", config.model, tokenizer=_fast_tokenizer)
+        self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
@@ -106,40 +112,21 @@ class TokenClassificationTask:
     def build_model(self) -> nn.Module:
         """The source's encoder with a tagging head for these labels; under `model.pretrained: false`
         the same architecture from random initialization, with the source's tokenizer."""
-        from transformers import AutoConfig, AutoModelForTokenClassification
-
         names = self.label_names
-        head = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)},
-                **dropout_overrides(self.resolved, self.config.model.dropout, self.config.model.trust_remote_code)}
-        trust = self.config.model.trust_remote_code
-        kwargs = from_pretrained_kwargs(self.resolved, trust)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            if not self.config.model.pretrained:
-                model_config = AutoConfig.from_pretrained(self.resolved.location, **head, **kwargs)
-                return AutoModelForTokenClassification.from_config(model_config, trust_remote_code=trust)
-            # A source fine-tuned on other labels has a head of another size: replace it.
-            return AutoModelForTokenClassification.from_pretrained(
-                self.resolved.location, ignore_mismatched_sizes=True, **head, **kwargs)
+        model = self.hf.build({"num_labels": len(names), "id2label": dict(enumerate(names)),
+                               "label2id": {n: i for i, n in enumerate(names)}})
+        self.tokenizer = self.hf.tokenizer
+        return model
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned tagger as it is (head and tag names included), for evaluate/predict."""
-        from transformers import AutoModelForTokenClassification
-
-        kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
-        with loading(self.resolved):
-            self._load_tokenizer(kwargs)
-            model = AutoModelForTokenClassification.from_pretrained(self.resolved.location, **kwargs)
+        model = self.hf.load_trained()
+        self.tokenizer = self.hf.tokenizer
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return model
 
-    def _load_tokenizer(self, kwargs: dict[str, Any]) -> None:
-        """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers give."""
-        self.tokenizer = load_fast_tokenizer(self.resolved, kwargs, "token classification", "to align tags with sub-words")
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return transformer_layer_groups(model)
+        return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
         return (
@@ -149,8 +136,7 @@ class TokenClassificationTask:
         )
 
     def save(self, model: nn.Module, folder: str) -> None:
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.hf.save(model, folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
