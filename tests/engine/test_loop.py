@@ -94,12 +94,41 @@ def test_same_seed_gives_identical_losses(tiny_config, tmp_path):
     assert losses[0] == losses[1]
 
 
-def test_regularizers_run(tiny_config):
-    tiny_config["training"].update(label_smoothing_factor=0.1, class_weights="balanced")
+def test_dropout_reaches_the_saved_model(tiny_config):
     tiny_config["model"]["dropout"] = 0.2
     result = tunesmith.finetune(tiny_config, quiet=True)
     best = json.loads((result.run_dir / "best" / "config.json").read_text())
     assert best["hidden_dropout_prob"] == 0.2 and best["attention_probs_dropout_prob"] == 0.2
+
+
+def test_label_smoothing_and_class_weights_change_the_loss_as_defined(tiny_config):
+    import torch.nn.functional as F
+
+    from tunesmith.data.labelled import balanced_class_weights
+    from tunesmith.tasks import get_task
+
+    tiny_config["training"].update(label_smoothing_factor=0.1, class_weights="balanced")
+    task = get_task(tunesmith.load_config(tiny_config))
+    task.preflight()
+    model = task.build_model().eval()
+    batch = task.collate(task.dataset(task.train_rows, train=True)[:16])
+    with torch.no_grad():
+        loss, logits = task.loss(model, batch)
+        plain = F.cross_entropy(logits.float(), batch["labels"])
+    weights = torch.tensor(balanced_class_weights(task.train_rows.labels, task.label_names))
+    assert not torch.allclose(weights, torch.ones_like(weights)), "the sample must be imbalanced to test weights"
+    expected = F.cross_entropy(logits.float(), batch["labels"], weight=weights, label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, plain)
+
+
+def test_balanced_class_weights_give_each_class_the_same_total():
+    from tunesmith.data.labelled import balanced_class_weights
+
+    weights = balanced_class_weights(["a", "a", "a", "b"], ["a", "b"])
+    assert weights == pytest.approx([4 / 6, 2.0])
+    assert 3 * weights[0] == pytest.approx(1 * weights[1])
+    assert balanced_class_weights(["a"], ["a", "b"])[1] == pytest.approx(0.5)  # an absent class counts once
 
 
 def test_existing_run_is_not_overwritten_by_accident(tiny_config):
