@@ -52,6 +52,7 @@ class TextClassificationTask:
         self.tokenizer = None
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
+        self.untrained_head = False  # evaluate on a source with no classification head: scored as the baseline
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -75,10 +76,27 @@ class TextClassificationTask:
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
         else:
-            self.label_names = source_label_names(self.resolved, self.config.model.trust_remote_code)
             val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
+            self.label_names = self._evaluation_labels(val)
         check_known_labels(val, self.label_names)
         self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def _evaluation_labels(self, val: LabelledRows) -> list[str]:
+        """Labels to score with no training file: the source's own, or (a source with no trained
+        classification head, such as a pre-trained encoder) the file's, on a head drawn afresh."""
+        from transformers import AutoConfig
+
+        trust = self.config.model.trust_remote_code
+        with loading(self.resolved):
+            model_config = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, trust))
+        if any(a.endswith("ForSequenceClassification") for a in model_config.architectures or []):
+            return source_label_names(self.resolved, trust)
+        self.untrained_head = True
+        names = label_names_of(val)
+        log.warning("%s has no trained classification head: scoring it with an untrained head on the labels of %s "
+                    "(%s), the pre-trained baseline that fine-tuning starts from", self.config.model.source,
+                    val.source, ", ".join(names))
+        return names
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return load_labelled(path, self.input_columns, None, self.config.data.bad_rows)
@@ -124,6 +142,8 @@ class TextClassificationTask:
         """Loads a fine-tuned model as it is (head and labels included), for evaluate/predict."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if self.untrained_head:  # see _evaluation_labels
+            return self.build_model()
         kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
         with loading(self.resolved):
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
@@ -222,7 +242,7 @@ class TextClassificationTask:
         records = []
         for i in range(len(rows)):
             record = {c: rows.inputs[c][i] for c in self.input_columns}
-            record["label"] = self.label_names[int(probs[i].argmax())]
+            record["predicted_label"] = self.label_names[int(probs[i].argmax())]
             record["score"] = round(float(probs[i].max()), 6)
             record.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.label_names, probs[i])})
             records.append(record)
