@@ -95,9 +95,23 @@ def test_evaluate_command_by_and_output(headless_bert, grouped_reviews, tmp_path
     assert json.loads((tmp_path / "m.json").read_text())["by"]["domain"]["toys"]["rows"] == 27
 
 
-def test_inference_does_not_print_timm_loading_lines(image_config, color_images, tmp_path, caplog):
+def test_image_predictions_keep_the_csv_columns_and_print_no_timm_lines(image_config, color_images, tmp_path, caplog):
     image_config["training"]["num_train_epochs"] = 1
     run = tunesmith.finetune(image_config, quiet=True).run_dir
+    images = sorted((color_images / "red").iterdir())[:3]
+    table = tmp_path / "images.csv"
+    table.write_text("id,image\n" + "".join(f"r{i},{p}\n" for i, p in enumerate(images)))
     with caplog.at_level(logging.INFO):
-        tunesmith.predict(str(run), str(color_images / "red"), str(tmp_path / "p.csv"))
+        out = tunesmith.predict(str(run), str(table), str(tmp_path / "p.csv"))
     assert [r.getMessage() for r in caplog.records if r.name.startswith("timm")] == []
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [(r["line"], r["id"], r["image"]) for r in rows] == [(str(i + 2), f"r{i}", str(p)) for i, p in enumerate(images)]
+    assert all(r["predicted_label"] in ("blue", "red") for r in rows)
+
+
+def test_predict_with_a_source_that_has_no_trained_head_is_refused(headless_bert, reviews, tmp_path):
+    from tunesmith.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="no trained classification head.*fine-tune it first"):
+        tunesmith.predict(str(headless_bert), str(reviews), str(tmp_path / "p.csv"))
+    assert not (tmp_path / "p.csv").exists()

@@ -28,7 +28,7 @@ from tunesmith.data.labelled import (
     sample,
     stratified_split,
 )
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
 from tunesmith.models.sources import (dropout_overrides, from_pretrained_kwargs, loading, resolve_source,
                                      source_label_names, token_limit)
@@ -86,17 +86,23 @@ class TextClassificationTask:
         classification head, such as a pre-trained encoder) the file's, on a head drawn afresh."""
         from transformers import AutoConfig
 
-        trust = self.config.model.trust_remote_code
-        with loading(self.resolved):
-            model_config = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, trust))
-        if any(a.endswith("ForSequenceClassification") for a in model_config.architectures or []):
-            return source_label_names(self.resolved, trust)
+        if self._has_head():
+            return source_label_names(self.resolved, self.config.model.trust_remote_code)
         self.untrained_head = True
         names = label_names_of(val)
         log.warning("%s has no trained classification head: scoring it with an untrained head on the labels of %s "
                     "(%s), the pre-trained baseline that fine-tuning starts from", self.config.model.source,
                     val.source, ", ".join(names))
         return names
+
+    def _has_head(self) -> bool:
+        """Whether the source was saved with a sequence-classification head (its config's architectures)."""
+        from transformers import AutoConfig
+
+        trust = self.config.model.trust_remote_code
+        with loading(self.resolved):
+            model_config = AutoConfig.from_pretrained(self.resolved.location, **from_pretrained_kwargs(self.resolved, trust))
+        return any(a.endswith("ForSequenceClassification") for a in model_config.architectures or [])
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return load_labelled(path, self.input_columns, None, self.config.data.bad_rows)
@@ -144,6 +150,10 @@ class TextClassificationTask:
 
         if self.untrained_head:  # see _evaluation_labels
             return self.build_model()
+        if not self._has_head():  # its head would be random: predictions and exports would mean nothing
+            raise ModelSourceError(f"{self.config.model.source} has no trained classification head, so its "
+                                   "predictions would be random; fine-tune it first (tunesmith train) and use the run "
+                                   "directory, or score it as the pre-trained baseline with tunesmith evaluate")
         kwargs = from_pretrained_kwargs(self.resolved, self.config.model.trust_remote_code)
         with loading(self.resolved):
             self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kwargs)
