@@ -131,6 +131,6 @@ def test_train_evaluate_predict(tmp_path, tiny_config, reviews):
     rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == ["Loved it.", "Broke in a day."]
     for r in rows:
-        assert r["label"] in ("negative", "positive")
+        assert r["predicted_label"] in ("negative", "positive")
         assert r["prob_negative"] + r["prob_positive"] == pytest.approx(1.0, abs=1e-5)
-    assert (tmp_path / "pred.csv").read_text().startswith("text,label,score,prob_negative,prob_positive")
+    assert (tmp_path / "pred.csv").read_text().startswith("line,text,predicted_label,score,prob_negative,prob_positive")

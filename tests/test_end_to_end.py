@@ -54,7 +54,7 @@ print(json.dumps([{{"label": model.config.id2label[int(p.argmax())], "probs": p.
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     for mine, theirs in zip(ours, plain):
-        assert mine["label"] == theirs["label"]
+        assert mine["predicted_label"] == theirs["label"]
         assert mine["prob_0"] == pytest.approx(theirs["probs"][0], abs=1e-4)
 
 

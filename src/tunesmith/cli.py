@@ -90,24 +90,45 @@ def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
 
 @app.command()
 @_user_errors
-def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, run directory or hub id.")],
+def evaluate(model: Annotated[str, typer.Argument(help="Model folder, run directory or hub id: fine-tuned, or "
+                                                       "pre-trained (scored with an untrained head: the baseline).")],
              data: Annotated[Path, typer.Option("--data", "-d", help="Labelled CSV/TSV/JSONL/Parquet file (images: "
                                                                       "or a folder of class folders).")],
-             set_: SetOption = None) -> None:
-    """Score a fine-tuned model on a labelled file."""
+             set_: SetOption = None,
+             output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the metrics to this "
+                                                                                 ".json file.")] = None,
+             by: Annotated[str | None, typer.Option("--by", help="A column of --data: also score each of its "
+                                                                 "values (e.g. --by domain).")] = None) -> None:
+    """Score a model on a labelled file, overall and (with --by) per group."""
     from tunesmith.run import evaluate as run_evaluate
 
     _setup_logging(True)
-    metrics = run_evaluate(model, str(data), set_)
-    table = Table(title=f"{model} on {data}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in _task_schema(model, set_).shown(metrics, extra=("top5_accuracy",)):
-        table.add_row(key, f"{metrics[key]:.4f}")
-    console.print(table)
+    metrics = run_evaluate(model, str(data), set_, output=output, by=by)
+    shown = _task_schema(model, set_).shown(metrics, extra=("top5_accuracy",))
+    console.print(_metric_table(f"{model} on {data}", {"all rows": metrics, **(metrics.get("by", {}).get(by) or {})},
+                                shown))
     if "per_class" in metrics:  # classification tasks
         _print_per_class(metrics)
         _print_confusion(metrics)
+    if metrics.get("head") == "untrained":
+        console.print(f"note: {model} has no trained head for these labels; these are the scores of the pre-trained "
+                      "model with an untrained head (the baseline fine-tuning starts from)", highlight=False)
+    if output is not None:
+        console.print(f"metrics written to {output}", soft_wrap=True)
+
+
+def _metric_table(title: str, columns: dict[str, dict], shown: list[str]) -> Table:
+    """One row per metric, one column per group of rows (all rows first; then each --by value)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    if len(columns) > 1:
+        table.add_row("rows", *(str(m.get("rows", "")) for m in columns.values()))
+    for key in shown:
+        if any(m.get(key) is not None for m in columns.values()):
+            table.add_row(key, *(f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in columns.values()))
+    return table
 
 
 @app.command()
@@ -117,7 +138,8 @@ def predict(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, 
                                                                      "or (images) a folder of images.")],
             output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (.csv or .jsonl).")],
             set_: SetOption = None) -> None:
-    """Predict labels and per-label probabilities for every row of a file (or every image of a folder)."""
+    """Predict labels and per-label probabilities for every row of a file (or every image of a folder),
+    written beside the row's line and input columns."""
     from tunesmith.run import predict as run_predict
 
     _setup_logging(True)

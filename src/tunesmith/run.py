@@ -7,7 +7,6 @@ returns plain results. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import shutil
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig, dump_config, load_config
-from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
 
@@ -184,45 +182,93 @@ def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, 
 
 
 
-def evaluate(model: str, data: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Scores a fine-tuned model (folder, run directory or hub id) on a labelled file."""
-    config = _inference_config(model, overrides, validation=data)
-    task, model_obj, accelerator, loader = _inference_setup(config, labelled=True)
-    from tunesmith.engine.evaluation import evaluate as run_eval
+def evaluate(model: str, data: str, overrides: list[str] | None = None, output: str | Path | None = None,
+             by: str | None = None) -> dict[str, Any]:
+    """Scores a model (folder, run directory or hub id) on a labelled file.
 
-    return run_eval(model_obj, loader, task, accelerator)
+    A fine-tuned model is scored on the labels it was trained on (the file's labels must be among
+    them). A source with no trained head for the task (a pre-trained encoder such as demo:minilm) is
+    scored with a fresh head on the file's labels, seeded by `training.seed`: the pre-trained
+    baseline that fine-tuning starts from, marked `"head": "untrained"` in the result.
+
+    Args:
+        output: also write the metrics to this `.json` file.
+        by: a column of `data`; the result's `by` then holds the metrics for each of its values.
+
+    Raises:
+        ConfigError, DataError, ModelSourceError: problems the user can fix, all found before the
+            model loads where they can be (a bad `output` path, a missing `by` column).
+    """
+    from tunesmith.engine.evaluation import collect_outputs, group_values, grouped_metrics, plain_json
+    from tunesmith.prediction_file import check_output
+
+    out = Path(output).expanduser() if output is not None else None
+    if out is not None:
+        check_output(out, (".json",))
+    config = _inference_config(model, overrides, validation=data)
+    task = _inference_task(config, labelled=True)
+    groups = group_values(task.eval_rows, by) if by else None
+    model_obj, accelerator, loader = _inference_model(task, config, labelled=True)
+    with _row_progress(len(task.eval_rows), "evaluate") as progress:
+        outputs, labels, loss = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
+    metrics = {"rows": len(task.eval_rows), "loss": loss, **task.metrics(outputs, labels)}
+    if getattr(task, "untrained_head", False):
+        metrics["head"] = "untrained"
+    if groups is not None:
+        metrics["by"] = {by: grouped_metrics(task, outputs, labels, groups)}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, default=plain_json) + "\n", encoding="utf-8")
+    return metrics
 
 
 def predict(model: str, data: str, output: str, overrides: list[str] | None = None) -> Path:
-    """Writes predicted labels and per-label probabilities for every row of `data` to CSV or JSONL."""
-    out = Path(output)
-    if out.suffix.lower() not in (".csv", ".jsonl"):
-        raise DataError(f"output {out}: use a .csv or .jsonl file name")
-    config = _inference_config(model, overrides, validation=data)
-    task, model_obj, accelerator, loader = _inference_setup(config, labelled=False)
-    from tunesmith.engine.evaluation import collect_outputs
+    """Writes a prediction for every row of `data` to CSV or JSONL, joined to its input row.
 
-    outputs, _, _ = collect_outputs(model_obj, loader, task, accelerator)
-    records = task.predictions(task.eval_rows, outputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".jsonl":
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    else:
-        with out.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
-    return out
+    Each record holds the row's `line`, every column of the input as read, and the task's
+    prediction columns (classification: `predicted_label`, `score`, `prob_<label>`); see
+    `tunesmith.prediction_file`.
+
+    Raises:
+        DataError: `output` is not a writable .csv/.jsonl file name (checked before the model loads),
+            or `data` cannot be read.
+    """
+    from tunesmith.engine.evaluation import collect_outputs
+    from tunesmith.prediction_file import check_output, joined_records, write_records
+
+    out = Path(output).expanduser()
+    check_output(out)
+    config = _inference_config(model, overrides, validation=data)
+    task = _inference_task(config, labelled=False)
+    model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
+    with _row_progress(len(task.eval_rows), "predict") as progress:
+        outputs, _, _ = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
+    return write_records(out, joined_records(task.eval_rows, task.predictions(task.eval_rows, outputs)))
+
+
+def _row_progress(total: int, label: str):
+    from tunesmith.engine.progress import RowProgress
+
+    return RowProgress(total, label)
 
 
 def export_onnx(model: str, data: str, output: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Exports a fine-tuned model to ONNX and checks its outputs against PyTorch on the rows of `data`
-    (for images: a folder of images or a CSV/JSONL of paths)."""
-    from tunesmith.export.onnx import export_and_check
+    (for images: a folder of images or a CSV/JSONL of paths).
 
+    Raises:
+        DataError: `output` is not a writable .onnx file name (checked before the model loads).
+        ExportError: the export fails or does not match PyTorch; no file is left at `output`.
+    """
+    from tunesmith.export.onnx import export_and_check
+    from tunesmith.prediction_file import check_output
+
+    out = Path(output).expanduser()
+    check_output(out, (".onnx",))
     config = _inference_config(model, overrides, validation=data)
-    task, model_obj, accelerator, loader = _inference_setup(config, labelled=False)
-    return export_and_check(task, accelerator.unwrap_model(model_obj), loader, Path(output))
+    task = _inference_task(config, labelled=False)
+    model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
+    return export_and_check(task, accelerator.unwrap_model(model_obj), loader, out)
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
@@ -256,9 +302,8 @@ def _saved_task(model: str) -> str:
     return RunConfig.model_fields["task"].default
 
 
-def _inference_setup(config: RunConfig, labelled: bool):
-    from tunesmith.engine.accelerator import make_accelerator
-    from tunesmith.engine.batching import make_loader
+def _inference_task(config: RunConfig, labelled: bool):
+    """The task with its rows read and checked (`eval_rows`), before any weights load."""
     from tunesmith.tasks import get_task
 
     task = get_task(config)
@@ -266,7 +311,18 @@ def _inference_setup(config: RunConfig, labelled: bool):
         task.preflight()
     else:
         task.eval_rows = task.unlabelled_rows(config.data.validation)
+    return task
+
+
+def _inference_model(task, config: RunConfig, labelled: bool):
+    """(model, accelerator, loader) for `task.eval_rows`, the model loaded as saved."""
+    from accelerate.utils import set_seed
+
+    from tunesmith.engine.accelerator import make_accelerator
+    from tunesmith.engine.batching import make_loader
+
     _quiet_libraries()
+    set_seed(config.training.seed)  # a head that is not in the source is drawn as fine-tuning's baseline draws it
     model = task.load_trained()
     if labelled and task.label_names:  # causal-lm answers are free text, not classes
         from tunesmith.data.labelled import check_known_labels
@@ -277,7 +333,7 @@ def _inference_setup(config: RunConfig, labelled: bool):
     loader = make_loader(data, task.collate, config.training.per_device_eval_batch_size, 0, train=False,
                          lengths=task.lengths(data))
     model, loader = accelerator.prepare(model, loader)
-    return task, model, accelerator, loader
+    return model, accelerator, loader
 
 
 def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> list[dict[str, Any]]:
@@ -318,3 +374,4 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("timm").setLevel(logging.WARNING)  # "Loading pretrained weights from ..." on every load

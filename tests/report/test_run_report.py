@@ -108,7 +108,7 @@ def test_eval_records_count_the_trainable_parameters(run):
 def test_validation_predictions_are_saved_for_the_worst_examples(run):
     rows = [json.loads(line) for line in (run.run_dir / "predictions_validation.jsonl").read_text().splitlines()]
     assert len(rows) == 24
-    assert set(rows[0]) >= {"line", "true_label", "label", "score", "prob_negative", "prob_positive", "text"}
+    assert set(rows[0]) >= {"line", "true_label", "predicted_label", "score", "prob_negative", "prob_positive", "text"}
     worst = min(rows, key=lambda r: r[f"prob_{r['true_label']}"])
     section = run.report.read_text().split('id="worst-examples"')[1].split("</section>")[0]
     assert f"<td>{worst['line']}</td>" in section

@@ -37,8 +37,8 @@ def test_run_trains_saves_predicts_and_evaluates(image_config, color_images, tmp
 
     out = tunesmith.predict(str(run), str(color_images / "red"), str(tmp_path / "predictions.csv"))
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 12 and set(rows[0]) == {"image", "label", "score", "prob_blue", "prob_red"}
-    assert sum(r["label"] == "red" for r in rows) >= 9
+    assert len(rows) == 12 and set(rows[0]) == {"line", "image", "predicted_label", "score", "prob_blue", "prob_red"}
+    assert sum(r["predicted_label"] == "red" for r in rows) >= 9
     assert float(rows[0]["prob_blue"]) + float(rows[0]["prob_red"]) == pytest.approx(1.0, abs=1e-5)
     metrics = tunesmith.evaluate(str(run / "best"), str(color_images))
     assert metrics["accuracy"] >= 0.8 and sum(map(sum, metrics["confusion_matrix"])) == 24

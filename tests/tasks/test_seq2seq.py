@@ -124,7 +124,7 @@ def test_tiny_bart_trains_saves_evaluates_and_predicts(tiny_bart, tmp_path):
 
     out = predict(str(result.run_dir), str(tmp_path / "dev.jsonl"), str(tmp_path / "pred.jsonl"))
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(records) == 24 and all(set(r) == {"source", "output"} for r in records)
+    assert len(records) == 24 and all(set(r) == {"line", "source", "output"} for r in records)
     assert sum(r["output"] in WORDS for r in records) > 12  # it writes one of the words, often the right one
 
 

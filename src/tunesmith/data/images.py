@@ -141,6 +141,7 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
         labels=cells[label_column][keep].tolist() if label_column else [""] * int(keep.sum()),
         lines=[int(n) for n, k in zip(frame.index, keep) if k],
         skipped=int(bad.sum()),
+        columns={str(c): frame[c][keep].tolist() for c in frame.columns},
     )
     if rows.skipped:
         lines = ", ".join(str(n) for n, b in zip(frame.index, bad) if b)

@@ -35,6 +35,10 @@ class LabelledRows:
     lines: list[int]
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    """Every column of the kept rows as read, in file order (ids, the label, any others), so
+    `predict` can write them back beside the predictions and `evaluate --by` can group on one;
+    empty for readers that do not keep them."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,6 +50,7 @@ class LabelledRows:
             inputs={c: [v[i] for i in idx] for c, v in self.inputs.items()},
             labels=[self.labels[i] for i in idx],
             lines=[self.lines[i] for i in idx],
+            columns={c: [v[i] for i in idx] for c, v in self.columns.items()},
         )
 
 
@@ -95,6 +100,7 @@ def load_labelled(
         labels=frame[label_column][keep].str.strip().tolist() if label_column else [""] * int(keep.sum()),
         lines=[n for n, k in zip(lines, keep) if k],
         skipped=int(bad.sum()),
+        columns={str(c): frame[c][keep].tolist() for c in frame.columns},
     )
     if len(rows) == 0:
         raise DataError(f"{path}: no usable rows (all {len(frame)} rows have an empty input or label)")

@@ -1,6 +1,8 @@
 """Progress display: a rich progress bar with step, loss, learning rate and ETA, or plain log lines.
 
-Quiet mode (for logs and CI) prints one line per evaluation and nothing per step.
+Quiet mode (for logs and CI) prints one line per evaluation and nothing per step. `RowProgress`
+counts rows through a long `predict` or `evaluate`: a bar on a terminal, otherwise a log line at
+every tenth of a run of at least `LOG_FROM_ROWS` rows (shorter runs stay quiet in logs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 log = logging.getLogger("tunesmith")
+
+LOG_FROM_ROWS = 10_000
 
 
 class ProgressDisplay:
@@ -58,3 +62,33 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class RowProgress:
+    """Rows done out of `total` for inference, as a context manager whose `advance(rows)` counts."""
+
+    def __init__(self, total: int, label: str, console: Console | None = None):
+        self.total, self.label, self.done, self._logged = total, label, 0, 0
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+
+    def __enter__(self) -> RowProgress:
+        if self.console.is_terminal:
+            self._progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("rows"), TimeElapsedColumn(), TextColumn("eta"),
+                                      TimeRemainingColumn(), console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done)
+        elif self.total >= LOG_FROM_ROWS and self.done * 10 // self.total > self._logged:
+            self._logged = self.done * 10 // self.total
+            log.info("%s: %d of %d rows", self.label, min(self.done, self.total), self.total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

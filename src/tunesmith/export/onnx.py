@@ -1,16 +1,22 @@
 """ONNX export: a fine-tuned model as one `.onnx` file, checked against PyTorch on real inputs.
 
 The model is traced through the task's own `forward` (so preprocessing tensors go in, the task's
-outputs come out) with torch's dynamo exporter, the batch dimension left dynamic. The file is
-then run with onnxruntime on every batch of the given data and compared with PyTorch's outputs:
+outputs come out) with torch's dynamo exporter. The batch dimension is dynamic, and so is the
+sequence dimension of token inputs (2-D integer tensors: ids, masks, token types), so one file
+serves texts of any length. The file is then run with onnxruntime on every batch of the given
+data, plus the first batch padded one position longer (so a sequence axis that was fixed by the
+trace is caught even when every batch has the same length), and compared with PyTorch's outputs:
 the largest absolute difference and the share of rows whose top class agrees are returned, and
-an export whose outputs differ by more than `atol` is an error. Needs the `onnx` extra
+an export whose outputs differ by more than `atol` is an error. The file is written under a
+temporary name and moved into place only once it passes, so a failed export leaves nothing
+behind (and an earlier good file at `output` is kept). Needs the `onnx` extra
 (`pip install 'tunesmith[onnx]'`: onnx, onnxscript, onnxruntime).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,36 +48,105 @@ def export_and_check(task: Any, model: nn.Module, loader: DataLoader, output: Pa
         `path`, `rows` compared, `max_abs_diff` of the outputs, `top1_agreement` (share of rows).
 
     Raises:
-        ExportError: the onnx packages are missing, the export fails, or outputs differ by more than `atol`.
+        ExportError: the onnx packages are missing, `output` cannot be written, the export fails,
+            onnxruntime cannot run it, or outputs differ by more than `atol`. No file is left behind.
     """
     missing = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'tunesmith[onnx]'")
-    import onnxruntime
-
     model = model.eval()
     first = next(iter(loader))
     names = [k for k in first if k not in SKIPPED_KEYS]
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    shapes = (tuple({0: batch_dim} for _ in names),)  # one entry: the *tensors of forward
-    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(output)
+    try:
+        _export(_TaskForward(task, model, names).eval(), first, names, partial)
+        report = _compare(task, model, loader, first, names, partial, output)
+        if report["max_abs_diff"] > atol:
+            raise ExportError(f"{output}: ONNX outputs differ from PyTorch by up to {report['max_abs_diff']:.2e} on "
+                              f"{report['rows']} rows (more than {atol:.0e}); the file was not written")
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed or mismatching export leaves no file
+    return {"path": str(output), **report}
+
+
+def _partial_path(output: Path) -> Path:
+    """A temporary name beside `output`, its folder created and checked writable before any tracing."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the folder for {output}: {exc.strerror}; choose another --output") from None
+    if output.is_dir():
+        raise ExportError(f"{output} is a directory; give a file name such as {output / 'model.onnx'}")
+    if not os.access(output.parent, os.W_OK):
+        raise ExportError(f"{output.parent} is not writable; choose another --output")
+    return output.with_name(f".{output.name}.partial")
+
+
+def _dynamic_shapes(first: dict[str, torch.Tensor], names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Batch axis dynamic everywhere; axis 1 of 2-D integer inputs (token positions) dynamic too."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim.DYNAMIC  # the exporter finds the range (e.g. up to the position embeddings)
+    shapes = []
+    for name in names:
+        shapes.append({0: batch, 1: sequence} if _is_tokens(first[name]) else {0: batch})
+    return (tuple(shapes),)  # one entry: the *tensors of forward
+
+
+def _export(module: nn.Module, first: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
     try:
         with torch.no_grad():
-            torch.onnx.export(_TaskForward(task, model, names).eval(), tuple(first[k] for k in names), str(output),
-                              input_names=names, output_names=["outputs"], dynamo=True, external_data=False,
-                              dynamic_shapes=shapes, verbose=False)
+            torch.onnx.export(module, tuple(first[k] for k in names), str(path), input_names=names,
+                              output_names=["outputs"], dynamo=True, external_data=False,
+                              dynamic_shapes=_dynamic_shapes(first, names), verbose=False)
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-        raise ExportError(f"ONNX export failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
-    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        text = str(exc).strip()
+        raise ExportError(f"ONNX export failed: {text.splitlines()[0] if text else type(exc).__name__}; "
+                          "no file was written") from None
+
+
+def _is_tokens(tensor: torch.Tensor) -> bool:
+    """(B, T) integer inputs: token ids, attention masks, token types."""
+    return tensor.dim() == 2 and not tensor.dtype.is_floating_point
+
+
+def _longer(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor] | None:
+    """The batch with one more position of zeros on its token inputs (mask 0: padding), to probe the
+    sequence axis with a length the trace did not see; None when there are no token inputs."""
+    if not any(_is_tokens(batch[k]) for k in names):
+        return None
+    return {k: torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=1) if k in names and _is_tokens(v) else v
+            for k, v in batch.items()}
+
+
+def _compare(task: Any, model: nn.Module, loader: DataLoader, first: dict[str, torch.Tensor], names: list[str],
+             path: Path, output: Path) -> dict[str, Any]:
+    """Largest |ONNX - PyTorch| over every batch and the longer probe; top-1 agreement over the rows."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst, agree, rows = 0.0, 0, 0
     with torch.no_grad():
         for batch in loader:
-            expected = task.forward(model, batch).float().cpu().numpy()
-            got = session.run(None, {k: batch[k].cpu().numpy() for k in names})[0]
+            expected, got = _both(task, model, session, batch, names, output)
             worst = max(worst, float(np.abs(got - expected).max()))
             agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
             rows += len(expected)
-    if worst > atol:
-        raise ExportError(f"{output}: ONNX outputs differ from PyTorch by up to {worst:.2e} on {rows} rows "
-                          f"(more than {atol:.0e}); do not use this file")
-    return {"path": str(output), "rows": rows, "max_abs_diff": worst, "top1_agreement": agree / max(rows, 1)}
+        longer = _longer(first, names)
+        if longer is not None:  # not counted as rows: it repeats the first batch
+            expected, got = _both(task, model, session, longer, names, output)
+            worst = max(worst, float(np.abs(got - expected).max()))
+    return {"rows": rows, "max_abs_diff": worst, "top1_agreement": agree / max(rows, 1)}
+
+
+def _both(task: Any, model: nn.Module, session: Any, batch: dict[str, torch.Tensor], names: list[str],
+          output: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(PyTorch outputs, onnxruntime outputs) for one batch."""
+    expected = task.forward(model, batch).float().cpu().numpy()
+    feed = {k: batch[k].cpu().numpy() for k in names}
+    try:
+        return expected, session.run(None, feed)[0]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        shape = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feed.items())
+        raise ExportError(f"{output}: onnxruntime cannot run the export on a batch of {shape}: "
+                          f"{str(exc).strip().splitlines()[0]}; the file was not written") from None

@@ -125,15 +125,16 @@ def _worst_section(path: Path) -> str:
     if not path.exists():
         return "<p>No validation predictions were saved.</p>"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if records and "label" not in records[0]:  # tagging tasks: one prediction per word, not per row
+    if records and "predicted_label" not in records[0]:  # tagging tasks: one prediction per word, not per row
         return f"<p>Per-row predictions of the best model are in {esc(path.name)}.</p>"
     for r in records:
         r["_p_true"] = r.get(f"prob_{r['true_label']}", 0.0)
-    wrong = sum(r["label"] != r["true_label"] for r in records)
+    wrong = sum(r["predicted_label"] != r["true_label"] for r in records)
     worst = sorted(records, key=lambda r: r["_p_true"])[:WORST_SHOWN]
-    inputs = [k for k in worst[0] if k not in ("line", "true_label", "label", "score", "_p_true")
+    inputs = [k for k in worst[0] if k not in ("line", "true_label", "predicted_label", "score", "_p_true")
               and not k.startswith("prob_")] if worst else []
-    rows = [[r["line"], *[_input_cell(r[k]) for k in inputs], r["true_label"], r["label"], f"{r['_p_true']:.3f}"]
+    rows = [[r["line"], *[_input_cell(r[k]) for k in inputs], r["true_label"], r["predicted_label"],
+             f"{r['_p_true']:.3f}"]
             for r in worst]
     note = (f"<p>{wrong} of {len(records)} validation rows are misclassified by the best model. These are the "
             f"{len(worst)} with the lowest probability on their true label (line: where the row is in its file).</p>")

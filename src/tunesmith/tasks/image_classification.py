@@ -236,7 +236,7 @@ class ImageClassificationTask:
         probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
         records = []
         for path, p in zip(rows.inputs[self.image_key], probs):
-            record = {self.image_key: path, "label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}
+            record = {self.image_key: path, "predicted_label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}
             record.update({f"prob_{n}": round(float(v), 6) for n, v in zip(self.label_names, p)})
             records.append(record)
         return records

@@ -28,7 +28,7 @@ from tunesmith.data.labelled import (
     sample,
     stratified_split,
 )
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import source_label_names, token_limit
@@ -54,6 +54,7 @@ class TextClassificationTask:
         self.tokenizer = None
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
+        self.untrained_head = False  # evaluate on a source with no classification head: scored as the baseline
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -77,10 +78,27 @@ class TextClassificationTask:
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
         else:
-            self.label_names = source_label_names(self.resolved, self.config.model.trust_remote_code)
             val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
+            self.label_names = self._evaluation_labels(val)
         check_known_labels(val, self.label_names)
         self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def _evaluation_labels(self, val: LabelledRows) -> list[str]:
+        """Labels to score with no training file: the source's own, or (a source with no trained
+        classification head, such as a pre-trained encoder) the file's, on a head drawn afresh."""
+        if self._has_head():
+            return source_label_names(self.resolved, self.config.model.trust_remote_code)
+        self.untrained_head = True
+        names = label_names_of(val)
+        log.warning("%s has no trained classification head: scoring it with an untrained head on the labels of %s "
+                    "(%s), the pre-trained baseline that fine-tuning starts from", self.config.model.source,
+                    val.source, ", ".join(names))
+        return names
+
+    def _has_head(self) -> bool:
+        """Whether the source was saved with a sequence-classification head (its config's architectures)."""
+        model_config = self.hf.model_config()
+        return any(a.endswith("ForSequenceClassification") for a in model_config.architectures or [])
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         return load_labelled(path, self.input_columns, None, self.config.data.bad_rows)
@@ -108,6 +126,12 @@ class TextClassificationTask:
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model as it is (head and labels included), for evaluate/predict."""
+        if self.untrained_head:  # see _evaluation_labels
+            return self.build_model()
+        if not self._has_head():  # its head would be random: predictions and exports would mean nothing
+            raise ModelSourceError(f"{self.config.model.source} has no trained classification head, so its "
+                                   "predictions would be random; fine-tune it first (tunesmith train) and use the run "
+                                   "directory, or score it as the pre-trained baseline with tunesmith evaluate")
         model = self.hf.load_trained()
         self.tokenizer = self.hf.tokenizer
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -203,7 +227,7 @@ class TextClassificationTask:
         records = []
         for i in range(len(rows)):
             record = {c: rows.inputs[c][i] for c in self.input_columns}
-            record["label"] = self.label_names[int(probs[i].argmax())]
+            record["predicted_label"] = self.label_names[int(probs[i].argmax())]
             record["score"] = round(float(probs[i].max()), 6)
             record.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.label_names, probs[i])})
             records.append(record)

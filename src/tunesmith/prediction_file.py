@@ -1,0 +1,98 @@
+"""The file `tunesmith predict` writes: its path checked up front, each prediction joined to its input row.
+
+A prediction file must join back to the file it came from. Every record therefore starts with the
+input row's `line` (its line in a CSV/TSV, its record number in a JSONL or Parquet file, so rows
+skipped as bad leave a visible gap) and every column of the input as read (an `id`, a true
+`label`, a `domain`), followed by the task's prediction columns (`predicted_label`, `score`,
+`prob_<label>` for classification). Nothing of the input is overwritten: an added column whose
+name the input already uses is written as `tunesmith_<name>` and the rename is logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.labelled import LabelledRows
+from tunesmith.errors import DataError
+
+log = logging.getLogger("tunesmith")
+
+FORMATS = (".csv", ".jsonl")
+
+
+def check_output(path: Path, formats: tuple[str, ...] = FORMATS, option: str = "--output") -> None:
+    """Checks, before any model loads, that `path` is a file name that can be written.
+
+    Raises:
+        DataError: a wrong suffix, a directory, a path under a file, or a read-only place.
+    """
+    if path.is_dir():
+        example = {".json": "metrics.json", ".onnx": "model.onnx"}.get(formats[0], f"predictions{formats[0]}")
+        raise DataError(f"{option} {path} is a directory; give a file name such as {path / example}")
+    if path.suffix.lower() not in formats:
+        raise DataError(f"{option} {path}: use a {' or '.join(formats)} file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest part of the path that exists; the rest is created
+    if not folder.is_dir():
+        raise DataError(f"{option} {path}: {folder} is a file, not a folder, so nothing can be written under it")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        where = path if path.exists() else folder
+        raise DataError(f"{option} {path}: {where} is not writable; choose another path or fix its permissions")
+
+
+def joined_records(rows: LabelledRows, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per input row: `line`, the input's columns, then the prediction columns (renamed on a clash)."""
+    if not predictions:
+        return []
+    columns = rows.columns
+    echoed = {k for k in predictions[0] if k in columns and [r[k] for r in predictions] == columns[k]}
+    added = (["line"] if len(rows.lines) == len(predictions) else []) + [k for k in predictions[0] if k not in echoed]
+    names = _free_names(added, set(columns))
+    renamed = {k: v for k, v in names.items() if k != v}
+    if renamed:
+        log.warning("%s already has columns named %s; the predictions write them as %s", rows.source,
+                    ", ".join(renamed), ", ".join(renamed.values()))
+    records = []
+    for i, prediction in enumerate(predictions):
+        record: dict[str, Any] = {names["line"]: rows.lines[i]} if "line" in names else {}
+        record.update({c: values[i] for c, values in columns.items()})
+        record.update({names[k]: v for k, v in prediction.items() if k not in echoed})
+        records.append(record)
+    return records
+
+
+def _free_names(added: list[str], taken: set[str]) -> dict[str, str]:
+    """`name` for each added column, or `tunesmith_<name>` (then a number) when the input has it."""
+    names = {}
+    for key in added:
+        name, n = key, 1
+        while name in taken:
+            name = f"tunesmith_{key}" if n == 1 else f"tunesmith_{key}_{n}"
+            n += 1
+        names[key] = name
+        taken.add(name)
+    return names
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Writes CSV or JSONL (by suffix) under a temporary name, then moves it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".jsonl":
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            else:
+                writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
+                writer.writeheader()
+                writer.writerows(records)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
