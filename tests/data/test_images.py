@@ -87,6 +87,21 @@ def test_missing_file_in_a_table(images):
     assert len(kept) == 1 and problems == [{"path": str(images / "red/gone.jpg"), "problem": "file not found"}]
 
 
+def test_image_paths_that_exist_nowhere_name_the_folder_searched(images, tmp_path, monkeypatch):
+    table = tmp_path / "lists" / "list.csv"
+    table.parent.mkdir()
+    table.write_text("image,label\nred/red0.jpg,red\nblue/blue0.jpg,blue\n")
+    with pytest.raises(DataError, match=f"none of the 2 image paths exists .*looked up in {table.parent}, the table's "
+                                        "folder .*set data.image_root"):
+        read_images(table, "image", "label", None, "skip")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"data.image_root folder not found: pics \\(looked up relative to the "
+                                        f"working directory {tmp_path}\\)"):
+        read_images(table, "image", "label", "pics", "skip")
+    relative = read_images(table.relative_to(tmp_path), "image", "label", str(images), "skip")
+    assert relative.inputs["image"][0] == str(images / "red/red0.jpg")
+
+
 @pytest.mark.parametrize("mode, suffix", [("L", "png"), ("P", "png"), ("RGBA", "png"), ("LA", "png"), ("1", "png"),
                                           ("I;16", "png"), ("I;16B", "tif"), ("I", "tif"), ("CMYK", "jpg"),
                                           ("CMYK", "tif"), ("YCbCr", "tif"), ("LAB", "tif"), ("RGB", "webp")])

@@ -85,6 +85,16 @@ def test_duplicates_and_validation_leaks_are_counted(tmp_path, caplog):
     assert "1 validation rows also occur in the training data (lines 2)" in caplog.text
 
 
+def test_the_duplicate_warning_names_the_lines(tmp_path, caplog):
+    from tunesmith.data.labelled import duplicates_and_leaks
+
+    train = load_labelled(csv_file(tmp_path, "text,label\na,x\nb,y\na,x\nc,y\nb,x\n", "t.csv"), ["text"], "label", "skip")
+    val = load_labelled(csv_file(tmp_path, "text,label\nd,x\n", "v.csv"), ["text"], "label", "skip")
+    duplicates_and_leaks(train, val)
+    assert "2 rows repeat an earlier row's input (1 of them with a different label) (line 4 repeats 2, 6 repeats 3)" \
+        in caplog.text
+
+
 def imbalanced_rows(n_a: int = 60, n_b: int = 20):
     from tunesmith.data.labelled import LabelledRows
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import jsonl_objects, read_table
+from tunesmith.data.readers import jsonl_objects, not_found, read_table
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -33,7 +33,7 @@ def read_chats(path: str | Path, messages_key: str, prompt_key: str, response_ke
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".json"):
         if not path.is_file():
-            raise DataError(f"data file not found: {path}")
+            raise DataError(not_found(path))
         records = jsonl_objects(path)
     else:
         frame = read_table(path)

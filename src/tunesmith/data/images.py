@@ -22,7 +22,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import read_table
+from tunesmith.data.readers import not_found, read_table
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -79,7 +79,7 @@ def read_images(path: str | Path, image_column: str, label_column: str | None, i
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data not found: {path}")
+        raise DataError(not_found(path, "data"))
     if path.is_dir():
         return _read_class_folders(path, image_column) if labelled else _read_loose_images(path, image_column)
     return _read_path_table(path, image_column, label_column if labelled else None, image_root, bad_rows)
@@ -133,11 +133,11 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
             raise DataError(f"{path}: column {column!r} not found; columns are {found} (set {key} to the right name)")
     cells = frame[list(wanted)].apply(lambda col: col.str.strip())
     bad = cells.eq("").any(axis=1)
-    root = Path(image_root) if image_root else path.parent
+    root = _image_root(path, image_root)
     keep = ~bad.to_numpy()
     rows = LabelledRows(
         source=str(path),
-        inputs={image_column: [str(_under(root, p)) for p in cells[image_column][keep]]},
+        inputs={image_column: [_under(root, p) for p in cells[image_column][keep]]},
         labels=cells[label_column][keep].tolist() if label_column else [""] * int(keep.sum()),
         lines=[int(n) for n, k in zip(frame.index, keep) if k],
         skipped=int(bad.sum()),
@@ -150,12 +150,34 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
         log.warning("%s: skipping %s", path, what)
     if len(rows) == 0:
         raise DataError(f"{path}: no usable rows (all {len(frame)} rows have an empty path or label)")
+    _check_some_exist(path, rows.inputs[image_column], root, image_root)
     return rows
 
 
-def _under(root: Path, cell: str) -> Path:
+def _image_root(table: Path, image_root: str | None) -> Path:
+    """The folder relative image paths are resolved against: `data.image_root`, else the table's folder."""
+    if image_root is None:
+        return table.parent
+    root = Path(image_root).expanduser()
+    if not root.is_dir():
+        raise DataError(not_found(root, "data.image_root folder") + "; set data.image_root to the folder the "
+                        f"relative image paths in {table} start from, or leave it unset to use the table's folder")
+    return root
+
+
+def _check_some_exist(table: Path, paths: list[str], root: Path, image_root: str | None) -> None:
+    """Stops early, naming the folder searched, when not one image path exists (a wrong root, not bad rows)."""
+    if any(os.path.exists(p) for p in paths):
+        return
+    how = "data.image_root" if image_root else "the table's folder (data.image_root is unset)"
+    raise DataError(f"{table}: none of the {len(paths)} image paths exists (e.g. {paths[0]}); relative paths are "
+                    f"looked up in {os.path.abspath(root)}, {how}; set data.image_root to the folder they start from")
+
+
+def _under(root: Path, cell: str) -> str:
+    """The image's absolute path, so every message about it shows the folder it was looked up in."""
     p = Path(cell).expanduser()
-    return p if p.is_absolute() else root / p
+    return os.path.abspath(p if p.is_absolute() else root / p)
 
 
 def image_problem(path: str) -> str | None:

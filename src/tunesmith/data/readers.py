@@ -29,7 +29,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(not_found(path))
     if path.is_dir():
         raise DataError(f"expected a data file but got a directory: {path}")
     fmt = FORMATS.get(path.suffix.lower())
@@ -45,6 +45,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(f"{path} has no data rows (only a header?)")
     return frame
+
+
+def not_found(path: Path, what: str = "data file") -> str:
+    """`<what> not found: <path>`, saying which folder a relative path was looked up in (the
+    working directory), since "not found" alone hides that the run started somewhere else."""
+    where = "" if path.expanduser().is_absolute() else f" (looked up relative to the working directory {Path.cwd()})"
+    return f"{what} not found: {path}{where}"
 
 
 def _read_delimited(path: Path) -> pd.DataFrame:
