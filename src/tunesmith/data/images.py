@@ -1,8 +1,8 @@
 """Image data: folders of class subfolders or CSV/JSONL files of paths, checked and decoded.
 
 Three layouts are read into `LabelledRows` (the image paths are the one input column):
-a folder with a subfolder per class; a folder holding `train/` and `val/` (or `validation/`)
-folders of class subfolders; and a table (CSV, TSV, JSONL, Parquet) with a path column and a
+a folder with a subfolder per class; a folder holding `train/` and `val/` (or `validation/`, or
+`test/`) folders of class subfolders; and a table (CSV, TSV, JSONL, Parquet) with a path column and a
 label column, paths relative to the table's folder or `data.image_root`. `check_images` decodes
 every image in a preflight, before any weights load, and reports the unreadable ones (missing,
 empty, truncated, not an image) by path. `ImageDataset` decodes on the fly, converts grayscale,
@@ -28,7 +28,10 @@ from tunesmith.errors import DataError
 log = logging.getLogger("tunesmith")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "valid", "validation")}
+# In order of preference: with both val/ and test/, val/ validates and test/ stays untouched.
+SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "valid", "validation", "test")}
+LAYOUTS = ("a folder with one subfolder of images per class (cats/*.jpg, dogs/*.jpg); a folder holding train/ and "
+           "val/ (or validation/ or test/), each with one subfolder per class; or a CSV/JSONL of image paths and labels")
 
 
 def open_rgb(path: str | Path):
@@ -62,11 +65,17 @@ def to_rgb(image):
 
 
 def split_folders(folder: Path) -> tuple[Path, Path] | None:
-    """`(train, validation)` subfolders when `folder` holds both, else None."""
+    """`(train, validation)` subfolders when `folder` holds both, else None; the validation folder is
+    the first of val/, valid/, validation/, test/ present (the log says which, and what is left unused)."""
     found = []
     for names in SPLIT_FOLDERS.values():
-        found.append(next((folder / n for n in names if (folder / n).is_dir()), None))
-    return (found[0], found[1]) if all(found) else None
+        found.append([folder / n for n in names if (folder / n).is_dir()])
+    if not all(found):
+        return None
+    (train, *_), (validation, *unused) = found
+    log.info("%s: training on %s/, validating on %s/%s", folder, train.name, validation.name,
+             f" ({', '.join(p.name + '/' for p in unused)} not used)" if unused else "")
+    return train, validation
 
 
 def read_images(path: str | Path, image_column: str, label_column: str | None, image_root: str | None,
@@ -95,19 +104,48 @@ def _read_class_folders(folder: Path, key: str) -> LabelledRows:
     if not classes:
         raise DataError(f"{folder}: no class folders found; an image folder needs one subfolder per class "
                         "(e.g. train/cats/*.jpg, train/dogs/*.jpg), or use a CSV with data.image_column")
-    paths, labels, ignored = [], [], []
+    paths, labels, ignored, nested = [], [], [], {}
     for class_folder in classes:
         images, others = _image_files(class_folder)
         paths += [str(p) for p in images]
         labels += [class_folder.name] * len(images)
         ignored += others
+        inner = sorted({p.relative_to(class_folder).parts[0] for p in images if p.parent != class_folder})
+        if inner:
+            nested[class_folder.name] = inner
     _note_ignored(folder, ignored)
+    _check_nesting(folder, [c.name for c in classes], nested)
     empty = [c.name for c in classes if c.name not in set(labels)]
     if empty:
         log.warning("%s: class folders with no images are ignored: %s", folder, ", ".join(empty[:10]))
     if not paths:
         raise DataError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     return LabelledRows(str(folder), {key: paths}, labels, list(range(1, len(paths) + 1)))
+
+
+def _check_nesting(folder: Path, classes: list[str], nested: dict[str, list[str]]) -> None:
+    """Refuses class folders that are really split folders or one level too high; warns that images in
+    subfolders of a class folder are labelled by the class folder (the tree is flattened).
+
+    Raises:
+        DataError: a class folder named like a split (train/, test/, ...) holds subfolders of images,
+            or the only class folder holds subfolders of images.
+    """
+    splits = {n for names in SPLIT_FOLDERS.values() for n in names} | {"testing"}
+    as_splits = [c for c in nested if c.lower() in splits]
+    if as_splits:
+        raise DataError(f"{folder}: {', '.join(c + '/' for c in as_splits)} look like split folders holding class "
+                        f"folders, not classes; the layouts read are {LAYOUTS}. Point data.train at {folder} only "
+                        "when it holds train/ together with val/, validation/ or test/, or set data.train and "
+                        "data.validation to the split folders")
+    if len(classes) == 1 and nested:
+        raise DataError(f"{folder}: the only class folder, {classes[0]}/, holds folders of images "
+                        f"({', '.join(nested[classes[0]][:5])}); did you mean {folder / classes[0]}? The layouts "
+                        f"read are {LAYOUTS}")
+    if nested:
+        shown = "; ".join(f"{c}/ holds {', '.join(s + '/' for s in sub[:3])}" for c, sub in list(nested.items())[:5])
+        log.warning("%s: class folders hold subfolders of images (%s); their images are labelled by the class "
+                    "folder they lie in, the subfolder names are not labels", folder, shown)
 
 
 def _read_loose_images(folder: Path, key: str) -> LabelledRows:
