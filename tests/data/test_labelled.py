@@ -140,3 +140,27 @@ def test_rows_written_as_jsonl_read_back_the_same(tmp_path):
     rows = load_labelled(csv_file(tmp_path, 'text,label\n"a, quoted ""x""",pos\nünïcode,neg\n'), ["text"], "label", "skip")
     again = load_labelled(write_jsonl(rows, "label", tmp_path / "sub" / "rows.jsonl"), ["text"], "label", "skip")
     assert again.inputs == rows.inputs and again.labels == rows.labels
+
+
+@pytest.mark.parametrize("value, kind", [(["word"] * 2000, "list<element: string>"), ({"a": 1}, "struct<a: int64>"),
+                                         (b"\x89PNG", "binary")])
+def test_parquet_cells_that_are_not_text_are_refused(tmp_path, value, kind):
+    import pandas as pd
+
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": [None, value, value], "label": ["a", "b", "a"], "extra": [value] * 3}).to_parquet(path)
+    with pytest.raises(DataError, match=rf"d.parquet: column 'text' does not hold text or numbers: its Parquet type is "
+                                        rf"{kind} \(first value in row 2\)"):
+        load_labelled(path, ["text"], "label", "skip")
+    pd.DataFrame({"text": ["x", "y"], "label": ["a", "b"], "extra": [value] * 2}).to_parquet(path)
+    assert load_labelled(path, ["text"], "label", "skip").inputs["text"] == ["x", "y"]  # unused columns may hold anything
+
+
+def test_jsonl_cells_that_are_not_text_are_refused(tmp_path):
+    path = csv_file(tmp_path, '{"text": "fine", "label": "a"}\n{"text": "ok", "label": ["a", "b"]}\n', "d.jsonl")
+    with pytest.raises(DataError, match=r"d.jsonl: column 'label' does not hold text or numbers: line 2 holds a JSON "
+                                        r'list \(\["a", "b"\]\)'):
+        load_labelled(path, ["text"], "label", "skip")
+    path.write_text('{"text": {"body": "hi"}, "label": 1}\n')
+    with pytest.raises(DataError, match=r"column 'text' .*line 1 holds a JSON object"):
+        load_labelled(path, ["text"], "label", "skip")

@@ -22,7 +22,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import not_found, read_table
+from tunesmith.data.readers import not_found, read_table, require_text
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -169,6 +169,7 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
         if column not in frame.columns:
             found = ", ".join(repr(c) for c in frame.columns)
             raise DataError(f"{path}: column {column!r} not found; columns are {found} (set {key} to the right name)")
+    require_text(frame, list(wanted), path)
     cells = frame[list(wanted)].apply(lambda col: col.str.strip())
     bad = cells.eq("").any(axis=1)
     root = _image_root(path, image_root)

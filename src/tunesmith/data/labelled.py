@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith.data.readers import read_table
+from tunesmith.data.readers import read_table, require_text
 from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def load_labelled(
         keys = {c: settings[1] if c == label_column else settings[0] for c in missing}
         fix = "; ".join(f"set {keys[c]} to the right name" for c in missing[:1])
         raise DataError(f"{path}: column {missing[0]!r} not found; columns are {found} ({fix})")
+    require_text(frame, wanted, path)
     cells = frame[wanted].apply(lambda col: col.str.strip())
     empty = cells.eq("")
     bad = empty.any(axis=1)
