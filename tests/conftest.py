@@ -112,3 +112,30 @@ def image_config(color_images, tmp_path) -> dict:
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 6, "learning_rate": 5e-3,
                      "logging_steps": 1, "dataloader_num_workers": 0},
     }
+
+
+def _chars(value) -> int:
+    """Characters in a text, or in all the texts of (nested) lists of them."""
+    if isinstance(value, str):
+        return len(value)
+    return sum(_chars(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+
+class RecordingTokenizer:
+    """A real tokenizer that notes the most characters any one call was handed (all its texts together)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.most_chars = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        self.most_chars = max(self.most_chars, _chars(list(args) + [kwargs.get("text_target") or []]))
+        return self.tokenizer(*args, **kwargs)
+
+
+@pytest.fixture
+def recording_tokenizer():
+    """Wraps a tokenizer to check it is never handed a huge text whole (`data/text_limits.py`)."""
+    return RecordingTokenizer

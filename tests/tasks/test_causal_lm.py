@@ -262,3 +262,21 @@ def test_lora_on_demo_smollm2_writes_adapter_and_matching_merge_then_predicts(re
     outcome = runner.invoke(app, ["evaluate", str(result.run_dir), "--data", str(repeat_data)])
     assert outcome.exit_code == 0, outcome.output
     assert "exact_match" in outcome.output and "perplexity" in outcome.output
+
+
+def test_a_multi_megabyte_answer_is_cut_by_characters_before_tokenizing_and_counted(recording_tokenizer):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+    from tunesmith.models.sources import resolve_source
+
+    task = get_task(load_config({"task": "causal-lm", "model": {"source": "demo:smollm2"}, "data": {"max_length": 64}}))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location)  # no chat template: plain turns
+    tokenizer.eos_token = "[SEP]"
+    task.tokenizer = recording_tokenizer(tokenizer)
+    huge = "word " * 800_000  # 4 MB
+    rows = LabelledRows("mem", {"messages": [[{"role": "user", "content": "Say words"}]] * 2}, [huge, "ok"], [1, 2])
+    features = task.dataset(rows, train=True)
+    assert task.tokenizer.most_chars <= char_limit(64) + len("[SEP]") < len(huge) // 100
+    assert task.truncated == 1 and len(features[0]["input_ids"]) == 64 and len(features[1]["input_ids"]) < 64

@@ -164,3 +164,15 @@ def test_lora_on_a_warm_started_model_trains_its_new_cross_attention(tiny_bert):
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("crossattention" in n and "modules_to_save" in n for n in trained)
     assert any("lora_A" in n for n in trained) and not any("intermediate.dense.weight" in n and "lora" not in n for n in trained)
+
+
+def test_multi_megabyte_sources_and_targets_are_cut_by_characters_before_tokenizing(task, recording_tokenizer):
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+
+    task.tokenizer = recording_tokenizer(task.tokenizer)
+    huge = "abc def " * 500_000  # 4 MB
+    rows = LabelledRows("mem", {"source": [huge, "short"]}, [huge, "x"], [2, 3])
+    task.dataset(rows, train=True)
+    assert task.tokenizer.most_chars <= char_limit(task.max_length) + 20 < len(huge) // 100
+    assert task.truncated == {"sources": 1, "targets": 1}
