@@ -131,3 +131,30 @@ def tiny_llama(tmp_path_factory) -> Path:
                      ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _chars(value) -> int:
+    """Characters in a text, or in all the texts of (nested) lists of them."""
+    if isinstance(value, str):
+        return len(value)
+    return sum(_chars(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+
+class RecordingTokenizer:
+    """A real tokenizer that notes the most characters any one call was handed (all its texts together)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.most_chars = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        self.most_chars = max(self.most_chars, _chars(list(args) + [kwargs.get("text_target") or []]))
+        return self.tokenizer(*args, **kwargs)
+
+
+@pytest.fixture
+def recording_tokenizer():
+    """Wraps a tokenizer to check it is never handed a huge text whole (`data/text_limits.py`)."""
+    return RecordingTokenizer

@@ -43,6 +43,33 @@ def test_train_and_val_subfolders_are_found(images, tmp_path):
     assert split_folders(images) is None
 
 
+def test_train_and_test_subfolders_are_a_split_not_two_classes(images, tmp_path, caplog):
+    root = tmp_path / "split"
+    shutil.copytree(images, root / "train")
+    shutil.copytree(images, root / "test")
+    assert split_folders(root) == (root / "train", root / "test")
+    shutil.copytree(images, root / "validation")
+    with caplog.at_level("INFO", "tunesmith"):
+        assert split_folders(root) == (root / "train", root / "validation")
+    assert "validating on validation/ (test/ not used)" in caplog.text
+    with pytest.raises(DataError, match=r"split: test/, train/, validation/ look like split folders .*"
+                                        r"the layouts read are a folder with one subfolder"):
+        read_images(root, "image", "label", None, "skip")  # e.g. data.validation pointed at the split folder
+
+
+def test_nested_class_folders_are_refused_or_warned(images, tmp_path, caplog):
+    wrapped = tmp_path / "wrapped"
+    shutil.copytree(images, wrapped / "dataset")
+    with pytest.raises(DataError, match=r"the only class folder, dataset/, holds folders of images \(blue, red\); "
+                                        f"did you mean {wrapped / 'dataset'}"):
+        read_images(wrapped, "image", "label", None, "skip")
+    shutil.copytree(images / "red", images / "blue" / "navy")
+    rows = read_images(images, "image", "label", None, "skip")
+    assert sorted(set(rows.labels)) == ["blue", "red"] and rows.labels.count("blue") == 24
+    assert "class folders hold subfolders of images (blue/ holds navy/); their images are labelled by the class " \
+           "folder" in caplog.text
+
+
 def test_table_of_relative_paths(images, tmp_path):
     table = images / "list.csv"
     table.write_text("path,kind\nred/red0.jpg,red\nblue/blue0.jpg,blue\n,blue\n")
@@ -85,6 +112,21 @@ def test_missing_file_in_a_table(images):
     table.write_text("image,label\nred/red0.jpg,red\nred/gone.jpg,red\n")
     kept, problems = check_images(read_images(table, "image", "label", None, "skip"), "image", "skip")
     assert len(kept) == 1 and problems == [{"path": str(images / "red/gone.jpg"), "problem": "file not found"}]
+
+
+def test_image_paths_that_exist_nowhere_name_the_folder_searched(images, tmp_path, monkeypatch):
+    table = tmp_path / "lists" / "list.csv"
+    table.parent.mkdir()
+    table.write_text("image,label\nred/red0.jpg,red\nblue/blue0.jpg,blue\n")
+    with pytest.raises(DataError, match=f"none of the 2 image paths exists .*looked up in {table.parent}, the table's "
+                                        "folder .*set image_classification.image_root"):
+        read_images(table, "image", "label", None, "skip")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"image_classification.image_root folder not found: pics \\(looked up relative to the "
+                                        f"working directory {tmp_path}\\)"):
+        read_images(table, "image", "label", "pics", "skip")
+    relative = read_images(table.relative_to(tmp_path), "image", "label", str(images), "skip")
+    assert relative.inputs["image"][0] == str(images / "red/red0.jpg")
 
 
 @pytest.mark.parametrize("mode, suffix", [("L", "png"), ("P", "png"), ("RGBA", "png"), ("LA", "png"), ("1", "png"),

@@ -85,6 +85,16 @@ def test_duplicates_and_validation_leaks_are_counted(tmp_path, caplog):
     assert "1 validation rows also occur in the training data (lines 2)" in caplog.text
 
 
+def test_the_duplicate_warning_names_the_lines(tmp_path, caplog):
+    from tunesmith.data.labelled import duplicates_and_leaks
+
+    train = load_labelled(csv_file(tmp_path, "text,label\na,x\nb,y\na,x\nc,y\nb,x\n", "t.csv"), ["text"], "label", "skip")
+    val = load_labelled(csv_file(tmp_path, "text,label\nd,x\n", "v.csv"), ["text"], "label", "skip")
+    duplicates_and_leaks(train, val)
+    assert "2 rows repeat an earlier row's input (1 of them with a different label) (line 4 repeats 2, 6 repeats 3)" \
+        in caplog.text
+
+
 def imbalanced_rows(n_a: int = 60, n_b: int = 20):
     from tunesmith.data.labelled import LabelledRows
 
@@ -130,3 +140,27 @@ def test_rows_written_as_jsonl_read_back_the_same(tmp_path):
     rows = load_labelled(csv_file(tmp_path, 'text,label\n"a, quoted ""x""",pos\nünïcode,neg\n'), ["text"], "label", "skip")
     again = load_labelled(write_jsonl(rows, "label", tmp_path / "sub" / "rows.jsonl"), ["text"], "label", "skip")
     assert again.inputs == rows.inputs and again.labels == rows.labels
+
+
+@pytest.mark.parametrize("value, kind", [(["word"] * 2000, "list<element: string>"), ({"a": 1}, "struct<a: int64>"),
+                                         (b"\x89PNG", "binary")])
+def test_parquet_cells_that_are_not_text_are_refused(tmp_path, value, kind):
+    import pandas as pd
+
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": [None, value, value], "label": ["a", "b", "a"], "extra": [value] * 3}).to_parquet(path)
+    with pytest.raises(DataError, match=rf"d.parquet: column 'text' does not hold text or numbers: its Parquet type is "
+                                        rf"{kind} \(first value in row 2\)"):
+        load_labelled(path, ["text"], "label", "skip")
+    pd.DataFrame({"text": ["x", "y"], "label": ["a", "b"], "extra": [value] * 2}).to_parquet(path)
+    assert load_labelled(path, ["text"], "label", "skip").inputs["text"] == ["x", "y"]  # unused columns may hold anything
+
+
+def test_jsonl_cells_that_are_not_text_are_refused(tmp_path):
+    path = csv_file(tmp_path, '{"text": "fine", "label": "a"}\n{"text": "ok", "label": ["a", "b"]}\n', "d.jsonl")
+    with pytest.raises(DataError, match=r"d.jsonl: column 'label' does not hold text or numbers: line 2 holds a JSON "
+                                        r'list \(\["a", "b"\]\)'):
+        load_labelled(path, ["text"], "label", "skip")
+    path.write_text('{"text": {"body": "hi"}, "label": 1}\n')
+    with pytest.raises(DataError, match=r"column 'text' .*line 1 holds a JSON object"):
+        load_labelled(path, ["text"], "label", "skip")

@@ -33,6 +33,13 @@ def test_missing_file(tmp_path):
         read_table(tmp_path / "missing.csv")
 
 
+def test_a_missing_relative_path_names_the_folder_it_was_looked_up_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"data file not found: data/train.csv \\(looked up relative to the working "
+                                        f"directory {tmp_path}\\)"):
+        read_table("data/train.csv")
+
+
 def test_empty_file(tmp_path):
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(DataError, match="empty"):

@@ -269,3 +269,21 @@ def contract_case(request, make) -> dict:
     rows = [{"prompt": f"Repeat: {w}", "response": w} for w in make.words(24)]
     return {"model": {"source": str(request.getfixturevalue("tiny_llama"))}, "data": {"train": make.jsonl(rows)},
             "causal_lm": {"max_new_tokens": 4}}
+
+
+def test_a_multi_megabyte_answer_is_cut_by_characters_before_tokenizing_and_counted(recording_tokenizer):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+    from tunesmith.models.sources import resolve_source
+
+    task = get_task(load_config({"task": "causal-lm", "model": {"source": "demo:smollm2"}, "data": {"max_length": 64}}))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("demo:minilm").location)  # no chat template: plain turns
+    tokenizer.eos_token = "[SEP]"
+    task.tokenizer = recording_tokenizer(tokenizer)
+    huge = "word " * 800_000  # 4 MB
+    rows = LabelledRows("mem", {"messages": [[{"role": "user", "content": "Say words"}]] * 2}, [huge, "ok"], [1, 2])
+    features = task.dataset(rows, train=True)
+    assert task.tokenizer.most_chars <= char_limit(64) + len("[SEP]") < len(huge) // 100
+    assert task.truncated == 1 and len(features[0]["input_ids"]) == 64 and len(features[1]["input_ids"]) < 64

@@ -64,6 +64,21 @@ def test_top5_is_reported_with_more_than_five_classes(color_images, tmp_path):
     assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["top5_accuracy"] == 1.0
 
 
+def test_a_folder_of_train_and_test_folders_trains_on_train_and_validates_on_test(color_images, tmp_path):
+    import shutil
+
+    shutil.copytree(color_images, tmp_path / "data" / "train")
+    shutil.copytree(color_images / "red", tmp_path / "data" / "test" / "red")
+    shutil.copytree(color_images / "blue", tmp_path / "data" / "test" / "blue")
+    config = load_config({"task": "image-classification", "model": {"source": "resnet10t", "pretrained": False},
+                          "data": {"train": str(tmp_path / "data"), "image_size": 32}})
+    task = get_task(config)
+    task.preflight()
+    assert task.label_names == ["blue", "red"]
+    assert len(task.train_rows) == 24 and len(task.eval_rows) == 24
+    assert all("/data/test/" in p for p in task.eval_rows.inputs["image"])
+
+
 def test_frozen_stages_get_no_gradient_and_keep_batchnorm_statistics(image_config):
     config = load_config(image_config, ["strategy.freeze=3"])
     task = get_task(config)

@@ -288,3 +288,19 @@ def contract_case(request, make) -> dict:
                      "answers": {"text": [answer], "answer_start": [len(before) + 6]}})
     return {"model": {"source": str(request.getfixturevalue("tiny_bert"))},
             "data": {"train": make.jsonl(rows), "max_length": 24}}
+
+
+def test_an_absurdly_long_context_is_cut_by_characters_before_tokenizing(task, recording_tokenizer, monkeypatch,
+                                                                          caplog):
+    monkeypatch.setattr("tunesmith.tasks.question_answering.MAX_CONTEXT_CHARS", 3000)  # 1,000,000 in use
+    task.tokenizer = recording_tokenizer(task.tokenizer)
+    huge = CONTEXT + " More words follow here." * 200_000 + " Gustave Eiffel again."  # 4.8 MB
+    late = huge.rindex("Gustave")
+    rows = LabelledRows("mem", {"id": ["0", "1"], "question": ["Who designed it?"] * 2, "context": [huge, CONTEXT]},
+                        [{"text": ["Gustave Eiffel"], "answer_start": [late]},
+                         {"text": ["Gustave Eiffel"], "answer_start": [CONTEXT.index("Gustave")]}], [1, 2])
+    windows = task.windows(rows)
+    assert task.tokenizer.most_chars <= 3000 + len(CONTEXT) + 40 < len(huge) // 100
+    assert windows.contexts_cut == 1 and windows.unreachable == 1  # the answer past the cut is in no window
+    assert "1 contexts longer than 3000 characters were cut to that length before tokenizing (first at line 1)" \
+        in caplog.text

@@ -172,3 +172,15 @@ def contract_case(request, make) -> dict:
             for w in (make.words(int(make.rng.integers(1, 6))) for _ in range(24))]
     return {"model": {"source": str(request.getfixturevalue("tiny_bart"))}, "data": {"train": make.jsonl(rows)},
             "seq2seq": {"max_new_tokens": 4}}
+
+
+def test_multi_megabyte_sources_and_targets_are_cut_by_characters_before_tokenizing(task, recording_tokenizer):
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+
+    task.tokenizer = recording_tokenizer(task.tokenizer)
+    huge = "abc def " * 500_000  # 4 MB
+    rows = LabelledRows("mem", {"source": [huge, "short"]}, [huge, "x"], [2, 3])
+    task.dataset(rows, train=True)
+    assert task.tokenizer.most_chars <= char_limit(task.max_length) + 20 < len(huge) // 100
+    assert task.truncated == {"sources": 1, "targets": 1}

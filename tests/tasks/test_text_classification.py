@@ -41,3 +41,20 @@ def contract_case(request, make) -> dict:
     rows = [{"text": " ".join(make.words(int(make.rng.integers(2, 9)))), "label": str(make.rng.choice(["a", "b"]))}
             for _ in range(24)]
     return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(rows)}}
+
+
+def test_a_multi_megabyte_cell_is_cut_by_characters_before_tokenizing_and_counted(tiny_bert, recording_tokenizer):
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+    from tunesmith.models.sources import token_limit
+
+    task, _ = build(tiny_bert, True)
+    task.tokenizer = recording_tokenizer(task.tokenizer)
+    huge = "the film was long " * 300_000  # 5.4 MB in one cell
+    rows = LabelledRows("mem", {"text": [huge, "short and sweet"]}, ["negative", "positive"], [2, 3])
+    features = task.dataset(rows, train=True)
+    max_length = token_limit(task.tokenizer.tokenizer, task.config.data.max_length)
+    assert task.tokenizer.most_chars == char_limit(max_length) + len("short and sweet") < len(huge) // 100
+    assert len(features[0]["input_ids"]) == max_length and task.truncated == 1
+    assert features[0]["input_ids"] == task.tokenizer.tokenizer(huge[:100_000], truncation=True,
+                                                                max_length=max_length)["input_ids"]

@@ -244,3 +244,22 @@ def contract_case(request, make) -> dict:
         tokens = make.words(int(make.rng.integers(2, 9)))
         rows.append({"tokens": tokens, "tags": ["B-X" if t == "river" else "O" for t in tokens]})
     return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(rows)}}
+
+
+def test_a_multi_megabyte_sentence_is_cut_by_characters_before_tokenizing_and_counted(task, recording_tokenizer):
+    from tunesmith.data.labelled import LabelledRows
+    from tunesmith.data.text_limits import char_limit
+
+    task.truncated, real = 0, task.tokenizer
+    task.tokenizer = recording_tokenizer(real)
+    try:
+        one_word = "x" * 3_000_000  # one 3 MB "word"
+        many = ["Paris"] * 600_000  # 3.6 MB of words
+        rows = LabelledRows("mem", {"tokens": [[one_word], many, ["Paris"]]},
+                            [["O"], ["B-LOC"] * len(many), ["B-LOC"]], [1, 2, 3])
+        features = task.dataset(rows, train=True)
+        assert task.tokenizer.most_chars <= 3 * char_limit(task.max_length) < len(one_word) // 100
+        assert task.truncated == 2 and len(features) == 3
+        assert features[1]["labels"][1:3] == [1, 1]  # the kept words keep their tags
+    finally:
+        task.tokenizer = real

@@ -10,12 +10,13 @@ response tokens (with the end-of-turn/EOS token that teaches the model to stop) 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import jsonl_objects, read_table
+from tunesmith.data.readers import jsonl_objects, not_found, read_table, require_text
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -33,13 +34,15 @@ def read_chats(path: str | Path, messages_key: str, prompt_key: str, response_ke
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".json"):
         if not path.is_file():
-            raise DataError(f"data file not found: {path}")
+            raise DataError(not_found(path))
         records = jsonl_objects(path)
     else:
         frame = read_table(path)
+        require_text(frame, [k for k in (prompt_key, response_key) if k in frame.columns], path)
         records = [(int(i), row.to_dict()) for i, row in frame.iterrows()]
     prompts, answers, lines, skipped = [], [], [], 0
     for number, row in records:
+        _require_text_cells(path, number, row, (prompt_key, response_key))
         try:
             messages = _messages(row, messages_key, prompt_key, response_key, labelled)
         except ValueError as exc:
@@ -60,6 +63,16 @@ def read_chats(path: str | Path, messages_key: str, prompt_key: str, response_ke
                         f"{prompt_key!r} and {response_key!r} (set causal_lm.messages_column / prompt_column / "
                         "response_column to your keys)")
     return LabelledRows(str(path), {"messages": prompts}, answers, lines, skipped=skipped)
+
+
+def _require_text_cells(path: Path, number: int, row: dict, keys: tuple[str, ...]) -> None:
+    """A JSONL prompt or response that is a list or object would be trained on as its Python spelling."""
+    for key in keys:
+        if isinstance(row.get(key), (list, dict)):
+            kind = "a JSON list" if isinstance(row[key], list) else "a JSON object"
+            raise DataError(f"{path}, line {number}: {key!r} holds {kind} ({json.dumps(row[key])[:60]}), not text; "
+                            "give the prompt and response as strings, or a chat as a list of {role, content} "
+                            "messages under the messages key (causal_lm.messages_column)")
 
 
 def _messages(row: dict, messages_key: str, prompt_key: str, response_key: str, labelled: bool) -> list[dict]:

@@ -1,8 +1,8 @@
 """Image data: folders of class subfolders or CSV/JSONL files of paths, checked and decoded.
 
 Three layouts are read into `LabelledRows` (the image paths are the one input column):
-a folder with a subfolder per class; a folder holding `train/` and `val/` (or `validation/`)
-folders of class subfolders; and a table (CSV, TSV, JSONL, Parquet) with a path column and a
+a folder with a subfolder per class; a folder holding `train/` and `val/` (or `validation/`, or
+`test/`) folders of class subfolders; and a table (CSV, TSV, JSONL, Parquet) with a path column and a
 label column, paths relative to the table's folder or `image_classification.image_root`. `check_images` decodes
 every image in a preflight, before any weights load, and reports the unreadable ones (missing,
 empty, truncated, not an image) by path. `ImageDataset` decodes on the fly, converts grayscale,
@@ -22,13 +22,16 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import read_table
+from tunesmith.data.readers import not_found, read_table, require_text
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "valid", "validation")}
+# In order of preference: with both val/ and test/, val/ validates and test/ stays untouched.
+SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "valid", "validation", "test")}
+LAYOUTS = ("a folder with one subfolder of images per class (cats/*.jpg, dogs/*.jpg); a folder holding train/ and "
+           "val/ (or validation/ or test/), each with one subfolder per class; or a CSV/JSONL of image paths and labels")
 
 
 def open_rgb(path: str | Path):
@@ -62,11 +65,17 @@ def to_rgb(image):
 
 
 def split_folders(folder: Path) -> tuple[Path, Path] | None:
-    """`(train, validation)` subfolders when `folder` holds both, else None."""
+    """`(train, validation)` subfolders when `folder` holds both, else None; the validation folder is
+    the first of val/, valid/, validation/, test/ present (the log says which, and what is left unused)."""
     found = []
     for names in SPLIT_FOLDERS.values():
-        found.append(next((folder / n for n in names if (folder / n).is_dir()), None))
-    return (found[0], found[1]) if all(found) else None
+        found.append([folder / n for n in names if (folder / n).is_dir()])
+    if not all(found):
+        return None
+    (train, *_), (validation, *unused) = found
+    log.info("%s: training on %s/, validating on %s/%s", folder, train.name, validation.name,
+             f" ({', '.join(p.name + '/' for p in unused)} not used)" if unused else "")
+    return train, validation
 
 
 def read_images(path: str | Path, image_column: str, label_column: str | None, image_root: str | None,
@@ -79,7 +88,7 @@ def read_images(path: str | Path, image_column: str, label_column: str | None, i
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data not found: {path}")
+        raise DataError(not_found(path, "data"))
     if path.is_dir():
         return _read_class_folders(path, image_column) if labelled else _read_loose_images(path, image_column)
     return _read_path_table(path, image_column, label_column if labelled else None, image_root, bad_rows)
@@ -95,19 +104,48 @@ def _read_class_folders(folder: Path, key: str) -> LabelledRows:
     if not classes:
         raise DataError(f"{folder}: no class folders found; an image folder needs one subfolder per class "
                         "(e.g. train/cats/*.jpg, train/dogs/*.jpg), or use a CSV with image_classification.image_column")
-    paths, labels, ignored = [], [], []
+    paths, labels, ignored, nested = [], [], [], {}
     for class_folder in classes:
         images, others = _image_files(class_folder)
         paths += [str(p) for p in images]
         labels += [class_folder.name] * len(images)
         ignored += others
+        inner = sorted({p.relative_to(class_folder).parts[0] for p in images if p.parent != class_folder})
+        if inner:
+            nested[class_folder.name] = inner
     _note_ignored(folder, ignored)
+    _check_nesting(folder, [c.name for c in classes], nested)
     empty = [c.name for c in classes if c.name not in set(labels)]
     if empty:
         log.warning("%s: class folders with no images are ignored: %s", folder, ", ".join(empty[:10]))
     if not paths:
         raise DataError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     return LabelledRows(str(folder), {key: paths}, labels, list(range(1, len(paths) + 1)))
+
+
+def _check_nesting(folder: Path, classes: list[str], nested: dict[str, list[str]]) -> None:
+    """Refuses class folders that are really split folders or one level too high; warns that images in
+    subfolders of a class folder are labelled by the class folder (the tree is flattened).
+
+    Raises:
+        DataError: a class folder named like a split (train/, test/, ...) holds subfolders of images,
+            or the only class folder holds subfolders of images.
+    """
+    splits = {n for names in SPLIT_FOLDERS.values() for n in names} | {"testing"}
+    as_splits = [c for c in nested if c.lower() in splits]
+    if as_splits:
+        raise DataError(f"{folder}: {', '.join(c + '/' for c in as_splits)} look like split folders holding class "
+                        f"folders, not classes; the layouts read are {LAYOUTS}. Point data.train at {folder} only "
+                        "when it holds train/ together with val/, validation/ or test/, or set data.train and "
+                        "data.validation to the split folders")
+    if len(classes) == 1 and nested:
+        raise DataError(f"{folder}: the only class folder, {classes[0]}/, holds folders of images "
+                        f"({', '.join(nested[classes[0]][:5])}); did you mean {folder / classes[0]}? The layouts "
+                        f"read are {LAYOUTS}")
+    if nested:
+        shown = "; ".join(f"{c}/ holds {', '.join(s + '/' for s in sub[:3])}" for c, sub in list(nested.items())[:5])
+        log.warning("%s: class folders hold subfolders of images (%s); their images are labelled by the class "
+                    "folder they lie in, the subfolder names are not labels", folder, shown)
 
 
 def _read_loose_images(folder: Path, key: str) -> LabelledRows:
@@ -131,13 +169,14 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
         if column not in frame.columns:
             found = ", ".join(repr(c) for c in frame.columns)
             raise DataError(f"{path}: column {column!r} not found; columns are {found} (set {key} to the right name)")
+    require_text(frame, list(wanted), path)
     cells = frame[list(wanted)].apply(lambda col: col.str.strip())
     bad = cells.eq("").any(axis=1)
-    root = Path(image_root) if image_root else path.parent
+    root = _image_root(path, image_root)
     keep = ~bad.to_numpy()
     rows = LabelledRows(
         source=str(path),
-        inputs={image_column: [str(_under(root, p)) for p in cells[image_column][keep]]},
+        inputs={image_column: [_under(root, p) for p in cells[image_column][keep]]},
         labels=cells[label_column][keep].tolist() if label_column else [""] * int(keep.sum()),
         lines=[int(n) for n, k in zip(frame.index, keep) if k],
         skipped=int(bad.sum()),
@@ -151,12 +190,34 @@ def _read_path_table(path: Path, image_column: str, label_column: str | None, im
         log.warning("%s: skipping %s", path, what)
     if len(rows) == 0:
         raise DataError(f"{path}: no usable rows (all {len(frame)} rows have an empty path or label)")
+    _check_some_exist(path, rows.inputs[image_column], root, image_root)
     return rows
 
 
-def _under(root: Path, cell: str) -> Path:
+def _image_root(table: Path, image_root: str | None) -> Path:
+    """The folder relative image paths are resolved against: `image_classification.image_root`, else the table's folder."""
+    if image_root is None:
+        return table.parent
+    root = Path(image_root).expanduser()
+    if not root.is_dir():
+        raise DataError(not_found(root, "image_classification.image_root folder") + "; set image_classification.image_root to the folder the "
+                        f"relative image paths in {table} start from, or leave it unset to use the table's folder")
+    return root
+
+
+def _check_some_exist(table: Path, paths: list[str], root: Path, image_root: str | None) -> None:
+    """Stops early, naming the folder searched, when not one image path exists (a wrong root, not bad rows)."""
+    if any(os.path.exists(p) for p in paths):
+        return
+    how = "image_classification.image_root" if image_root else "the table's folder (image_classification.image_root is unset)"
+    raise DataError(f"{table}: none of the {len(paths)} image paths exists (e.g. {paths[0]}); relative paths are "
+                    f"looked up in {os.path.abspath(root)}, {how}; set image_classification.image_root to the folder they start from")
+
+
+def _under(root: Path, cell: str) -> str:
+    """The image's absolute path, so every message about it shows the folder it was looked up in."""
     p = Path(cell).expanduser()
-    return p if p.is_absolute() else root / p
+    return os.path.abspath(p if p.is_absolute() else root / p)
 
 
 def image_problem(path: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith.data.readers import read_table
+from tunesmith.data.readers import read_table, require_text
 from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def load_labelled(
         keys = {c: settings[1] if c == label_column else settings[0] for c in missing}
         fix = "; ".join(f"set {keys[c]} to the right name" for c in missing[:1])
         raise DataError(f"{path}: column {missing[0]!r} not found; columns are {found} ({fix})")
+    require_text(frame, wanted, path)
     cells = frame[wanted].apply(lambda col: col.str.strip())
     empty = cells.eq("")
     bad = empty.any(axis=1)
@@ -185,14 +186,19 @@ def duplicates_and_leaks(train: LabelledRows, val: LabelledRows) -> dict[str, in
     def keys(rows: LabelledRows) -> list[tuple[str, ...]]:
         return list(zip(*(v for v in rows.inputs.values())))
 
-    train_keys = keys(train)
-    seen = set(train_keys)
-    duplicates = len(train_keys) - len(seen)
-    leaked = [line for key, line in zip(keys(val), val.lines) if key in seen]
+    first_line: dict[tuple[str, ...], int] = {}
+    repeats = []  # (line, line of the first row with the same input)
+    for key, line in zip(keys(train), train.lines):
+        if key in first_line:
+            repeats.append((line, first_line[key]))
+        first_line.setdefault(key, line)
+    duplicates = len(repeats)
+    leaked = [line for key, line in zip(keys(val), val.lines) if key in first_line]
     conflicting = _conflicting_labels(train)
     if duplicates:
-        log.warning("%s: %d rows repeat an earlier row's input%s", train.source, duplicates,
-                    f" ({conflicting} of them with a different label)" if conflicting else "")
+        shown = ", ".join(f"{line} repeats {first}" for line, first in repeats[:10]) + (" ..." if duplicates > 10 else "")
+        log.warning("%s: %d rows repeat an earlier row's input%s (line %s)", train.source, duplicates,
+                    f" ({conflicting} of them with a different label)" if conflicting else "", shown)
     if leaked:
         shown = ", ".join(map(str, leaked[:10])) + (" ..." if len(leaked) > 10 else "")
         log.warning("%s: %d validation rows also occur in the training data (lines %s); the validation score "

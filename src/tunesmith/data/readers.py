@@ -3,6 +3,8 @@
 Everything is read as text with no "NA" guessing, so a review that says "null" stays a review;
 missing values become empty strings and the validation step decides what to do with them. Each
 reader turns parser failures into a `DataError` that names the file and, where known, the line.
+Cells that are not text (JSONL lists and objects, Parquet lists, structs and bytes) are noted per
+column, and `require_text` refuses the columns a task reads as text or labels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from tunesmith.errors import DataError
 
+NON_TEXT = "tunesmith_non_text"  # frame.attrs key: {column: where its first list/object/bytes cell is}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -29,7 +32,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(not_found(path))
     if path.is_dir():
         raise DataError(f"expected a data file but got a directory: {path}")
     fmt = FORMATS.get(path.suffix.lower())
@@ -45,6 +48,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(f"{path} has no data rows (only a header?)")
     return frame
+
+
+def not_found(path: Path, what: str = "data file") -> str:
+    """`<what> not found: <path>`, saying which folder a relative path was looked up in (the
+    working directory), since "not found" alone hides that the run started somewhere else."""
+    where = "" if path.expanduser().is_absolute() else f" (looked up relative to the working directory {Path.cwd()})"
+    return f"{what} not found: {path}{where}"
 
 
 def _read_delimited(path: Path) -> pd.DataFrame:
@@ -91,7 +101,29 @@ def _record_lines(path: Path, tsv: bool, rows: int) -> list[int]:
 def _read_jsonl(path: Path) -> pd.DataFrame:
     records = jsonl_objects(path)
     rows = [{k: _as_text(v) for k, v in row.items()} for _, row in records]
-    return pd.DataFrame(rows, index=[number for number, _ in records], dtype=str).fillna("")
+    frame = pd.DataFrame(rows, index=[number for number, _ in records], dtype=str).fillna("")
+    non_text: dict[str, str] = {}
+    for number, row in records:
+        for key, value in row.items():
+            if key not in non_text and isinstance(value, (list, dict)):
+                kind = "a JSON list" if isinstance(value, list) else "a JSON object"
+                non_text[key] = f"line {number} holds {kind} ({json.dumps(value)[:60]})"
+    frame.attrs[NON_TEXT] = non_text
+    return frame
+
+
+def require_text(frame: pd.DataFrame, columns: list[str], path: str | Path) -> None:
+    """Refuses `columns` of `frame` (as `read_table` read it) whose cells are lists, objects, structs or
+    bytes: turned into text they would be their Python spelling (a 2,000-word list as `['a' 'b' ... ]`).
+
+    Raises:
+        DataError: naming the file, the column, its type and the first offending row.
+    """
+    for column in columns:
+        problem = frame.attrs.get(NON_TEXT, {}).get(column)
+        if problem:
+            raise DataError(f"{path}: column {column!r} does not hold text or numbers: {problem}; "
+                            "store one text (or label) per cell, e.g. join a list of words with spaces")
 
 
 def read_utf8(path: Path) -> str:
@@ -131,9 +163,27 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
+    non_text = {}
+    for column, dtype in _arrow_types(path).items():
+        if column in frame.columns:
+            # the first row that holds a value, the one that would be turned into a misleading string
+            first = next((i for i, v in enumerate(frame[column], start=1) if v is not None), None)
+            if first is not None:
+                non_text[column] = f"its Parquet type is {dtype} (first value in row {first})"
     frame = frame.apply(lambda col: col.map(_as_text)).astype(str)
     frame.index = range(1, len(frame) + 1)
+    frame.attrs[NON_TEXT] = non_text
     return frame
+
+
+def _arrow_types(path: Path) -> dict[str, str]:
+    """Columns whose Parquet type is nested (list, struct, map) or binary, with the type's name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+    return {field.name: str(field.type)[:60] for field in pq.read_schema(path)
+            if pa.types.is_nested(field.type) or any(test(field.type) for test in binary)}
 
 
 def _as_text(value: object) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import jsonl_objects, read_utf8
+from tunesmith.data.readers import jsonl_objects, not_found, read_utf8
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -49,7 +49,7 @@ def read_tagged(path: str | Path, tokens_column: str = "tokens", tags_column: st
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}" if not path.exists() else f"expected a data file but got a directory: {path}")
+        raise DataError(not_found(path) if not path.exists() else f"expected a data file but got a directory: {path}")
     suffix = path.suffix.lower()
     if suffix not in CONLL_SUFFIXES + JSONL_SUFFIXES:
         raise DataError(f"{path}: unknown format {suffix!r} for token classification; use a CoNLL column file "

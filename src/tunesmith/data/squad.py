@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.labelled import LabelledRows
-from tunesmith.data.readers import jsonl_objects, read_utf8
+from tunesmith.data.readers import jsonl_objects, not_found, read_utf8
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
@@ -55,7 +55,7 @@ def read_squad(path: str | Path, columns: dict[str, str], labelled: bool = True,
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}" if not path.exists() else f"expected a data file but got a directory: {path}")
+        raise DataError(not_found(path) if not path.exists() else f"expected a data file but got a directory: {path}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown format {suffix!r} for question answering; use SQuAD JSON (.json) or JSONL "

@@ -34,6 +34,7 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.chat import read_chats, segments
 from tunesmith.data.labelled import LabelledRows, read_splits
+from tunesmith.data.text_limits import cap_texts, char_limit
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.hf_family import HFModel, plain_tokenizer
 from tunesmith.models.layer_groups import LayerGroup
@@ -176,6 +177,14 @@ class CausalLMTask:
             labels += piece if is_response else [IGNORE] * len(piece)
         return ids, labels, prompt_length if answer is not None else len(ids)
 
+    def _capped(self, prompt: list[dict], answer: str | None) -> tuple[list[dict], str | None, bool]:
+        """The chat with each message cut by characters (`data/text_limits.py`) before it is rendered and
+        tokenized, and whether anything was cut: a huge message would otherwise be tokenized whole."""
+        limit = char_limit(self.max_length)
+        contents, cut = cap_texts([m["content"] for m in prompt] + ([answer] if answer is not None else []), limit)
+        capped = [{**m, "content": c} for m, c in zip(prompt, contents)]
+        return capped, contents[-1] if answer is not None else None, any(cut)
+
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Token ids (and labels) per chat, tokenized once and unpadded. Evaluation rows also carry
         `prompt_ids`, the generation prompt.
@@ -185,11 +194,12 @@ class CausalLMTask:
         """
         features, too_long, truncated = [], [], 0
         for i, prompt in enumerate(rows.inputs["messages"]):
-            ids, labels, prompt_length = self.encode(prompt, rows.labels[i] if labelled else None)
+            prompt, answer, cut = self._capped(prompt, rows.labels[i] if labelled else None)
+            ids, labels, prompt_length = self.encode(prompt, answer)
             if prompt_length >= self.max_length:
                 too_long.append((rows.lines[i], prompt_length))
                 continue
-            truncated += len(ids) > self.max_length
+            truncated += len(ids) > self.max_length or cut
             feature = {"input_ids": ids[: self.max_length]}
             if labelled:
                 feature["labels"] = labels[: self.max_length]

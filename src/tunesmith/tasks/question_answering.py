@@ -33,6 +33,7 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, read_splits
 from tunesmith.data.squad import answerable, as_text_rows, read_squad
+from tunesmith.data.text_limits import MAX_CONTEXT_CHARS, cap_texts, char_limit
 from tunesmith.errors import DataError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
@@ -77,6 +78,7 @@ class Windows:
     row_of: list[int]
     offsets: list[list[tuple[int, int] | None]]
     unreachable: int  # labelled answerable rows whose first answer lies in no window
+    contexts_cut: int = 0  # contexts cut to MAX_CONTEXT_CHARS characters before tokenizing
 
 
 def _fast_tokenizer(resolved, kwargs: dict[str, Any]):
@@ -130,7 +132,8 @@ class QuestionAnsweringTask:
                                 "unanswerable": has.count(False), "contexts": len(set(rows.inputs["context"]))}
                 if id(rows) in self._windows:
                     windows = self._windows[id(rows)][1]
-                    facts[split].update(windows=len(windows.features), answers_in_no_window=windows.unreachable)
+                    facts[split].update(windows=len(windows.features), answers_in_no_window=windows.unreachable,
+                                        contexts_cut_by_characters=windows.contexts_cut)
         facts.update(self.data_checks)
         return facts
 
@@ -200,12 +203,13 @@ class QuestionAnsweringTask:
         return self._windows[id(rows)][1]
 
     def _split(self, rows: LabelledRows) -> Windows:
-        self._check_room(rows)
-        encoded = self.tokenizer(rows.inputs["question"], rows.inputs["context"], truncation="only_second",
+        questions, contexts, cut = self._capped(rows)
+        self._check_room(rows, questions)
+        encoded = self.tokenizer(questions, contexts, truncation="only_second",
                                  max_length=self.max_length, stride=self.doc_stride,
                                  return_overflowing_tokens=True, return_offsets_mapping=True)
         keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
-        windows = Windows([], list(encoded["overflow_to_sample_mapping"]), [], 0)
+        windows = Windows([], list(encoded["overflow_to_sample_mapping"]), [], 0, cut)
         found = np.zeros(len(rows), dtype=bool)
         for j, row in enumerate(windows.row_of):
             sequence = encoded.sequence_ids(j)
@@ -221,10 +225,23 @@ class QuestionAnsweringTask:
                      "are trained to answer nothing", rows.source, windows.unreachable, self.max_length)
         return windows
 
-    def _check_room(self, rows: LabelledRows) -> None:
+    def _capped(self, rows: LabelledRows) -> tuple[list[str], list[str], int]:
+        """Questions cut by characters to what one window could hold, contexts only past an absurd
+        length (`data/text_limits.py`): tokenizers tokenize a whole string before cutting it."""
+        # a question that long fills its window, which `_check_room` reports
+        questions, _ = cap_texts(rows.inputs["question"], char_limit(self.max_length))
+        contexts, cut_contexts = cap_texts(rows.inputs["context"], MAX_CONTEXT_CHARS)
+        if any(cut_contexts):
+            first = rows.lines[cut_contexts.index(True)]
+            log.warning("%s: %d contexts longer than %d characters were cut to that length before tokenizing "
+                        "(first at line %d); answers past the cut are in no window", rows.source, sum(cut_contexts),
+                        MAX_CONTEXT_CHARS, first)
+        return questions, contexts, sum(cut_contexts)
+
+    def _check_room(self, rows: LabelledRows, questions: list[str]) -> None:
         """Each window holds the question, special tokens and more context tokens than the stride."""
         stride = self.doc_stride
-        lengths = [len(ids) for ids in self.tokenizer(rows.inputs["question"], add_special_tokens=False)["input_ids"]]
+        lengths = [len(ids) for ids in self.tokenizer(questions, add_special_tokens=False)["input_ids"]]
         longest = int(np.argmax(lengths))
         room = self.max_length - lengths[longest] - self.tokenizer.num_special_tokens_to_add(pair=True)
         if room <= stride:

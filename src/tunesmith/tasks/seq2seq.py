@@ -28,6 +28,7 @@ from torch import nn
 
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, load_labelled, read_splits
+from tunesmith.data.text_limits import cap_texts, char_limit
 from tunesmith.errors import ConfigError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
@@ -186,15 +187,18 @@ class Seq2SeqTask:
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Source ids (and target ids) per row, tokenized once and unpadded (`train` unused)."""
         s = self.config.seq2seq
-        sources = [s.source_prefix + text for text in rows.inputs["source"]]
+        # cut by characters first (data/text_limits.py): a tokenizer tokenizes a huge cell whole before truncating
+        sources, cut_chars = cap_texts([s.source_prefix + text for text in rows.inputs["source"]],
+                                       char_limit(self.max_length))
         encoded = self.tokenizer(sources, truncation=True, max_length=self.max_length)["input_ids"]
         features = [{"input_ids": ids} for ids in encoded]
-        cut = sum(len(ids) >= self.max_length for ids in encoded)
+        cut = sum(len(ids) >= self.max_length or c for ids, c in zip(encoded, cut_chars))
         if labelled:
-            targets = self.tokenizer(text_target=rows.labels, truncation=True, max_length=s.max_target_length)["input_ids"]
+            texts, cut_targets = cap_texts(rows.labels, char_limit(s.max_target_length))
+            targets = self.tokenizer(text_target=texts, truncation=True, max_length=s.max_target_length)["input_ids"]
             for feature, ids in zip(features, targets):
                 feature["labels"] = ids
-            self.truncated["targets"] += sum(len(ids) >= s.max_target_length for ids in targets)
+            self.truncated["targets"] += sum(len(ids) >= s.max_target_length or c for ids, c in zip(targets, cut_targets))
         if cut:
             log.info("%s: %d of %d sources reached max_length=%d and were cut", rows.source, cut, len(rows), self.max_length)
         self.truncated["sources"] += cut

@@ -28,6 +28,7 @@ from tunesmith.data.labelled import (
     sample,
     stratified_split,
 )
+from tunesmith.data.text_limits import cap_texts, char_limit
 from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
@@ -154,8 +155,12 @@ class TextClassificationTask:
 
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Token ids per row, tokenized once and unpadded (no augmentation, so `train` is unused)."""
-        columns = [rows.inputs[c] for c in self.input_columns]
         max_length = token_limit(self.tokenizer, self.config.data.max_length)
+        columns, cut = [], [False] * len(rows)
+        for c in self.input_columns:
+            texts, cut_here = cap_texts(rows.inputs[c], char_limit(max_length))
+            columns.append(texts)
+            cut = [a or b for a, b in zip(cut, cut_here)]
         encoded = self.tokenizer(*columns, truncation=True, max_length=max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
         label_ids = {n: i for i, n in enumerate(self.label_names)}
@@ -165,7 +170,7 @@ class TextClassificationTask:
             if labelled:
                 feature["labels"] = label_ids[rows.labels[i]]
             features.append(feature)
-        truncated = sum(len(f["input_ids"]) >= max_length for f in features)
+        truncated = sum(len(f["input_ids"]) >= max_length or c for f, c in zip(features, cut))
         if truncated:
             log.info("%s: %d of %d texts reached max_length=%d and were truncated", rows.source, truncated, len(rows), max_length)
         self.truncated += truncated

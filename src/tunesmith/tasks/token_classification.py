@@ -23,6 +23,7 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, check_known_labels, duplicates_and_leaks, random_split, sample
 from tunesmith.data.sequences import TOKENS, as_text_rows, read_tagged, tag_names, tag_scheme
+from tunesmith.data.text_limits import cap_words, char_limit
 from tunesmith.errors import DataError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
@@ -145,18 +146,19 @@ class TokenClassificationTask:
         return token_limit(self.tokenizer, self.config.data.max_length)
 
     def _encode(self, rows: LabelledRows):
-        return self.tokenizer(rows.inputs[TOKENS], is_split_into_words=True, truncation=True,
-                              max_length=self.max_length)
+        """The sentences tokenized, and whether each was cut by characters first (see `data/text_limits.py`)."""
+        words, cut = cap_words(rows.inputs[TOKENS], char_limit(self.max_length))
+        return self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length), cut
 
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Token ids and aligned tag ids per sentence, tokenized once and unpadded (`train` unused)."""
-        encoded = self._encode(rows)
+        encoded, cut = self._encode(rows)
         keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
         features, truncated = [], 0
         for i in range(len(rows)):
             feature = {k: encoded[k][i] for k in keys}
             word_ids = encoded.word_ids(i)
-            truncated += max((w for w in word_ids if w is not None), default=-1) + 1 < len(rows.inputs[TOKENS][i])
+            truncated += cut[i] or max((w for w in word_ids if w is not None), default=-1) + 1 < len(rows.inputs[TOKENS][i])
             if labelled:
                 feature.update(self._aligned_labels(word_ids, rows.labels[i]))
             features.append(feature)
@@ -247,7 +249,7 @@ class TokenClassificationTask:
         """Per sentence: the words, their space-joined text, a tag and confidence per word, and
         the entities with character offsets into that text."""
         probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()  # (N, L, C)
-        encoded = self._encode(rows)
+        encoded, _ = self._encode(rows)
         records = []
         for i, words in enumerate(rows.inputs[TOKENS]):
             firsts = _first_subtokens(encoded.word_ids(i), len(words))
