@@ -37,8 +37,10 @@ class RunResult:
     """The overfitting watch's warning, when the run over-fitted after its best evaluation."""
 
     @property
-    def best_model_dir(self) -> Path:
-        return self.run_dir / "best"
+    def best_model_dir(self) -> Path | None:
+        """`run_dir/best`, or None when the run saved no best model (no evaluation improved, no step trained)."""
+        best = self.run_dir / "best"
+        return best if best.is_dir() else None
 
     @property
     def report(self) -> Path:
@@ -177,7 +179,11 @@ def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, 
     if path is None:
         log.info("resume: auto found no checkpoint in %s; starting from the beginning", run_dir)
         return None, False
+    from tunesmith.engine.checkpoint import check_state_keys
+    from tunesmith.engine.loop import STATE_KEYS
+
     saved = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    check_state_keys(path, saved, STATE_KEYS)  # before any weights load
     return path, check_resume_config(run_dir, config, saved.get("label_names", []), task.label_names)
 
 
