@@ -2,7 +2,7 @@
 
 On a full disk the writers do not all raise `OSError(ENOSPC)`: safetensors raises `SafetensorError`
 ("I/O error: No space left on device (os error 28)") and `torch.save` a `RuntimeError` about the
-zip writer's position ("unexpected pos 576 vs 534") that says nothing of the disk. `write_failure`
+zip writer's position ("unexpected pos 576 vs 534", or "basic_ios::clear: iostream error") that says nothing of the disk. `write_failure`
 turns each into one reason ("disk full", or the I/O error), so every writer ends the run the same
 way: one line, exit 2, earlier files untouched. Other exceptions (a bug, an object that cannot be
 pickled) are not write failures and keep their traceback.
@@ -18,7 +18,7 @@ from pathlib import Path
 # within one block of the end.
 FULL_BELOW = 1 << 20
 DISK_FULL_TEXT = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded", "os error 122")
-IO_TEXT = ("i/o error", "ioerror", "file write failed", "unexpected pos", "pytorchstreamwriter failed")
+IO_TEXT = ("i/o error", "ioerror", "iostream error", "file write failed", "unexpected pos", "pytorchstreamwriter failed")
 
 
 def write_failure(exc: BaseException, where: Path) -> str | None:
