@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 
 import tunesmith
 from tunesmith.cli import app
-from tunesmith.engine.run_dir import LOCK, MANIFEST, read_manifest, run_lock
+from tunesmith.engine.run_dir import LOCK, MANIFEST, process_alive, read_manifest, run_lock
 
 USER_FILES = ("README.md", "data.json", "report.html", "plots/loss.png", "mlruns/0/meta.yaml", "tensorboard/events")
 
@@ -126,3 +128,24 @@ def test_the_manifest_lists_what_an_interrupted_run_wrote(tiny_config, tmp_path)
         tunesmith.finetune(tiny_config, quiet=True, on_record=fail_at_step_2)
     manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
     assert {"config.yaml", "metrics.jsonl"} <= set(manifest["entries"])
+
+
+def test_a_killed_runs_lock_is_free_while_its_forked_workers_live_on(tmp_path):
+    """Data-loader workers are forked while the lock is held; they must not keep it after a kill -9."""
+    code = (
+        "import multiprocessing, os, sys, time, pathlib\n"
+        "from tunesmith.engine.run_dir import run_lock\n"
+        f"with run_lock(pathlib.Path({str(tmp_path)!r})):\n"
+        "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(30,))\n"
+        "    worker.start()\n"
+        "    print(worker.pid, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    worker = int(done.stdout.split()[0])
+    try:
+        assert process_alive(worker)
+        with run_lock(tmp_path):
+            pass
+    finally:
+        os.kill(worker, 9)

@@ -181,6 +181,7 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[RunManifest]:
         return
     lock = run_dir / LOCK
     fd = _take_lock(lock, run_dir)
+    _HELD.add(fd)
     try:
         remove_stale_temporaries(run_dir)
         manifest = RunManifest(run_dir)
@@ -190,7 +191,23 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[RunManifest]:
             _final_sync(manifest)
     finally:
         lock.unlink(missing_ok=True)  # before closing: a waiter never takes a lock file that is being removed
+        _HELD.discard(fd)
         os.close(fd)
+
+
+# Lock descriptors this process holds. A forked child (a data-loader worker) closes its copies at
+# once: an flock belongs to the open file, so a worker outliving a killed run would keep its lock.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def _take_lock(lock: Path, run_dir: Path) -> int:
