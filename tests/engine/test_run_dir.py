@@ -141,11 +141,13 @@ def test_a_killed_runs_lock_is_free_while_its_forked_workers_live_on(tmp_path):
         "    print(worker.pid, flush=True)\n"
         "    os.kill(os.getpid(), 9)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    worker = int(done.stdout.split()[0])
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())  # not until EOF: the worker keeps the pipe open
+    run.wait(timeout=60)
     try:
         assert process_alive(worker)
         with run_lock(tmp_path):
             pass
     finally:
         os.kill(worker, 9)
+        run.stdout.close()
