@@ -79,3 +79,12 @@ def test_a_run_that_saved_no_best_model_names_none(tiny_config, monkeypatch, cap
     _print_before_after(result)
     out = capsys.readouterr().out
     assert "no best model was saved" in out and f"{result.run_dir}/best" not in out.replace("\n", "")
+
+
+def test_max_steps_below_one_trains_nothing_and_names_no_best(tiny_config):
+    config = load_config(tiny_config)
+    # max_steps < 1 is refused by the config; the engine must be safe even so.
+    config.training = config.training.model_copy(update={"max_steps": -5})
+    result = tunesmith.finetune(config, quiet=True)
+    assert result.best_model_dir is None and result.best_step is None
+    assert not (result.run_dir / "best").exists()
