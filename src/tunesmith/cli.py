@@ -346,8 +346,9 @@ def _print_before_after(result) -> None:
             continue
         table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     console.print(table)
-    console.print(f"best model: {result.best_model_dir} (step {result.best_step})"
-                  f"{', stopped early' if result.stopped_early else ''}; "
+    best = (f"best model: {result.best_model_dir} (step {result.best_step})" if result.best_model_dir is not None
+            else "no best model was saved (no evaluation during training gave a usable score)")
+    console.print(f"{best}{', stopped early' if result.stopped_early else ''}; "
                   f"{result.samples_per_second:.1f} training samples/s")
     console.print(f"report: {result.report}")
 

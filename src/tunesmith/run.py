@@ -37,8 +37,10 @@ class RunResult:
     """The resolved config the run trained with."""
 
     @property
-    def best_model_dir(self) -> Path:
-        return self.run_dir / "best"
+    def best_model_dir(self) -> Path | None:
+        """`run_dir/best`, or None when the run saved no best model (no evaluation improved, no step trained)."""
+        best = self.run_dir / "best"
+        return best if best.is_dir() else None
 
     @property
     def report(self) -> Path:
@@ -62,7 +64,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.engine.memory_estimate import check_memory
     from tunesmith.engine.loop import fit
     from tunesmith.engine.progress import ProgressDisplay
-    from tunesmith.engine.run_dir import clear_earlier_run, prepare_run_dir, run_lock
+    from tunesmith.engine.run_dir import prepare_run_dir, run_lock
     from tunesmith.report.model_card import write_model_card
     from tunesmith.report.overfitting import read_records, watch_overfitting
     from tunesmith.report.run_report import write_run_report
@@ -77,12 +79,12 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process  # under DDP only the main process writes the run directory
-    with run_lock(run_dir, enabled=main):
+    with run_lock(run_dir, enabled=main) as manifest:
         resume_from, restart_epoch = _resume_point(run_dir, config, task)
         accelerator.wait_for_everyone()
         if main:
             if resume_from is None:
-                clear_earlier_run(run_dir)
+                manifest.clear_earlier_run()  # only what tunesmith runs wrote; refuses a folder with anything else
             else:
                 log.info("resuming from %s", resume_from)
         accelerator.wait_for_everyone()
@@ -95,12 +97,13 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             model.compile(dynamic=True)
         if main:
             dump_config(config.model_copy(update={"resume": None, "overwrite_output_dir": False}), run_dir / "config.yaml")
+            manifest.sync()
         facts = task.describe()
         labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
         log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
-                         restart_epoch, on_record=_chain(trackers, on_record))
+                         restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
         state, overfitting = result.state, None
         if main:
             summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,
@@ -176,7 +179,11 @@ def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, 
     if path is None:
         log.info("resume: auto found no checkpoint in %s; starting from the beginning", run_dir)
         return None, False
+    from tunesmith.engine.checkpoint import check_state_keys
+    from tunesmith.engine.loop import STATE_KEYS
+
     saved = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    check_state_keys(path, saved, STATE_KEYS)  # before any weights load
     return path, check_resume_config(run_dir, config, saved.get("label_names", []), task.label_names)
 
 

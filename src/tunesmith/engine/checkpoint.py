@@ -10,7 +10,6 @@ its manifest (truncated, flipped bytes, half-copied) is never resumed from.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunesmith.engine.write_errors import write_failure
 from tunesmith.errors import CheckpointError, RunDirError
 
 log = logging.getLogger("tunesmith")
@@ -37,7 +37,8 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     """Yields a temporary folder; on success it replaces `final` in one rename.
 
     Raises:
-        RunDirError: the disk filled up or the folder cannot be written; `final` is untouched.
+        RunDirError: the disk filled up or the folder cannot be written (whichever writer noticed:
+            see engine/write_errors.py); `final` is untouched.
     """
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,13 +54,12 @@ def atomic_folder(final: Path) -> Iterator[Path]:
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+    except BaseException as exc:
+        reason = write_failure(exc, final.parent)  # before the partial folder is removed and frees space
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        if reason is None:
+            raise
         raise RunDirError(f"{reason} while writing {final}; {final.name} was left as it was before") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -88,8 +88,10 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state:
     except RunDirError as exc:
         last = checkpoints(folder)
         raise RunDirError(f"{exc}; last good checkpoint: {last[0].name if last else 'none'}") from None
-    for old in checkpoints(folder)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    # The checkpoint just written is never deleted, whatever `keep` says (0 must not delete them all).
+    for old in checkpoints(folder)[max(keep, 1):]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -163,6 +165,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         }
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged checkpoint
         raise CheckpointError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+
+
+def check_state_keys(path: Path, state: dict[str, Any], known: set[str]) -> None:
+    """Raises CheckpointError naming the keys of the checkpoint's `state.json` outside `known`."""
+    unknown = sorted(set(state) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{path / 'state.json'} has key(s) {', '.join(map(repr, unknown))} that this tunesmith version does not "
+            "know (the checkpoint was written by another version); resume it with the version that wrote it, "
+            "or start a new run in another output_dir")
 
 
 def _sha256(path: Path) -> str:

@@ -28,13 +28,13 @@ from transformers import get_scheduler
 from tunesmith.config import RunConfig
 from tunesmith.engine.activation_cache import ActivationCache, plan_cache
 from tunesmith.engine.batching import make_loader
-from tunesmith.engine.checkpoint import atomic_folder, load_checkpoint, save_checkpoint
+from tunesmith.engine.checkpoint import atomic_folder, check_state_keys, load_checkpoint, save_checkpoint
 from tunesmith.engine.evaluation import evaluate
 from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng, restore_rng
 from tunesmith.engine.signals import graceful_stop
-from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
+from tunesmith.errors import NonFiniteLossError, RunDirError, TrainingInterrupted
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
@@ -61,6 +61,9 @@ class LoopState:
     micro_batch: int = 0  # per device, as trained: smaller than configured after running out of memory
     accumulation: int = 1
     shrunk_from: int = 0  # the micro-batch that ran out of memory (engine/oom.py); 0: never
+
+
+STATE_KEYS = {*LoopState.__dataclass_fields__, "rng", "steps_per_epoch"}  # what state.json may hold
 
 
 @dataclass
@@ -121,8 +124,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         saved = {**asdict(state), "steps_per_epoch": steps_per_epoch, "rng": capture_rng()}
         path = run_dir / "checkpoints" / f"step-{state.global_step}"
         if main:
-            save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
-                            saved, t.save_total_limit)
+            path = save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
+                                   saved, t.save_total_limit)
         return path
 
     baseline = history.find("baseline") or record("baseline", evaluate(model, eval_loader, task, accelerator))
@@ -208,9 +211,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                     path = checkpoint()
                 if stop_request:
                     display.stop()
-                    raise TrainingInterrupted(
-                        f"{stop_request.name} received: stopped after step {state.global_step} and saved {path}. "
-                        f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume", stop_request.exit_code)
+                    raise TrainingInterrupted(_stopped(stop_request.name, state.global_step, path, run_dir),
+                                              stop_request.exit_code)
                 if state.global_step >= total_steps or state.stopped_early:
                     break
     display.stop()
@@ -294,6 +296,7 @@ def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
 def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopState:
     """Loads a verified checkpoint into the model, optimizer and scheduler; returns its loop state."""
     saved = load_checkpoint(path)
+    check_state_keys(path, saved["state"], STATE_KEYS)
     model.load_state_dict(saved["weights"], strict=False)
     configured = [g["initial_lr"] for g in optimizer.param_groups]
     optimizer.load_state_dict(saved["optimizer"])
@@ -306,6 +309,15 @@ def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopSt
     restore_rng(saved["state"].pop("rng"))
     saved["state"].pop("steps_per_epoch", None)
     return LoopState(**{**asdict(fresh), **saved["state"]})
+
+
+def _stopped(signal_name: str, step: int, path: Path, run_dir: Path) -> str:
+    """The interrupt message; it names a checkpoint only if that checkpoint is on disk."""
+    latest = path if path.is_dir() else _latest(run_dir)
+    saved = f"saved {path}" if latest == path else (
+        f"the newest checkpoint is {latest}" if latest else "no checkpoint is on disk, so a resume starts from the beginning")
+    return (f"{signal_name} received: stopped after step {step}; {saved}. "
+            f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume")
 
 
 def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task, checkpoint_path: Path | None) -> None:
@@ -350,8 +362,12 @@ def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: boo
 
 
 def _save_best(task, model, run_dir: Path) -> None:
-    with atomic_folder(run_dir / "best") as tmp:
-        task.save(model, str(tmp))
+    try:
+        with atomic_folder(run_dir / "best") as tmp:
+            task.save(model, str(tmp))
+    except RunDirError as exc:
+        last = _latest(run_dir)
+        raise RunDirError(f"{exc}; last good checkpoint: {last.name if last else 'none'}") from None
 
 
 def _restore_best(model, run_dir: Path) -> None:

@@ -1,12 +1,20 @@
-"""The metrics history: one JSON object per evaluation, appended to `metrics.jsonl` in the run dir."""
+"""The metrics history: one JSON object per evaluation, appended to `metrics.jsonl` in the run dir.
+
+A record is written whole or not at all (a failed append is cut back), so a resume always reads it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tunesmith.engine.write_errors import write_failure
+from tunesmith.errors import RunDirError
 
 
 class History:
@@ -30,6 +38,27 @@ class History:
         if write:
             path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
 
+    def _write_line(self, line: str, record: dict[str, Any]) -> None:
+        """Appends one line, or none: on a failed write the file is cut back to where it was, so a
+        resume never reads half a record.
+
+        Raises:
+            RunDirError: the disk is full or the file cannot be written.
+        """
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            reason = write_failure(exc, self.path.parent)
+            raise RunDirError(
+                f"{reason} while appending the {record.get('phase')} record of step {record.get('step')} to {self.path}; "
+                "the file was cut back to its last whole record and the checkpoints are untouched: free space, then "
+                "continue with --resume") from None
+
     def find(self, phase: str) -> dict[str, Any] | None:
         return next((r for r in self.records if r["phase"] == phase), None)
 
@@ -41,8 +70,6 @@ class History:
         self.records.append(record)
         if not self.write:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        self._write_line(json.dumps(record) + "\n", record)
         if self.on_append is not None:
             self.on_append(record)
