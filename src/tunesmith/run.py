@@ -111,7 +111,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
                              task.card_usage())
             if (run_dir / "best").exists():
                 shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
-            overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early)
+            overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early,
+                                            rows=facts.get("validation", {}).get("rows"))
             if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
                 merge_lora(task, accelerator.unwrap_model(model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)

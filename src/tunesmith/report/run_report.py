@@ -100,8 +100,9 @@ def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: l
 def _overfitting_section(message: str | None) -> str:
     if message:
         return f'<p class="warn">{esc(message)}</p>'
-    return ('<p class="ok">No overfitting seen: no evaluation after the best one scored worse with a wider gap '
-            "between validation and training loss.</p>")
+    return ('<p class="ok">No overfitting seen: no evaluation after the best one had both a worse validation '
+            "metric (by more than one row's worth or its binomial noise) and a higher validation loss, with a "
+            "wider gap between validation and training loss.</p>")
 
 
 def _curves_section(plots: dict[str, Path]) -> str:
