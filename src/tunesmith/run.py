@@ -67,6 +67,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.overfitting import read_records, watch_overfitting
     from tunesmith.report.run_report import write_run_report
     from tunesmith.report.tracking import open_trackers
+    from tunesmith.report.validation_size import warn_small_validation
     from tunesmith.strategies.lora import apply_lora, check_lora
     from tunesmith.tasks import get_task
 
@@ -98,6 +99,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         facts = task.describe()
         labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
         log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
+        warn_small_validation(facts, config.training.metric_for_best_model)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
                          restart_epoch, on_record=_chain(trackers, on_record))

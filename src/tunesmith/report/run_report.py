@@ -18,6 +18,7 @@ from tunesmith.config import RunConfig
 from tunesmith.report.html import Raw, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
+from tunesmith.report.validation_size import small_validation_message
 
 # Record keys that are bookkeeping, not metrics.
 NOT_METRICS = {"step", "epoch", "time", "train_loss", "lr", "best_step", "nan_skips", "trainable_params"}
@@ -41,7 +42,8 @@ def write_run_report(run_dir: Path, config: RunConfig, summary: dict[str, Any], 
     data = json.loads((run_dir / "data.json").read_text(encoding="utf-8")) if (run_dir / "data.json").exists() else {}
     sections = [
         ("run", "The run", _run_section(run_dir, config, data, summary)),
-        ("results", "Before and after fine-tuning", _results_section(baseline, final, metrics, config)),
+        ("results", "Before and after fine-tuning", _small_validation(data, config)
+         + _results_section(baseline, final, metrics, config)),
         ("overfitting", "Overfitting watch", _overfitting_section(overfitting)),
         ("curves", "Curves", _curves_section(plots)),
         ("confusion-matrix", "Confusion matrix", _plot_or_note(plots, "confusion_matrix", "no confusion matrix")),
@@ -95,6 +97,11 @@ def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: l
             "<i>Pre-trained</i> is the model before any training (with a new, untrained head where the "
             "source has none for these labels); <i>fine-tuned</i> is the best checkpoint, kept in best/.</p>")
     return note + table(["metric", "pre-trained", "fine-tuned", "change"], rows)
+
+
+def _small_validation(data: dict[str, Any], config: RunConfig) -> str:
+    message = small_validation_message(data, config.training.metric_for_best_model)
+    return f'<p class="warn">{esc(message)}</p>' if message else ""
 
 
 def _overfitting_section(message: str | None) -> str:
