@@ -1,38 +1,30 @@
 """The `tunesmith` command line: a thin typer layer over `tunesmith.run`.
 
 Errors a user can fix (`TunesmithError`) print one message and exit with code 2, no traceback.
+Tables and log lines go through `tunesmith._terminal`, which keeps them readable at 80 columns and
+unwrapped when the output is not a terminal; help lists flags without a `<bool>` type.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.table import Table
-
+from tunesmith._terminal import console, err_console, print_table, say, setup_output
 from tunesmith.errors import TunesmithError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fine-tune pre-trained models on your own data.")
-console = Console()
-err_console = Console(stderr=True)
-
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: key=value (repeatable).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; one log line per evaluation.")]
 
 
 def _setup_logging(quiet: bool) -> None:
-    handler = RichHandler(console=err_console, show_time=not quiet, show_path=False, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("accelerate", "transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_output(quiet)
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -99,13 +91,9 @@ def evaluate(model: Annotated[str, typer.Argument(help="Fine-tuned model folder,
 
     _setup_logging(True)
     metrics = run_evaluate(model, str(data), set_)
-    table = Table(title=f"{model} on {data}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("f1", "precision", "recall", "accuracy", "top5_accuracy", "macro_f1", "exact_match", "loss", "perplexity"):
-        if metrics.get(key) is not None:
-            table.add_row(key, f"{metrics[key]:.4f}")
-    console.print(table)
+    keys = ("f1", "precision", "recall", "accuracy", "top5_accuracy", "macro_f1", "exact_match", "loss", "perplexity")
+    print_table(f"{model} on {data}", ["metric", "value"],
+                [[key, f"{metrics[key]:.4f}"] for key in keys if metrics.get(key) is not None])
     if "per_class" in metrics:  # classification tasks
         _print_per_class(metrics)
         _print_confusion(metrics)
@@ -165,13 +153,10 @@ def inspect(config: Annotated[Path | None, typer.Argument(help="Run config (YAML
     _setup_logging(True)
     overrides = list(set_ or []) + ([f"model.source={model}"] if model else [])
     rows = run_inspect(config, overrides)
-    table = Table(title="layer groups (input to output)")
-    for col, justify in (("group", "left"), ("parameters", "right"), ("learning rate", "right"), ("trains in epoch", "left")):
-        table.add_column(col, justify=justify)
-    for row in rows:
-        epochs = " ".join(str(e + 1) if on else "." for e, on in enumerate(row["trains_in_epoch"]))
-        table.add_row(row["group"], f"{row['parameters']:,}", f"{row['learning_rate']:.2e}", epochs)
-    console.print(table)
+    cells = [[row["group"], " ".join(str(e + 1) if on else "." for e, on in enumerate(row["trains_in_epoch"])),
+              f"{row['parameters']:,}", f"{row['learning_rate']:.2e}"] for row in rows]
+    print_table("layer groups (input to output)", ["group", "trains in epoch", "parameters", "learning rate"], cells,
+                left=2)
     total = sum(r["parameters"] for r in rows)
     first = sum(r["parameters"] for r in rows if r["trains_in_epoch"][0])
     console.print(f"{total:,} parameters; {first:,} train in epoch 1")
@@ -230,12 +215,7 @@ def tune(config: Annotated[Path, typer.Argument(help="Run config (YAML) with a s
                                     (("n_trials", n_trials), ("timeout_minutes", timeout_minutes)) if value is not None]
     result = run_tune(config, overrides, quiet=quiet)
     headers, rows = table_cells(result.trials, result.metric, result.best)
-    table = Table(title=f"study {result.study_name} ({result.storage})")
-    for col in headers:
-        table.add_column(col, justify="left" if col in ("state",) else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(f"study {result.study_name} ({result.storage})", headers, rows, left=0)
     console.print(f"results: {result.results_file}", soft_wrap=True)
     if result.best is None:
         console.print("no trial has finished yet, so there is no best config")
@@ -259,13 +239,9 @@ def lr_find(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
 
     _setup_logging(True)
     result = run_lr_find(config, set_, steps=steps, start_lr=start_lr, end_lr=end_lr, output=output)
-    table = Table(title="implied learning rate per layer group (input to output)")
-    table.add_column("group")
-    table.add_column("learning rate", justify="right")
-    for name, rate in result.group_rates.items():
-        table.add_row(name, "frozen" if rate is None else f"{rate:.2e}")
     if result.suggested_lr is not None:
-        console.print(table)
+        print_table("implied learning rate per layer group (input to output)", ["group", "learning rate"],
+                    [[name, "frozen" if rate is None else f"{rate:.2e}"] for name, rate in result.group_rates.items()])
     steepest = f"{result.suggested_lr:.1e}" if result.suggested_lr else "none"
     at_min = f"{result.min_loss_lr:.1e}" if result.min_loss_lr else "none"
     console.print(f"suggested learning rate (steepest fall of the loss): {steepest}; minimum / 10: {at_min}; "
@@ -284,15 +260,13 @@ def config_reference() -> None:
 
 
 def _print_before_after(result) -> None:
-    table = Table(title=f"validation results ({result.run_dir})")
-    for col in ("metric", "pre-trained", "fine-tuned", "change"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
+    rows = []
     for key in ("f1", "accuracy", "macro_f1", "exact_match", "bleu", "rouge1", "rouge2", "rougeL", "loss", "perplexity"):
         if key not in result.final:
             continue  # each task reports some of these (f1: tagging, QA; bleu, rouge: seq2seq; perplexity: generation)
         before, after = result.baseline[key], result.final[key]
-        table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
-    console.print(table)
+        rows.append([key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"])
+    print_table(f"validation results ({result.run_dir})", ["metric", "pre-trained", "fine-tuned", "change"], rows)
     console.print(f"best model: {result.best_model_dir} (step {result.best_step})"
                   f"{', stopped early' if result.stopped_early else ''}; "
                   f"{result.samples_per_second:.1f} training samples/s")
@@ -304,45 +278,28 @@ def _print_compare(result) -> None:
     from tunesmith.report.run_report import scalar_metrics
 
     metrics = scalar_metrics(result.rows[0].metrics, result.metric)
-    table = Table(title=f"compare ({result.folder}), validation split")
-    for col in ("arm", *metrics, "train s", "wall s", "trainable params"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
-    for row in result.rows:
-        table.add_row(*table_cells(row_dict(row), metrics))
-    console.print(table)
+    print_table(f"compare ({result.folder}), validation split", ["arm", *metrics, "train s", "wall s", "trainable params"],
+                [table_cells(row_dict(row), metrics) for row in result.rows])
     if result.curve:
         headers, rows = curve_cells(result.curve)
-        curve = Table(title=f"learning curve: validation {result.metric}")
-        for col in headers:
-            curve.add_column(col, justify="right")
-        for row in rows:
-            curve.add_row(*row)
-        console.print(curve)
+        print_table(f"learning curve: validation {result.metric}", headers, rows, left=0)
     if result.labels_saved:
         console.print(result.labels_saved)
     console.print(f"report: {result.report}")
 
 
 def _print_per_class(metrics: dict) -> None:
-    table = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="right" if col != "class" else "left")
-    for name, v in metrics["per_class"].items():
-        table.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
-    console.print(table)
+    print_table("per class", ["class", "precision", "recall", "f1", "support"],
+                [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+                 for name, v in metrics["per_class"].items()])
 
 
 def _print_confusion(metrics: dict, most: int = 20) -> None:
     names = list(metrics["per_class"])
     if len(names) > most or "confusion_matrix" not in metrics:
         return  # too wide to read; metrics.jsonl and the report hold it
-    table = Table(title="confusion matrix (rows: true, columns: predicted)")
-    table.add_column("")
-    for name in names:
-        table.add_column(name, justify="right")
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        table.add_row(name, *(str(v) for v in row))
-    console.print(table)
+    print_table("confusion matrix (rows: true, columns: predicted)", ["", *names],
+                [[name, *(str(v) for v in row)] for name, row in zip(names, metrics["confusion_matrix"])])
 
 
 def main() -> None:
