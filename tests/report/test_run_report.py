@@ -151,3 +151,9 @@ def test_the_small_validation_warning_is_shown(run, tmp_path):
     (tmp_path / "copy" / "data.json").write_text(json.dumps(data))
     text = write_run_report(tmp_path / "copy", load_config(run.run_dir / "config.yaml"), {}, None).read_text()
     assert '<p class="warn">small validation split: 6 rows, 3 of class' in text
+
+
+def test_settings_read_as_yaml(run):
+    text = (run.run_dir / "report.html").read_text()
+    assert "gradual unfreezing: true" in text and "early stopping patience null" in text
+    assert "True" not in text.split("<details>")[0] and "None" not in text.split("<details>")[0]

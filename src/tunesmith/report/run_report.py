@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.report.html import Raw, esc, image, page, signed, table, thumbnail
+from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
 from tunesmith.report.validation_size import small_validation_message
@@ -72,11 +72,12 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
         ["trained", f"{summary.get('steps', 0)} steps, {summary.get('epochs', 0):.2f} epochs, "
                     f"{summary.get('train_seconds', 0):.0f} s" + ("; stopped early" if summary.get("stopped_early") else "")],
         ["learning rate", f"{t.learning_rate:g} (head), layer decay {s.layer_lr_decay:g}, {t.lr_scheduler_type} schedule"],
-        ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {s.gradual_unfreezing}"],
+        ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}"],
         ["batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation"],
         ["regularization", f"weight decay {t.weight_decay:g}, label smoothing {t.label_smoothing_factor:g}, "
                            f"dropout {m.dropout if m.dropout is not None else 'as pre-trained'}"],
-        ["best model by", f"validation {t.metric_for_best_model}, early stopping patience {t.early_stopping_patience}"],
+        ["best model by", f"validation {t.metric_for_best_model}, early stopping patience "
+                          f"{as_yaml(t.early_stopping_patience)}"],
         ["seed", t.seed],
     ]
     saved = run_dir / "config.yaml"
