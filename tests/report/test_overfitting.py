@@ -109,3 +109,10 @@ def test_watch_reads_the_rows_from_the_per_class_supports():
     config = load_config(None, ["strategy.freeze=head_only"])
     assert watch_overfitting(one_row, config, stopped_early=False) is None  # 0.01 = one row of 100
     assert "freeze" not in watch_overfitting(OVERFITTING, config, stopped_early=False)
+
+
+def test_a_loss_rise_within_one_percent_is_noise():
+    records = history([0.70, 0.80, 0.60], [0.60, 0.45, 0.454], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, 3, False, rows=240) is None  # 0.9% above the best
+    records = history([0.70, 0.80, 0.60], [0.60, 0.45, 0.46], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, 3, False, rows=240)

@@ -5,7 +5,8 @@ falling while the validation loss turns up and the validation metric drops from 
 `watch_overfitting` reads the run's evaluation records and warns in the log when an evaluation
 after the best one is worse on *both* counts: the selection metric dropped by more than the
 validation split's noise (`metric_noise`: at least one row's worth, and for a rate such as
-accuracy the binomial standard error) and the validation loss rose above its value at the best,
+accuracy the binomial standard error) and the validation loss rose more than 1% above its value
+at the best,
 with a wider gap (validation loss minus training loss) than at the best. The warning names the
 best epoch (the model kept in `best/`), the epoch where early stopping stopped or would have
 stopped, and advice that fits the strategy that trained. The report shows the same message.
@@ -34,6 +35,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 # Metrics that are a share of validation rows (or a mean of per-row scores in [0, 1]): one row moves
 # them by 1/n, and their sampling noise is binomial.
 RATE_METRICS = ("accuracy", "top5_accuracy", "macro_f1", "f1", "precision", "recall", "exact_match")
+# The records keep no per-row losses, so the validation loss has no standard error to test against;
+# a rise under 1% of the best loss is below any over-fitting worth a warning and above the jitter of
+# an evaluation run in another batch order.
+LOSS_NOISE = 0.01
 
 
 def watch_overfitting(records: list[dict[str, Any]], config: RunConfig, stopped_early: bool,
@@ -62,9 +67,10 @@ def overfitting_message(records: list[dict[str, Any]], metric: str, greater: boo
     if gaps[best] is None:
         return None
     b, noise = evals[best], metric_noise(metric, evals[best][metric], rows)
+    loss_noise = LOSS_NOISE * abs(b["loss"])
     worse = [j for j in range(best + 1, len(evals))
-             if _worse(evals[j][metric], b[metric], greater, noise) and evals[j]["loss"] > b["loss"]
-             and gaps[j] is not None and gaps[j] > gaps[best]]
+             if _worse(evals[j][metric], b[metric], greater, loss_noise if metric == "loss" else noise)
+             and evals[j]["loss"] > b["loss"] + loss_noise and gaps[j] is not None and gaps[j] > gaps[best]]
     if not worse:
         return None
     w = evals[worse[-1]]
