@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tunesmith._terminal import console, err_console, print_table, say, setup_output
+
+from tunesmith._terminal import console, err_console, print_table, setup_output
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
