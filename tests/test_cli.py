@@ -134,3 +134,9 @@ def test_train_evaluate_predict(tmp_path, tiny_config, reviews):
         assert r["predicted_label"] in ("negative", "positive")
         assert r["prob_negative"] + r["prob_positive"] == pytest.approx(1.0, abs=1e-5)
     assert (tmp_path / "pred.csv").read_text().startswith("line,text,predicted_label,score,prob_negative,prob_positive")
+
+
+def test_help_lists_flags_without_a_bool_type():
+    code, output = run("train", "--help")
+    assert code == 0 and "--overwrite" in output and "--quiet" in output
+    assert "<bool>" not in output

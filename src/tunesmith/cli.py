@@ -1,38 +1,31 @@
 """The `tunesmith` command line: a thin typer layer over `tunesmith.run`.
 
 Errors a user can fix (`TunesmithError`) print one message and exit with code 2, no traceback.
+Tables and log lines go through `tunesmith._terminal`, which keeps them readable at 80 columns and
+unwrapped when the output is not a terminal; help lists flags without a `<bool>` type.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.table import Table
 
+from tunesmith._terminal import console, err_console, print_table, setup_output
 from tunesmith.errors import TunesmithError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fine-tune pre-trained models on your own data.")
-console = Console()
-err_console = Console(stderr=True)
-
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: key=value (repeatable).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; one log line per evaluation.")]
 
 
 def _setup_logging(quiet: bool) -> None:
-    handler = RichHandler(console=err_console, show_time=not quiet, show_path=False, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("accelerate", "transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_output(quiet)
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -105,8 +98,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="Model folder, run direct
     _setup_logging(True)
     metrics = run_evaluate(model, str(data), set_, output=output, by=by)
     shown = _task_schema(model, set_).shown(metrics, extra=("top5_accuracy",))
-    console.print(_metric_table(f"{model} on {data}", {"all rows": metrics, **(metrics.get("by", {}).get(by) or {})},
-                                shown))
+    _print_metrics(f"{model} on {data}", {"all rows": metrics, **(metrics.get("by", {}).get(by) or {})}, shown)
     if "per_class" in metrics:  # classification tasks
         _print_per_class(metrics)
         _print_confusion(metrics)
@@ -117,18 +109,12 @@ def evaluate(model: Annotated[str, typer.Argument(help="Model folder, run direct
         console.print(f"metrics written to {output}", soft_wrap=True)
 
 
-def _metric_table(title: str, columns: dict[str, dict], shown: list[str]) -> Table:
+def _print_metrics(title: str, columns: dict[str, dict], shown: list[str]) -> None:
     """One row per metric, one column per group of rows (all rows first; then each --by value)."""
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in columns:
-        table.add_column(name, justify="right")
-    if len(columns) > 1:
-        table.add_row("rows", *(str(m.get("rows", "")) for m in columns.values()))
+    rows = [["rows", *(str(m.get("rows", "")) for m in columns.values())]] if len(columns) > 1 else []
     for key in shown:
-        if any(m.get(key) is not None for m in columns.values()):
-            table.add_row(key, *(f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in columns.values()))
-    return table
+        rows.append([key, *(f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in columns.values())])
+    print_table(title, ["metric", *columns], rows)
 
 
 @app.command()
@@ -186,13 +172,10 @@ def inspect(config: Annotated[Path | None, typer.Argument(help="Run config (YAML
     _setup_logging(True)
     overrides = list(set_ or []) + ([f"model.source={model}"] if model else [])
     rows = run_inspect(config, overrides)
-    table = Table(title="layer groups (input to output)")
-    for col, justify in (("group", "left"), ("parameters", "right"), ("learning rate", "right"), ("trains in epoch", "left")):
-        table.add_column(col, justify=justify)
-    for row in rows:
-        epochs = " ".join(str(e + 1) if on else "." for e, on in enumerate(row["trains_in_epoch"]))
-        table.add_row(row["group"], f"{row['parameters']:,}", f"{row['learning_rate']:.2e}", epochs)
-    console.print(table)
+    cells = [[row["group"], " ".join(str(e + 1) if on else "." for e, on in enumerate(row["trains_in_epoch"])),
+              f"{row['parameters']:,}", f"{row['learning_rate']:.2e}"] for row in rows]
+    print_table("layer groups (input to output)", ["group", "trains in epoch", "parameters", "learning rate"], cells,
+                left=2)
     total = sum(r["parameters"] for r in rows)
     first = sum(r["parameters"] for r in rows if r["trains_in_epoch"][0])
     console.print(f"{total:,} parameters; {first:,} train in epoch 1")
@@ -251,12 +234,7 @@ def tune(config: Annotated[Path, typer.Argument(help="Run config (YAML) with a s
                                     (("n_trials", n_trials), ("timeout_minutes", timeout_minutes)) if value is not None]
     result = run_tune(config, overrides, quiet=quiet)
     headers, rows = table_cells(result.trials, result.metric, result.best)
-    table = Table(title=f"study {result.study_name} ({result.storage})")
-    for col in headers:
-        table.add_column(col, justify="left" if col in ("state",) else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(f"study {result.study_name} ({result.storage})", headers, rows, left=0)
     console.print(f"results: {result.results_file}", soft_wrap=True)
     if result.best is None:
         console.print("no trial has finished yet, so there is no best config")
@@ -280,13 +258,9 @@ def lr_find(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
 
     _setup_logging(True)
     result = run_lr_find(config, set_, steps=steps, start_lr=start_lr, end_lr=end_lr, output=output)
-    table = Table(title="implied learning rate per layer group (input to output)")
-    table.add_column("group")
-    table.add_column("learning rate", justify="right")
-    for name, rate in result.group_rates.items():
-        table.add_row(name, "frozen" if rate is None else f"{rate:.2e}")
     if result.suggested_lr is not None:
-        console.print(table)
+        print_table("implied learning rate per layer group (input to output)", ["group", "learning rate"],
+                    [[name, "frozen" if rate is None else f"{rate:.2e}"] for name, rate in result.group_rates.items()])
     steepest = f"{result.suggested_lr:.1e}" if result.suggested_lr else "none"
     at_min = f"{result.min_loss_lr:.1e}" if result.min_loss_lr else "none"
     console.print(f"suggested learning rate (steepest fall of the loss): {steepest}; minimum / 10: {at_min}; "
@@ -301,18 +275,13 @@ def catalogue() -> None:
     from tunesmith.config import task_schemas
     from tunesmith.models.demos import demos
 
-    tasks = Table(title="tasks (task: ...)")
-    for col in ("task", "own section", "metrics (first selects the best model)", "what"):
-        tasks.add_column(col)
-    for spec in task_schemas().values():
-        tasks.add_row(spec.name, spec.section if spec.settings else "-", ", ".join(spec.selectable), spec.summary)
-    console.print(tasks)
-    sources = Table(title="demo sources (model.source: demo:...), shipped by packages, offline")
-    for col in ("source", "modality", "tasks", "a copy of", "what"):
-        sources.add_column(col)
-    for demo in demos().values():
-        sources.add_row(f"demo:{demo.name}", demo.modality, ", ".join(demo.tasks), demo.base_model, demo.summary)
-    console.print(sources)
+    print_table("tasks (task: ...)", ["task", "own section", "metrics (first selects the best model)", "what"],
+                [[t.name, t.section if t.settings else "-", ", ".join(t.selectable), t.summary]
+                 for t in task_schemas().values()], left=4)
+    print_table("demo sources (model.source: demo:...), shipped by packages, offline",
+                ["source", "modality", "tasks", "a copy of", "what"],
+                [[f"demo:{d.name}", d.modality, ", ".join(d.tasks), d.base_model, d.summary] for d in demos().values()],
+                left=5)
     console.print("Any hub id or local folder works too (bert-base-uncased, resnet50.a1_in1k, ./my-model).")
 
 
@@ -337,15 +306,12 @@ def _task_schema(model: str, overrides: list[str] | None):
 
 
 def _print_before_after(result) -> None:
-    table = Table(title=f"validation results ({result.run_dir})")
-    for col in ("metric", "pre-trained", "fine-tuned", "change"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
+    rows = []
     for key in result.config.task_schema.shown(result.final):
         before, after = result.baseline.get(key), result.final[key]
-        if before is None:
-            continue
-        table.add_row(key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
-    console.print(table)
+        if before is not None:
+            rows.append([key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"])
+    print_table(f"validation results ({result.run_dir})", ["metric", "pre-trained", "fine-tuned", "change"], rows)
     best = (f"best model: {result.best_model_dir} (step {result.best_step})" if result.best_model_dir is not None
             else "no best model was saved (no evaluation during training gave a usable score)")
     console.print(f"{best}{', stopped early' if result.stopped_early else ''}; "
@@ -358,45 +324,28 @@ def _print_compare(result) -> None:
     from tunesmith.report.run_report import scalar_metrics
 
     metrics = scalar_metrics(result.rows[0].metrics, result.metric)
-    table = Table(title=f"compare ({result.folder}), validation split")
-    for col in ("arm", *metrics, "train s", "wall s", "trainable params"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
-    for row in result.rows:
-        table.add_row(*table_cells(row_dict(row), metrics))
-    console.print(table)
+    print_table(f"compare ({result.folder}), validation split", ["arm", *metrics, "train s", "wall s", "trainable params"],
+                [table_cells(row_dict(row), metrics) for row in result.rows])
     if result.curve:
         headers, rows = curve_cells(result.curve)
-        curve = Table(title=f"learning curve: validation {result.metric}")
-        for col in headers:
-            curve.add_column(col, justify="right")
-        for row in rows:
-            curve.add_row(*row)
-        console.print(curve)
+        print_table(f"learning curve: validation {result.metric}", headers, rows, left=0)
     if result.labels_saved:
         console.print(result.labels_saved)
     console.print(f"report: {result.report}")
 
 
 def _print_per_class(metrics: dict) -> None:
-    table = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="right" if col != "class" else "left")
-    for name, v in metrics["per_class"].items():
-        table.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
-    console.print(table)
+    print_table("per class", ["class", "precision", "recall", "f1", "support"],
+                [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+                 for name, v in metrics["per_class"].items()])
 
 
 def _print_confusion(metrics: dict, most: int = 20) -> None:
     names = list(metrics["per_class"])
     if len(names) > most or "confusion_matrix" not in metrics:
         return  # too wide to read; metrics.jsonl and the report hold it
-    table = Table(title="confusion matrix (rows: true, columns: predicted)")
-    table.add_column("")
-    for name in names:
-        table.add_column(name, justify="right")
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        table.add_row(name, *(str(v) for v in row))
-    console.print(table)
+    print_table("confusion matrix (rows: true, columns: predicted)", ["", *names],
+                [[name, *(str(v) for v in row)] for name, row in zip(names, metrics["confusion_matrix"])])
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.overfitting import read_records, watch_overfitting
     from tunesmith.report.run_report import write_run_report
     from tunesmith.report.tracking import open_trackers
+    from tunesmith.report.validation_size import warn_small_validation
     from tunesmith.strategies.lora import apply_lora, check_lora
     from tunesmith.tasks import get_task
 
@@ -101,6 +102,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         facts = task.describe()
         labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
         log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
+        warn_small_validation(facts, config.training.metric_for_best_model)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
                          restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
@@ -114,7 +116,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
                              task.card_usage())
             if (run_dir / "best").exists():
                 shutil.copy(run_dir / "README.md", run_dir / "best" / "README.md")
-            overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early)
+            overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early,
+                                            rows=facts.get("validation", {}).get("rows"))
             if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
                 merge_lora(task, accelerator.unwrap_model(model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 
 import pytest
@@ -111,3 +112,20 @@ def test_cli_compare(tiny_bert, reviews, tmp_path):
     assert [a["arm"] for a in summary["arms"]] == ["pretrained", "probe"]
     bad = CliRunner().invoke(app, ["compare", str(config), "--fractions", "0.5,2", "--overwrite"])
     assert bad.exit_code == 2 and "compare.fractions.1" in bad.output
+
+
+def test_compare_reuses_the_fine_tune_that_train_wrote(tiny_bert, reviews, tmp_path, caplog):
+    config = compare_config(tiny_bert, reviews, tmp_path / "run", arms=["pretrained", "finetune"])
+    trained = tunesmith.finetune(config, quiet=True)
+    with caplog.at_level(logging.INFO, logger="tunesmith"):
+        result = tunesmith.compare(config, quiet=True)
+    assert "reusing the fine-tune that train already wrote" in caplog.text
+    finetune = result.row("finetune")
+    assert finetune.run_dir == trained.run_dir and not (result.folder / "finetune").exists()
+    assert finetune.metrics["accuracy"] == trained.final["accuracy"]
+    assert finetune.train_seconds > 0 and result.row("pretrained").metrics["loss"] == trained.baseline["loss"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tunesmith"):
+        again = tunesmith.compare(config, ["training.learning_rate=0.002", "overwrite_output_dir=true"], quiet=True)
+    assert "its config.yaml differs in training.learning_rate; training the fine-tune arm again" in caplog.text
+    assert again.row("finetune").run_dir == again.folder / "finetune"

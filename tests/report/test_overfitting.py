@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tunesmith.config import load_config
-from tunesmith.report.overfitting import overfitting_message, watch_overfitting
+from tunesmith.report.overfitting import metric_noise, overfitting_message, strategy_advice, watch_overfitting
 
 
 def history(accuracy: list[float], val_loss: list[float], train_loss: list[float], best_epoch: int) -> list[dict]:
@@ -66,3 +66,53 @@ def test_watch_logs_the_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="tunesmith"):
         assert watch_overfitting(OVERFITTING, config, stopped_early=False)
     assert "overfitting: after epoch 2" in caplog.text
+
+
+def test_no_warning_while_validation_loss_still_falls():
+    # Accuracy dips and the gap widens only because the training loss falls faster: the validation
+    # loss is still going down, so this is not over-fitting.
+    records = history([0.70, 0.80, 0.70], [0.60, 0.45, 0.44], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, patience=3, stopped_early=False) is None
+
+
+def test_a_one_row_change_is_noise_not_overfitting():
+    one_row = 1 / 240
+    records = history([0.70, 0.80, 0.80 - one_row], [0.60, 0.45, 0.50], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, 3, False, rows=240) is None
+    # sqrt(0.8 * 0.2 / 240) = 0.0258: a drop of 0.05 is beyond it
+    records = history([0.70, 0.80, 0.75], [0.60, 0.45, 0.50], [0.60, 0.40, 0.10], best_epoch=2)
+    message = overfitting_message(records, "accuracy", True, 3, False, rows=240)
+    assert "(more than the noise of 0.0258 on 240 validation rows)" in message
+    assert "validation loss rose from 0.4500 to 0.5000" in message
+
+
+def test_metric_noise_is_at_least_one_row():
+    assert metric_noise("accuracy", 1.0, 50) == 1 / 50  # binomial error 0 at p = 1: one row still counts
+    assert abs(metric_noise("accuracy", 0.5, 100) - 0.05) < 1e-12
+    assert metric_noise("loss", 0.5, 100) == 0.0 and metric_noise("accuracy", 0.5, None) == 0.0
+
+
+def test_advice_fits_the_strategy():
+    full = strategy_advice(load_config(None, []))
+    probe = strategy_advice(load_config(None, ["strategy.freeze=head_only"]))
+    lora = strategy_advice(load_config(None, ["lora.enabled=true"]))
+    assert "freeze more groups" in full and "layer_lr_decay" in full
+    assert "freeze" not in probe and "lower the learning rate or the epochs" in probe
+    assert "freeze" not in lora and "lora.r" in lora
+
+
+def test_watch_reads_the_rows_from_the_per_class_supports():
+    one_row = history([0.70, 0.80, 0.79], [0.60, 0.45, 0.50], [0.60, 0.40, 0.10], best_epoch=2)
+    for r in one_row:
+        if r["phase"] == "eval":
+            r["per_class"] = {"a": {"support": 60}, "b": {"support": 40}}
+    config = load_config(None, ["strategy.freeze=head_only"])
+    assert watch_overfitting(one_row, config, stopped_early=False) is None  # 0.01 = one row of 100
+    assert "freeze" not in watch_overfitting(OVERFITTING, config, stopped_early=False)
+
+
+def test_a_loss_rise_within_one_percent_is_noise():
+    records = history([0.70, 0.80, 0.60], [0.60, 0.45, 0.454], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, 3, False, rows=240) is None  # 0.9% above the best
+    records = history([0.70, 0.80, 0.60], [0.60, 0.45, 0.46], [0.60, 0.40, 0.10], best_epoch=2)
+    assert overfitting_message(records, "accuracy", True, 3, False, rows=240)

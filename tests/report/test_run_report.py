@@ -142,3 +142,18 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     with Image.open(shot) as picture:
         colors = picture.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colors is None or len(colors) > 50  # text, tables and plots drawn, not a blank page
+
+
+def test_the_small_validation_warning_is_shown(run, tmp_path):
+    shutil.copytree(run.run_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("best", "checkpoints"))
+    data = json.loads((tmp_path / "copy" / "data.json").read_text())
+    data["validation"].update(rows=6, label_counts={"a": 3, "b": 3})
+    (tmp_path / "copy" / "data.json").write_text(json.dumps(data))
+    text = write_run_report(tmp_path / "copy", load_config(run.run_dir / "config.yaml"), {}, None).read_text()
+    assert '<p class="warn">small validation split: 6 rows, 3 of class' in text
+
+
+def test_settings_read_as_yaml(run):
+    text = (run.run_dir / "report.html").read_text()
+    assert "gradual unfreezing: true" in text and "early stopping patience null" in text
+    assert "True" not in text.split("<details>")[0] and "None" not in text.split("<details>")[0]

@@ -78,7 +78,7 @@ def run_arm(arm: str, config: RunConfig, folder: Path, quiet: bool, extra: list[
     records = read_records(result.run_dir / "metrics.jsonl")
     evals = [r for r in records if r["phase"] == "eval"]
     arm_result = ArmResult(
-        arm, _metrics(result.final), result.train_seconds, wall,
+        arm, arm_metrics(result.final), result.train_seconds, wall,
         max((r.get("trainable_params", 0) for r in evals), default=0), result.run_dir,
         next((r["epoch"] for r in evals if r["step"] == result.best_step), None), result.overfitting)
     if start_from is not None:  # the probe stage is part of this arm's cost
@@ -91,10 +91,10 @@ def pretrained_row(trained: ArmResult) -> ArmResult:
     """The `pretrained` row: the baseline evaluation logged by a trained arm before its first step."""
     records = read_records(trained.run_dir / "metrics.jsonl")
     baseline = next(r for r in records if r["phase"] == "baseline")
-    return ArmResult("pretrained", _metrics(baseline), None, None, 0, trained.run_dir)
+    return ArmResult("pretrained", arm_metrics(baseline), None, None, 0, trained.run_dir)
 
 
-def _metrics(record: dict[str, Any]) -> dict[str, Any]:
+def arm_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The metrics of a record, without bookkeeping (step, time, learning rate ...)."""
     from tunesmith.report.run_report import NOT_METRICS
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from tunesmith.comparison.arms import ARM_ORDER, ARM_TITLES, ArmResult, pretrained_row, run_arm
 from tunesmith.comparison.learning_curve import CurvePoint, labels_saved, learning_curve, summarize
+from tunesmith.comparison.reuse import reusable_finetune
 from tunesmith.comparison.summary import row_dict, write_summary
 from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import RunDirError
@@ -67,7 +68,7 @@ def compare(config: str | Path | dict | RunConfig, overrides: list[str] | None =
     task.preflight()  # bad data fails here, before any weights load
     folder = _prepare(Path(config.output_dir) / "compare", config.overwrite_output_dir)
     metric = config.training.metric_for_best_model
-    table = _run_table(config, folder, quiet)
+    table = _run_table(config, folder, quiet, task.describe())
     result = CompareResult(folder, metric, [table[a] for a in ARM_ORDER if a in table])
     if config.compare.fractions:
         result.points = learning_curve(config, task, folder, table, quiet)
@@ -92,8 +93,9 @@ def _prepare(folder: Path, overwrite: bool) -> Path:
     return folder
 
 
-def _run_table(config: RunConfig, folder: Path, quiet: bool) -> dict[str, ArmResult]:
-    """Trains the table's arms; `pretrained` is read from the fine-tune's (or probe's) baseline."""
+def _run_table(config: RunConfig, folder: Path, quiet: bool, facts: dict[str, Any]) -> dict[str, ArmResult]:
+    """Trains the table's arms; `pretrained` is read from the fine-tune's (or probe's) baseline, and
+    the fine-tune is the one `train` left in output_dir when that matches (comparison/reuse.py)."""
     wanted = config.compare.arms
     runs = [a for a in ("probe", "finetune", "scratch") if a in wanted]
     if "probe_then_finetune" in wanted and "probe" not in runs:
@@ -104,7 +106,8 @@ def _run_table(config: RunConfig, folder: Path, quiet: bool) -> dict[str, ArmRes
     for i, arm in enumerate(runs + (["probe_then_finetune"] if "probe_then_finetune" in wanted else [])):
         log.info("compare %d/%d: %s", i + 1, len(runs) + ("probe_then_finetune" in wanted), ARM_TITLES[arm])
         start = table.get("probe") if arm == "probe_then_finetune" else None
-        table[arm] = run_arm(arm, config, folder / arm, quiet, start_from=start)
+        reused = reusable_finetune(config, facts) if arm == "finetune" else None
+        table[arm] = reused or run_arm(arm, config, folder / arm, quiet, start_from=start)
     if "pretrained" in wanted:
         table["pretrained"] = pretrained_row(table.get("finetune") or table["probe"])
     return table

@@ -52,6 +52,11 @@ def curve_cells(curve: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list
     return ["labelled rows", "fraction", *[a.replace("_", " ") for a in arms]], rows
 
 
+def over_seeds(seeds: int) -> str:
+    """How the curve's points were summed up: one seed has no spread to show."""
+    return "one seed, so no standard deviation" if seeds == 1 else f"mean ± std over {seeds} seeds"
+
+
 def write_summary(folder: Path, result: dict[str, Any], metrics: list[str], plots: dict[str, Path]) -> None:
     """Writes compare.json, summary.md and report.html from the comparison's results dict."""
     (folder / "compare.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
@@ -59,7 +64,7 @@ def write_summary(folder: Path, result: dict[str, Any], metrics: list[str], plot
     lines = [_markdown(headers, [table_cells(r, metrics) for r in result["arms"]])]
     if result.get("curve"):
         curve_headers, curve_rows = curve_cells(result["curve"])
-        lines += [f"\nLearning curve (validation {result['metric']}, mean ± std over {result['seeds']} seeds):\n",
+        lines += [f"\nLearning curve (validation {result['metric']}, {over_seeds(result['seeds'])}):\n",
                   _markdown(curve_headers, curve_rows)]
     if result.get("labels_saved"):
         lines.append(f"\n{result['labels_saved']}")
@@ -83,7 +88,9 @@ def _html(folder: Path, result: dict[str, Any], metrics: list[str], plots: dict[
         headers, curve_rows = curve_cells(result["curve"])
         saved = f"<p class=\"ok\">{esc(result['labels_saved'])}</p>" if result.get("labels_saved") else ""
         sections.append(("learning-curve", "Learning curve", saved + image(plots["learning_curve"], "learning curve",
-                         "stratified, nested subsets of the training rows; band: one standard deviation over seeds")
+                         "stratified, nested subsets of the training rows; " + (
+                             f"band: one standard deviation over {result['seeds']} seeds" if result["seeds"] > 1
+                             else "one seed, so no band"))
                          + table(headers, curve_rows, numeric_from=2)))
     warnings = [f"<li><b>{esc(r['title'])}</b>: {esc(r['overfitting'])}</li>" for r in result["arms"] if r["overfitting"]]
     sections.append(("overfitting", "Overfitting watch", f"<ul class=\"warn\">{''.join(warnings)}</ul>" if warnings

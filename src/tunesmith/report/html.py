@@ -32,6 +32,15 @@ nav a { margin-right: .8rem; } pre { background: #f4f6f9; padding: .8rem; overfl
 """
 
 
+def as_yaml(value: Any) -> str:
+    """A config value as the user writes it in YAML (`false`, `null`), not as Python prints it (`False`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 

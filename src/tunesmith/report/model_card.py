@@ -1,4 +1,9 @@
-"""The model card: a short README.md with the data, the settings and the before/after results."""
+"""The model card: a short README.md with the data, the settings and the before/after results.
+
+Its front matter follows the Hugging Face model card: `base_model` is the hub id the weights came
+from (a `demo:` alias names its upstream id; a local folder with no id is left out), and settings
+read as the YAML the user wrote (`false`, not Python's `False`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.models.sources import base_model_id
+from tunesmith.report.html import as_yaml
 
 
 def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseline: dict[str, Any],
@@ -22,10 +29,11 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")
         for split, info in data.items() if isinstance(info, dict) and "rows" in info
     )
+    base = base_model_id(config.model.source)
+    tag = config.task_schema.pipeline_tag or config.task
+    front = "\n".join([f"pipeline_tag: {tag}", *([f"base_model: {base}"] if base else []), "tags: [tunesmith]"])
     text = f"""---
-pipeline_tag: {config.task_schema.pipeline_tag or config.task}
-base_model: {config.model.source}
-tags: [tunesmith]
+{front}
 ---
 
 # Fine-tuned {config.task} model
@@ -46,7 +54,7 @@ Labels: {", ".join(data.get("labels", []))}
 
 - learning rate {t.learning_rate}, layer LR decay {s.layer_lr_decay}, weight decay {t.weight_decay}
 - batch size {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation, {t.lr_scheduler_type} schedule
-- freeze: {s.freeze}, gradual unfreezing: {s.gradual_unfreezing}
+- freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}
 - label smoothing {t.label_smoothing_factor}, class weights: {t.class_weights}, seed {t.seed}
 - best checkpoint chosen by validation {t.metric_for_best_model}; trained {facts['steps']} steps
   ({facts['epochs']:.2f} epochs) in {facts['train_seconds']:.0f} s{"; stopped early" if facts['stopped_early'] else ""}

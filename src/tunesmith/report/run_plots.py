@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunesmith.report.figures import COLORS, new_figure, save_png, style
+from tunesmith.report.figures import COLORS, bound_rate_axis, new_figure, save_png, style
 
 Records = list[dict[str, Any]]
 
@@ -72,6 +72,7 @@ def metric_plot(records: Records, metrics: list[str]) -> Any:
         points += [(r["epoch"], r[metric]) for r in evals if isinstance(r.get(metric), int | float)]
         ax.plot(*zip(*points), color=color, marker="o", label=f"validation {metric}")
     _mark_best(ax, records)
+    bound_rate_axis(ax, shown)
     style(ax, "Validation metrics (epoch 0: the pre-trained model)", "epoch", "score")
     ax.legend(frameon=False)
     return fig

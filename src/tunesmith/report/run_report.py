@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.report.html import Raw, esc, image, page, signed, table, thumbnail
+from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
+from tunesmith.report.validation_size import small_validation_message
 
 # Record keys that are bookkeeping, not metrics.
 NOT_METRICS = {"step", "epoch", "time", "train_loss", "lr", "best_step", "nan_skips", "trainable_params"}
@@ -41,7 +42,8 @@ def write_run_report(run_dir: Path, config: RunConfig, summary: dict[str, Any], 
     data = json.loads((run_dir / "data.json").read_text(encoding="utf-8")) if (run_dir / "data.json").exists() else {}
     sections = [
         ("run", "The run", _run_section(run_dir, config, data, summary)),
-        ("results", "Before and after fine-tuning", _results_section(baseline, final, metrics, config)),
+        ("results", "Before and after fine-tuning", _small_validation(data, config)
+         + _results_section(baseline, final, metrics, config)),
         ("overfitting", "Overfitting watch", _overfitting_section(overfitting)),
         ("curves", "Curves", _curves_section(plots)),
         ("confusion-matrix", "Confusion matrix", _plot_or_note(plots, "confusion_matrix", "no confusion matrix")),
@@ -70,11 +72,12 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
         ["trained", f"{summary.get('steps', 0)} steps, {summary.get('epochs', 0):.2f} epochs, "
                     f"{summary.get('train_seconds', 0):.0f} s" + ("; stopped early" if summary.get("stopped_early") else "")],
         ["learning rate", f"{t.learning_rate:g} (head), layer decay {s.layer_lr_decay:g}, {t.lr_scheduler_type} schedule"],
-        ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {s.gradual_unfreezing}"],
+        ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}"],
         ["batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation"],
         ["regularization", f"weight decay {t.weight_decay:g}, label smoothing {t.label_smoothing_factor:g}, "
                            f"dropout {m.dropout if m.dropout is not None else 'as pre-trained'}"],
-        ["best model by", f"validation {t.metric_for_best_model}, early stopping patience {t.early_stopping_patience}"],
+        ["best model by", f"validation {t.metric_for_best_model}, early stopping patience "
+                          f"{as_yaml(t.early_stopping_patience)}"],
         ["seed", t.seed],
     ]
     saved = run_dir / "config.yaml"
@@ -97,11 +100,17 @@ def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: l
     return note + table(["metric", "pre-trained", "fine-tuned", "change"], rows)
 
 
+def _small_validation(data: dict[str, Any], config: RunConfig) -> str:
+    message = small_validation_message(data, config.training.metric_for_best_model)
+    return f'<p class="warn">{esc(message)}</p>' if message else ""
+
+
 def _overfitting_section(message: str | None) -> str:
     if message:
         return f'<p class="warn">{esc(message)}</p>'
-    return ('<p class="ok">No overfitting seen: no evaluation after the best one scored worse with a wider gap '
-            "between validation and training loss.</p>")
+    return ('<p class="ok">No overfitting seen: no evaluation after the best one had both a worse validation '
+            "metric (by more than one row's worth or its binomial noise) and a higher validation loss, with a "
+            "wider gap between validation and training loss.</p>")
 
 
 def _curves_section(plots: dict[str, Path]) -> str:
