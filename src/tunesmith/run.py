@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig, dump_config, load_config
+from tunesmith.recipe import built, prepared, quiet_libraries
 
 log = logging.getLogger("tunesmith")
 
@@ -57,7 +58,6 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     Raises:
         ConfigError, DataError, ModelSourceError, RunDirError: problems the user can fix.
     """
-    from accelerate.utils import set_seed
 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batch_size import fit_batch_size
@@ -70,13 +70,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.run_report import write_run_report
     from tunesmith.report.tracking import open_trackers
     from tunesmith.report.validation_size import warn_small_validation
-    from tunesmith.strategies.lora import apply_lora, check_lora
-    from tunesmith.tasks import get_task
-
-    config = load_config(config, overrides)
-    check_lora(config)
-    task = get_task(config)
-    task.preflight()
+    config, task = prepared(config, overrides)
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process  # under DDP only the main process writes the run directory
@@ -89,9 +83,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             else:
                 log.info("resuming from %s", resume_from)
         accelerator.wait_for_everyone()
-        _quiet_libraries()
-        set_seed(config.training.seed)
-        model = apply_lora(task.build_model(), config)  # unchanged unless lora.enabled
+        model = built(task, config)  # with LoRA adapters when lora.enabled
         config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
         check_memory(task, model, config, accelerator)  # warns when the run will not fit
         if config.training.torch_compile:  # in place: the same module and state_dict keys, only __call__ compiles
@@ -157,17 +149,14 @@ def merge(run: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     """
     from tunesmith.errors import RunDirError
     from tunesmith.strategies.lora import load_adapter
-    from tunesmith.tasks import get_task
 
     run_dir = Path(run).expanduser()
     if not (run_dir / "best" / "adapter_config.json").is_file() or not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir} is not a run trained with lora.enabled: expected config.yaml and "
                           "best/adapter_config.json in it")
-    config = load_config(run_dir / "config.yaml", overrides)
-    task = get_task(config)
-    task.preflight()
-    _quiet_libraries()
-    model = load_adapter(task.build_model(), run_dir / "best")
+    config, task = prepared(run_dir / "config.yaml", overrides)
+    quiet_libraries()
+    model = load_adapter(task.build_model(), run_dir / "best")  # the base model, then the run's adapter
     return merge_lora(task, model, run_dir / "best")
 
 
@@ -331,7 +320,7 @@ def _inference_model(task, config: RunConfig, labelled: bool):
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batching import make_loader
 
-    _quiet_libraries()
+    quiet_libraries()
     set_seed(config.training.seed)  # a head that is not in the source is drawn as fine-tuning's baseline draws it
     model = task.load_trained()
     if labelled and task.label_names:  # causal-lm answers are free text, not classes
@@ -356,17 +345,11 @@ def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None =
 
     from tunesmith.strategies.freezing import trainable_from
     from tunesmith.strategies.learning_rates import group_learning_rates
-    from tunesmith.tasks import get_task
 
     config = with_inferred_task(load_config(config, overrides))
-    task = get_task(config)
-    _quiet_libraries()
-    if config.data.train is not None or config.data.validation is not None:
-        task.preflight()  # the real labels, so the head has its real size
-    task.label_names = task.label_names or ["0", "1"]  # no data: a two-label head stands in
-    from tunesmith.strategies.lora import apply_lora
-
-    model = apply_lora(task.build_model(), config)
+    config, task = prepared(config, data=config.data.train is not None or config.data.validation is not None)
+    task.label_names = task.label_names or ["0", "1"]  # no data: a two-label head stands in for the real one
+    model = built(task, config)
     groups = task.layer_groups(model)
     s, t = config.strategy, config.training
     rates = group_learning_rates(len(groups), t.learning_rate, s.layer_lr_decay)
@@ -377,11 +360,3 @@ def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None =
          "trains_in_epoch": [i >= low for low in lowest]}
         for i, (g, lr) in enumerate(zip(groups, rates))
     ]
-
-
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("timm").setLevel(logging.WARNING)  # "Loading pretrained weights from ..." on every load

@@ -13,6 +13,7 @@ from PIL import Image
 
 import tunesmith
 from tunesmith.comparison.arms import ARM_ORDER
+from tunesmith.config import load_config
 
 
 def compare_config(tiny_bert, reviews, output_dir, **compare) -> dict:
@@ -129,3 +130,13 @@ def test_compare_reuses_the_fine_tune_that_train_wrote(tiny_bert, reviews, tmp_p
         again = tunesmith.compare(config, ["training.learning_rate=0.002", "overwrite_output_dir=true"], quiet=True)
     assert "its config.yaml differs in training.learning_rate; training the fine-tune arm again" in caplog.text
     assert again.row("finetune").run_dir == again.folder / "finetune"
+
+
+def test_the_scratch_arm_trains_every_weight_with_lora_off(tiny_config):
+    from tunesmith.comparison.arms import arm_overrides
+
+    tiny_config["lora"] = {"enabled": True}
+    config = load_config(tiny_config)
+    scratch = load_config(tiny_config, arm_overrides("scratch", config))
+    assert not scratch.lora.enabled and not scratch.model.pretrained and scratch.strategy.freeze == "none"
+    assert load_config(tiny_config, arm_overrides("probe", config)).lora.enabled  # the other arms keep the config

@@ -67,3 +67,21 @@ def test_range_test_on_the_tiny_bert(tiny_config, tmp_path, monkeypatch):
         assert rates["head"] == pytest.approx(head)
         assert rates["block.1"] == pytest.approx(head * 0.5) and rates["block.0"] == pytest.approx(head * 0.25)
     assert any("training rows" in note for note in found["warnings"])  # 86 rows: flagged as unreliable
+
+
+def test_the_sweep_trains_the_lora_model_the_fine_tune_trains(tiny_config, monkeypatch):
+    """The range test is for the run as configured: under lora.enabled, only adapters and the new head train."""
+    from tunesmith.tuning import lr_finder
+
+    trained = []
+    real_step = lr_finder._step
+
+    def step(task, model, optimizer, *args):
+        trained.append({n for n, p in model.named_parameters() if p.requires_grad})
+        return real_step(task, model, optimizer, *args)
+
+    monkeypatch.setattr(lr_finder, "_step", step)
+    tiny_config["lora"] = {"enabled": True, "r": 4, "alpha": 8}
+    tiny_config["output_dir"] = str(tiny_config["output_dir"]) + "-lora"
+    lr_finder.lr_find(tiny_config, steps=5, start_lr=1e-5, end_lr=1e-2)
+    assert trained and all(n and all("lora_" in p or ".modules_to_save." in p for p in n) for n in trained)

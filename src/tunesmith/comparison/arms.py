@@ -58,8 +58,10 @@ def arm_overrides(arm: str, config: RunConfig, start_from: Path | None = None) -
                 f"training.learning_rate={c.probe_learning_rate}"]
     if arm == "scratch":
         rate = c.scratch_learning_rate or config.training.learning_rate
+        # Every weight trains from random initialization: LoRA adapters on a frozen random backbone would
+        # train almost nothing, so the from-scratch arm is a full training of the architecture.
         return ["model.pretrained=false", "strategy.freeze=none", "strategy.gradual_unfreezing=false",
-                "strategy.layer_lr_decay=1.0", f"training.learning_rate={rate}"]
+                "strategy.layer_lr_decay=1.0", f"training.learning_rate={rate}", "lora.enabled=false"]
     if arm == "probe_then_finetune":
         return [f"model.source={json.dumps(str(start_from))}", "model.pretrained=true"]
     return []

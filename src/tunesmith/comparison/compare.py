@@ -18,7 +18,7 @@ from tunesmith.comparison.arms import ARM_ORDER, ARM_TITLES, ArmResult, pretrain
 from tunesmith.comparison.learning_curve import CurvePoint, labels_saved, learning_curve, summarize
 from tunesmith.comparison.reuse import reusable_finetune
 from tunesmith.comparison.summary import row_dict, write_summary
-from tunesmith.config import RunConfig, load_config
+from tunesmith.config import RunConfig
 from tunesmith.errors import RunDirError
 
 log = logging.getLogger("tunesmith")
@@ -59,13 +59,11 @@ def compare(config: str | Path | dict | RunConfig, overrides: list[str] | None =
         ConfigError, DataError, ModelSourceError: as `finetune`.
         RunDirError: `<output_dir>/compare` already holds a comparison and overwriting is off.
     """
-    from tunesmith.tasks import get_task
+    from tunesmith.recipe import prepared
 
     extra = [f"compare.{key}={json.dumps(value)}" for key, value in
              (("fractions", fractions), ("seeds", seeds), ("arms", arms)) if value is not None]
-    config = load_config(config, list(overrides or []) + extra)
-    task = get_task(config)
-    task.preflight()  # bad data fails here, before any weights load
+    config, task = prepared(config, list(overrides or []) + extra)  # bad data fails here, before any weights load
     folder = _prepare(Path(config.output_dir) / "compare", config.overwrite_output_dir)
     metric = config.training.metric_for_best_model
     table = _run_table(config, folder, quiet, task.describe())

@@ -112,21 +112,16 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
 def _sweep(config: RunConfig, lrs: list[float], diverge: float):
     """Trains a fresh copy of the model at each rate in turn; returns the raw loss of every step."""
     import torch
-    import transformers
-    from accelerate.utils import set_seed
 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batching import make_loader
     from tunesmith.engine.loop import make_optimizer
+    from tunesmith.recipe import built, prepared
     from tunesmith.strategies.freezing import apply_freezing, freeze_floor
-    from tunesmith.tasks import get_task
 
     t, s = config.training, config.strategy
-    task = get_task(config)
-    task.preflight()
-    transformers.utils.logging.set_verbosity_error()
-    set_seed(t.seed)
-    model = task.build_model()
+    config, task = prepared(config)
+    model = built(task, config)  # the model the fine-tune trains: LoRA adapters included when lora.enabled
     accelerator = make_accelerator(config)
     groups = task.layer_groups(model)
     lowest = freeze_floor(len(groups), s.freeze)

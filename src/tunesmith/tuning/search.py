@@ -69,14 +69,14 @@ def tune(config: str | Path | dict | RunConfig, overrides: list[str] | None = No
     """
     import optuna
 
-    from tunesmith.tasks import get_task
+    from tunesmith.recipe import prepared
 
     config = load_config(config, overrides)
     spaces, _ = parse_space(config)
     if not spaces:
         raise ConfigError(["search.space is empty: add the keys to search, e.g. search.space: "
                            "{training.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}}"])
-    get_task(config).preflight()  # bad data fails now, not in every trial
+    prepared(config)  # bad config or data fails now, not in every trial
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are logged here, one line each
