@@ -184,3 +184,28 @@ def test_multi_megabyte_sources_and_targets_are_cut_by_characters_before_tokeniz
     task.dataset(rows, train=True)
     assert task.tokenizer.most_chars <= char_limit(task.max_length) + 20 < len(huge) // 100
     assert task.truncated == {"sources": 1, "targets": 1}
+
+
+def test_the_batch_size_probe_leaves_the_truncation_counts_as_they_were(task, tmp_path):
+    """The probe encodes the longest rows once more; seq2seq counts in a dict, which must be restored by value."""
+    from tunesmith.engine.batch_size import longest_examples
+
+    task.config.data.max_length = 4  # cuts the sources, so the count can move
+    rows = task._read(str(pairs(tmp_path / "d.jsonl", 8, 0)))
+    task.train_rows = rows
+    task.dataset(rows, train=True)
+    before = dict(task.truncated)
+    assert before["sources"] > 0
+    longest_examples(task, 4)
+    assert task.truncated == before
+
+
+def test_the_model_card_uses_the_hubs_task_names(tmp_path):
+    from tunesmith.report.model_card import write_model_card
+
+    for task_name, tag in (("seq2seq", "text2text-generation"), ("causal-lm", "text-generation"),
+                           ("text-classification", "text-classification")):
+        config = load_config({"task": task_name})
+        write_model_card(tmp_path / "README.md", config, {}, {"loss": 1.0}, {"loss": 0.5},
+                         {"steps": 1, "epochs": 1.0, "train_seconds": 1.0, "stopped_early": False}, "")
+        assert f"pipeline_tag: {tag}\n" in (tmp_path / "README.md").read_text()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from tunesmith.errors import ModelSourceError
+
 
 @dataclass
 class LayerGroup:
@@ -38,7 +40,7 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
     """Groups for a Hugging Face transformer: [embeddings, block 0..N-1, head].
 
     Raises:
-        ValueError: the model has no recognisable stack of blocks.
+        ModelSourceError: the model has no recognisable stack of blocks.
     """
     if hasattr(model, "get_base_model"):  # a peft model (the model it wraps has `peft_config` too)
         return _adapters_only(transformer_layer_groups(model.get_base_model()), model.base_model.prefix)
@@ -110,7 +112,9 @@ def _group(name: str, module: nn.Module, prefix: str, claimed: set[int]) -> Laye
 def _main_stack(base: nn.Module) -> tuple[str, nn.ModuleList]:
     stacks = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not stacks:
-        raise ValueError(f"{type(base).__name__} has no stack of layers (nn.ModuleList) to group")
+        raise ModelSourceError(f"{type(base).__name__} has no stack of layers (an nn.ModuleList of blocks), so its layers "
+                               "cannot be grouped for freezing and per-layer learning rates; use a transformer "
+                               "encoder/decoder model (BERT, Llama, T5 families)")
     return max(stacks, key=lambda item: len(item[1]))
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tunesmith.config import RunConfig
-from tunesmith.errors import ConfigError
+from tunesmith.errors import CheckpointError, ConfigError, ExportError
 
 log = logging.getLogger("tunesmith")
 
@@ -158,7 +158,8 @@ def restore_adapter(model: nn.Module, folder: Path) -> None:
 
     result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
     if result.unexpected_keys:
-        raise RuntimeError(f"best adapter does not match the trained model: unexpected {result.unexpected_keys}")
+        raise CheckpointError(f"{folder}: the best adapter does not match the trained model (unexpected keys "
+                              f"{result.unexpected_keys[:5]}); best/ was written by another run or config")
 
 
 def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
@@ -176,7 +177,7 @@ def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: P
     absolute difference of their outputs is returned, logged and stored in `merge_check.json`.
 
     Raises:
-        RuntimeError: the outputs differ by more than `tolerance` (nothing is written then).
+        ExportError: the outputs differ by more than `tolerance` (nothing is written then).
     """
     from tunesmith.engine.checkpoint import atomic_folder
 
@@ -193,8 +194,8 @@ def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: P
     check = {"max_abs_diff": diff, "max_abs_output": scale, "rows": int(inputs["input_ids"].shape[0]),
              "tolerance": tolerance, "passed": diff <= tolerance * max(1.0, scale)}
     if not check["passed"]:
-        raise RuntimeError(f"merged model differs from the adapter model by {diff:.3g} (tolerance {tolerance:g}); "
-                           f"{folder / 'merged'} was not written")
+        raise ExportError(f"merged model differs from the adapter model by {diff:.3g} (tolerance {tolerance:g}); "
+                          f"{folder / 'merged'} was not written")
     with atomic_folder(folder / "merged") as tmp:
         task.save(merged, str(tmp))
         (tmp / "merge_check.json").write_text(json.dumps(check, indent=1), encoding="utf-8")
