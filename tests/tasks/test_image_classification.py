@@ -71,7 +71,7 @@ def test_a_folder_of_train_and_test_folders_trains_on_train_and_validates_on_tes
     shutil.copytree(color_images / "red", tmp_path / "data" / "test" / "red")
     shutil.copytree(color_images / "blue", tmp_path / "data" / "test" / "blue")
     config = load_config({"task": "image-classification", "model": {"source": "resnet10t", "pretrained": False},
-                          "data": {"train": str(tmp_path / "data"), "image_size": 32}})
+                          "data": {"train": str(tmp_path / "data")}, "image_classification": {"image_size": 32}})
     task = get_task(config)
     task.preflight()
     assert task.label_names == ["blue", "red"]

@@ -97,7 +97,7 @@ def test_config_defaults_for_question_answering():
     assert config.training.metric_for_best_model == "f1" and config.data.max_length == 384
     assert load_config({"task": "question-answering", "data": {"max_length": 256}}).data.max_length == 256
     assert load_config({}).data.max_length == 128
-    with pytest.raises(ConfigError, match="unknown metric 'accuracy'; choose one of f1, exact_match, loss"):
+    with pytest.raises(ConfigError, match="unknown metric 'accuracy' for question-answering; choose one of f1, exact_match, loss"):
         load_config({"task": "question-answering", "training": {"metric_for_best_model": "accuracy"}})
 
 

@@ -42,7 +42,7 @@ def test_bleu_and_rouge_match_a_hand_computed_case():
 def test_config_defaults_and_metrics_for_seq2seq():
     assert load_config({"task": "seq2seq"}).training.metric_for_best_model == "loss"
     assert load_config({"task": "seq2seq", "training": {"metric_for_best_model": "rougeL"}}).greater_is_better
-    with pytest.raises(ConfigError, match="unknown metric 'f1'; choose one of loss, bleu, rouge1, rouge2, rougeL"):
+    with pytest.raises(ConfigError, match="unknown metric 'f1' for seq2seq; choose one of loss, perplexity, bleu, rouge1, rouge2, rougeL"):
         load_config({"task": "seq2seq", "training": {"metric_for_best_model": "f1"}})
 
 

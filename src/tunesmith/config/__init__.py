@@ -69,6 +69,8 @@ def load_config(
     Raises:
         ConfigError: listing every problem found, each with the key, the value and a fix.
     """
+    if isinstance(source, RunConfig) and not overrides:
+        return source.model_copy(deep=True)  # validated when built (and on every assignment since)
     full = schema()
     raw, label = raw_config(source, overrides, full)
     return validate_raw(full, raw, label)
