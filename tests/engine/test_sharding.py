@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 import tunesmith
 from tunesmith.engine import sharding
-from tunesmith.errors import NonFiniteLossError
+from tunesmith.errors import CheckpointError, NonFiniteLossError
 
 
 @pytest.mark.parametrize("norm", [None, 1.5])
@@ -68,6 +68,17 @@ def test_best_and_checkpoints_are_written_from_the_gathered_state_dict(tiny_conf
     saved = sorted((run_dir / "checkpoints").glob("step-*"))
     assert saved and all(torch.equal(load_file(str(p / "model.safetensors"))["classifier.bias"], marker) for p in saved)
     assert len(calls) >= 2  # at least one best/ and one checkpoint
+
+
+def test_a_sharded_run_does_not_resume_from_a_checkpoint(tiny_config, monkeypatch):
+    """Its optimizer.pt is one process's shard: the resume is refused, naming best/ to start from."""
+    tiny_config["training"].update(max_steps=2, save_steps=2)
+    run_dir = tunesmith.finetune(tiny_config, quiet=True).run_dir
+    monkeypatch.setattr(sharding, "SHARDED", (DistributedType.NO,))
+    with pytest.raises(CheckpointError, match=r"cannot resume from \S*step-2 .*optimizer state is one process's shard"
+                                              r".*model.source: \S*best"):
+        tunesmith.finetune(tiny_config, ["resume=auto", "training.max_steps=4"], quiet=True)
+    assert not (run_dir / "checkpoints" / "step-4").exists()
 
 
 @pytest.mark.slow

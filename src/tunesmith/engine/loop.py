@@ -32,7 +32,7 @@ from tunesmith.engine.evaluation import evaluate
 from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng, restore_rng
-from tunesmith.engine.sharding import finite_norm, gather_weights, restore_best, save_best
+from tunesmith.engine.sharding import finite_norm, gather_weights, refuse_sharded_resume, restore_best, save_best
 from tunesmith.engine.signals import graceful_stop
 from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
 from tunesmith.report.history import History
@@ -99,6 +99,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     cache = _activation_cache(config, task, model, groups, train_data, world, run_dir,
                               epochs=math.ceil(total_steps / steps_per_epoch))
     if resume_from is not None:
+        refuse_sharded_resume(accelerator, resume_from)
         state = _resume(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0

@@ -4,7 +4,8 @@ Under FSDP's FULL_SHARD every process keeps a slice of each parameter, so the fu
 a collective: all processes must ask for it together (Accelerate's `get_state_dict`), and the
 main process alone receives the tensors, on its CPU. Writing `best/` or a checkpoint therefore
 gathers on every process and writes on the main one; restoring `best/` loads the full weights on
-every process and lets FSDP keep each one's shard. Without sharding (one process, DDP) every
+every process and lets FSDP keep each one's shard. A checkpoint's optimizer state is still each
+process's own shard, so a sharded run is not resumed from it (yet). Without sharding (one process, DDP) every
 process holds the whole model and nothing is gathered. The gradient-norm check lives here too,
 because DeepSpeed's `clip_grad_norm_` returns a float or None where the others return a tensor.
 """
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunesmith.engine.checkpoint import atomic_folder, checkpoints
-from tunesmith.errors import RunDirError
+from tunesmith.errors import CheckpointError, RunDirError
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
@@ -75,6 +76,23 @@ def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path) -> N
     tied = set(getattr(unwrapped, "all_tied_weights_keys", None) or getattr(unwrapped, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
         raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
+
+
+def refuse_sharded_resume(accelerator: Accelerator, path: Path) -> None:
+    """Raises CheckpointError when a sharded run would resume from `path`.
+
+    The checkpoint's weights are whole (gathered), but its `optimizer.pt` holds the main process's
+    shard of the optimizer state only: loaded into the whole model's optimizer it would not match.
+
+    Raises:
+        CheckpointError: the run is sharded (FSDP, DeepSpeed).
+    """
+    if accelerator.distributed_type in SHARDED:
+        raise CheckpointError(
+            f"cannot resume from {path} under {accelerator.distributed_type.value}: its optimizer state is one "
+            f"process's shard, not the whole. Its weights are complete ({path / 'model.safetensors'}); to continue, "
+            f"start a new run (resume: null) from the best model so far with model.source: {path.parents[1] / 'best'} "
+            "(docs/scaling.md)")
 
 
 def finite_norm(norm: torch.Tensor | float | None) -> torch.Tensor | bool:
