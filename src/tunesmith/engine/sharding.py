@@ -66,7 +66,10 @@ def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path) -> N
     weights = load_file(str(run_dir / "best" / "model.safetensors"))
     if accelerator.distributed_type == DistributedType.FSDP:
         # The unwrapped module's parameters are this process's shards: FSDP scatters the full tensors.
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
 
         missing, unexpected = set_model_state_dict(
             model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
