@@ -61,5 +61,9 @@ class ExportError(TunesmithError):
     """A model cannot be exported, or the exported model's outputs differ from PyTorch's."""
 
 
+class LaunchError(TunesmithError):
+    """The launcher asks for a distributed setup this machine cannot run (FSDP or DeepSpeed without a GPU)."""
+
+
 class GPUMemoryError(TunesmithError):
     """Even a micro-batch of one example does not fit in GPU memory (`training.auto_find_batch_size`)."""

@@ -1,6 +1,7 @@
 """The task contract, checked for every registered task on a tiny model: a labelled batch gives a
 finite loss, backward reaches every trainable parameter, evaluation outputs of batches of different
-sizes and lengths stack, and a saved model loads back (`load_trained`) with the same outputs.
+sizes and lengths stack, and a saved model loads back (`load_trained`) with the same outputs, also
+when the weights to save are passed in (the full state dict gathered under FSDP).
 
 Each task's own test file (`tests/tasks/test_<task>.py`) gives its case as `contract_case(request,
 make)`: a run config on a tiny model and a few rows. A new task module is picked up by
@@ -91,7 +92,13 @@ def test_task_contract(name, request, tmp_path):
     model.eval()
     before = outputs(task, model, task.eval_rows)
     assert np.isfinite(before).all()
-    task.save(model, str(tmp_path / "saved"))
+    # Under FSDP the module holds one process's shard and the gathered full state dict is passed
+    # in (engine/sharding.py): what is written must be those weights, not the module's own.
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    task.save(model, str(tmp_path / "saved"), weights)
     reloaded = get_task(load_config({**raw, "model": {**raw["model"], "source": str(tmp_path / "saved")}}))
     reloaded.train_rows, reloaded.eval_rows = task.train_rows, task.eval_rows
     again = reloaded.load_trained()

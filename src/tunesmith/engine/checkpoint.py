@@ -69,8 +69,10 @@ def remove_stale_temporaries(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
-    """Writes `folder/step-N` and deletes the oldest step checkpoints beyond `keep`.
+def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], keep: int,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes `folder/step-N` and deletes the oldest step checkpoints beyond `keep`. `weights`: the
+    model's full state dict when processes hold only shards of it (engine/sharding.py).
 
     Raises:
         RunDirError: disk full or unwritable; the message names the last good checkpoint.
@@ -79,7 +81,7 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state:
     final = folder / f"step-{state['global_step']}"
     try:
         with atomic_folder(final) as tmp:
-            save_file(_untie(checkpoint_weights(model)), tmp / "model.safetensors")
+            save_file(_untie(checkpoint_weights(model, weights)), tmp / "model.safetensors")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -95,12 +97,13 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state:
     return final
 
 
-def checkpoint_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def checkpoint_weights(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The weights a step checkpoint keeps: all of them, or under LoRA only the adapters and the fully
     trained heads (`modules_to_save`). A LoRA run's frozen base never changes and is rebuilt from
     `model.source` on resume, so its checkpoints are megabytes, not the whole model, and writing one
-    does not serialize a second copy of the model in memory."""
-    weights = model.state_dict()
+    does not serialize a second copy of the model in memory. `weights`: the full state dict gathered
+    from sharded processes, used instead of the model's own (which would hold this process's shard)."""
+    weights = model.state_dict() if weights is None else weights
     if hasattr(model, "peft_config"):
         prefix = model.base_model.prefix  # "lora_": adapter weights and DoRA magnitudes
         weights = {k: v for k, v in weights.items() if prefix in k or ".modules_to_save." in k}

@@ -22,19 +22,19 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.activation_cache import ActivationCache, plan_cache
 from tunesmith.engine.batching import make_loader
-from tunesmith.engine.checkpoint import atomic_folder, check_state_keys, load_checkpoint, save_checkpoint
+from tunesmith.engine.checkpoint import check_state_keys, load_checkpoint, save_checkpoint
 from tunesmith.engine.evaluation import evaluate
 from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng, restore_rng
+from tunesmith.engine.sharding import finite_norm, gather_weights, refuse_sharded_resume, restore_best, save_best
 from tunesmith.engine.signals import graceful_stop
-from tunesmith.errors import NonFiniteLossError, RunDirError, TrainingInterrupted
+from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
@@ -99,6 +99,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     cache = _activation_cache(config, task, model, groups, train_data, world, run_dir,
                               epochs=math.ceil(total_steps / steps_per_epoch))
     if resume_from is not None:
+        refuse_sharded_resume(accelerator, resume_from)
         state = _resume(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
@@ -124,9 +125,10 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
         state.running_loss = float(running_loss)
         saved = {**asdict(state), "steps_per_epoch": steps_per_epoch, "rng": capture_rng()}
         path = run_dir / "checkpoints" / f"step-{state.global_step}"
+        weights = gather_weights(accelerator, model)  # every process: a collective when the weights are sharded
         if main:
             path = save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
-                                   saved, t.save_total_limit)
+                                   saved, t.save_total_limit, weights)
         return path
 
     baseline = history.find("baseline") or record("baseline", evaluate(model, eval_loader, task, accelerator))
@@ -161,7 +163,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                         norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
                         finite = torch.isfinite(window_loss)
                         if accelerator.mixed_precision != "fp16":
-                            finite &= torch.isfinite(norm)
+                            finite = finite & finite_norm(norm)  # DeepSpeed's norm is a float or None
                         if not bool(finite):
                             _non_finite(state, config, run_dir, sampler, task, checkpoint_path=_latest(run_dir))
                             optimizer.zero_grad(set_to_none=True)  # skip this update entirely
@@ -199,8 +201,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                                    trainable_params=sum(g.num_params for g in groups[state.lowest_trainable:]))
                     if _improved(entry, state, metric, greater, t.early_stopping_threshold):
                         best_entry = entry
-                        if main:
-                            _save_best(task, accelerator.unwrap_model(model), run_dir)
+                        save_best(task, accelerator, model, run_dir)  # every process: it gathers sharded weights
                     if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
                         state.stopped_early = True
                         display.note(f"early stopping: {metric} has not improved for {state.evals_without_improvement} "
@@ -220,7 +221,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     state.train_seconds += time.perf_counter() - clock[0]
     accelerator.wait_for_everyone()  # the main process has finished writing best/
     if best_entry is not None and (run_dir / "best").exists():
-        _restore_best(accelerator.unwrap_model(model), run_dir)
+        restore_best(accelerator, model, run_dir)
     predictions = run_dir / "predictions_validation.jsonl" if main else None
     final = record("final", evaluate(model, eval_loader, task, accelerator, predictions), best_step=state.best_step,
                    nan_skips=state.nan_skips)
@@ -368,28 +369,6 @@ def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: boo
     else:
         state.evals_without_improvement += 1
     return better or tie
-
-
-def _save_best(task, model, run_dir: Path) -> None:
-    try:
-        with atomic_folder(run_dir / "best") as tmp:
-            task.save(model, str(tmp))
-    except RunDirError as exc:
-        last = _latest(run_dir)
-        raise RunDirError(f"{exc}; last good checkpoint: {last.name if last else 'none'}") from None
-
-
-def _restore_best(model, run_dir: Path) -> None:
-    if (run_dir / "best" / "adapter_config.json").exists():  # lora.enabled: best/ holds the adapter only
-        from tunesmith.strategies.lora import restore_adapter
-
-        return restore_adapter(model, run_dir / "best")
-    weights = load_file(str(run_dir / "best" / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # Tied copies are not saved; `all_tied_weights_keys` also names those of sub-models (an EncoderDecoderModel's decoder).
-    tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or [k for k in missing if k not in tied]:
-        raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
 
 
 def _group_rates(optimizer) -> dict[str, float]:

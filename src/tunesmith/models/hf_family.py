@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from tunesmith.config import ModelConfig
@@ -102,8 +103,8 @@ class HFModel:
         check_weights_fit(model, info, self.resolved)
         return model
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        model.save_pretrained(folder)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        model.save_pretrained(folder, state_dict=weights)  # None: the model's own state_dict
         self.tokenizer.save_pretrained(folder)
 
     @staticmethod

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tunesmith.errors import ModelSourceError
@@ -275,16 +276,19 @@ def _owning_modules(model: nn.Module, names: set[str]) -> list[nn.Module]:
     return found
 
 
-def save_timm(model: nn.Module, folder: str | Path, label_names: list[str], data_config: dict[str, Any] | None = None) -> None:
+def save_timm(model: nn.Module, folder: str | Path, label_names: list[str], data_config: dict[str, Any] | None = None,
+              weights: dict[str, torch.Tensor] | None = None) -> None:
     """Writes `model.safetensors` and timm's `config.json` (architecture, classes, label names, and
     the preprocessing trained with: `data_config`'s mean/std/input size) so plain timm loads the
-    folder with `local-dir:`."""
+    folder with `local-dir:`. `weights`: the full state dict gathered from sharded processes, written
+    instead of `model.state_dict()`."""
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    weights = model.state_dict() if weights is None else weights
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(folder / "model.safetensors"))
     save_config_for_hf(model, str(folder / "config.json"), model_config={"label_names": list(label_names)},
                        data_config=data_config)
 

@@ -83,8 +83,10 @@ class Task(Protocol):
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
         """One output record per input row, for `tunesmith predict`."""
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        """Writes the model in the format its own library loads (with tokenizer etc.)."""
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Writes the model in the format its own library loads (with tokenizer etc.); `weights`, when
+        given, are the full state dict gathered from sharded processes and are written instead of
+        `model.state_dict()` (engine/sharding.py)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the model card and the log."""

@@ -155,8 +155,8 @@ class CausalLMTask:
             'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        self.hf.save(model, folder)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 

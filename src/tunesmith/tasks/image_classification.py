@@ -162,8 +162,8 @@ class ImageClassificationTask:
             'probs = model(transform(Image.open("photo.jpg").convert("RGB"))[None]).softmax(-1)\n```'
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        save_timm(model, folder, self.label_names, self.data_config)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        save_timm(model, folder, self.label_names, self.data_config, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 

@@ -174,11 +174,11 @@ class QuestionAnsweringTask:
             "`tunesmith predict` does the same over long contexts (windows) and many questions."
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         # Kept with the model so that `predict` on unlabelled questions may answer nothing too.
         if getattr(model, "config", None) is not None:
             model.config.tunesmith_unanswerable = self.with_unanswerable
-        self.hf.save(model, folder)
+        self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 

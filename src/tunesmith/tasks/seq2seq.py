@@ -175,8 +175,8 @@ class Seq2SeqTask:
             "print(tokenizer.batch_decode(ids, skip_special_tokens=True))\n```"
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        self.hf.save(model, folder)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 

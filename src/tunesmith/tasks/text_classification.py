@@ -148,8 +148,8 @@ class TextClassificationTask:
             'tokenizer = AutoTokenizer.from_pretrained("path/to/best")\n```'
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        self.hf.save(model, folder)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 

@@ -136,8 +136,8 @@ class TokenClassificationTask:
             'tagger("George Washington went to Washington")\n```'
         )
 
-    def save(self, model: nn.Module, folder: str) -> None:
-        self.hf.save(model, folder)
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
 
