@@ -6,23 +6,48 @@ gathering one batch from all processes gives its rows in the sampler's order. Ou
 halves the evaluation batch and starts the evaluation again; evaluation draws no random numbers,
 so the training run is unaffected. `evaluate --by` scores each value of a column separately
 (`grouped_metrics`).
+
+The `baseline` record (`baseline_scores`) is the model before training. Where the task's head
+starts untrained on a pre-trained backbone, that score is chance by construction, so the record
+also holds `features`: a k-NN vote on the frozen backbone's pooled features (`feature_probe`),
+what the pre-trained model already knows before its head learns anything.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tunesmith.data.labelled import sample
+from tunesmith.engine.batching import make_loader
 from tunesmith.engine.oom import is_out_of_memory, shrink_eval_batch
 from tunesmith.errors import DataError
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+
+log = logging.getLogger("tunesmith")
+
+# The features probe reads at most this many training rows (a seeded sample), so it costs about
+# one evaluation pass more on any data set.
+PROBE_ROWS = 2000
+# tunesmith's data sets are small (tens of rows per class): with DINO's k=20 the nearest 20 would
+# outnumber a class of 10 rows and vote for the majority class; k=1 follows single outliers. Votes
+# are weighted by exp(cosine / 0.07) (DINO's temperature), so the nearest neighbours break ties.
+PROBE_K = 5
+PROBE_TEMPERATURE = 0.07
 
 
 def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
@@ -131,3 +156,79 @@ def grouped_metrics(task, outputs: np.ndarray, labels: np.ndarray, groups: list[
 def plain_json(value: Any) -> Any:
     """`json.dumps` default: numpy scalars and arrays as numbers and lists."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accelerator: Accelerator,
+                    config: RunConfig) -> dict[str, Any]:
+    """The `baseline` record: `evaluate` of the model before training, plus `features`
+    (`feature_probe`) where the task's head starts untrained."""
+    results = evaluate(model, loader, task, accelerator)
+    features = feature_probe(accelerator.unwrap_model(model), task, eval_data, accelerator, config)
+    return {**results, "features": features} if features is not None else results
+
+
+def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, config: RunConfig) -> dict[str, Any] | None:
+    """The task's metrics of a k-NN on the frozen backbone's pooled features: each validation row
+    takes the similarity-weighted vote of its `PROBE_K` nearest training rows (cosine similarity).
+
+    Only for a task that opts in (`fresh_head` true and a `pooled_features` hook; see the Task
+    protocol) and has training rows. Every process computes the same numbers on its own device,
+    so nothing is gathered. Running out of memory skips the probe: it never stops a run.
+    """
+    if not getattr(task, "fresh_head", False) or not hasattr(task, "pooled_features") or task.train_rows is None:
+        return None
+    started = time.perf_counter()
+    rows = sample(task.train_rows, PROBE_ROWS, config.training.seed)
+    counted = copy.deepcopy(task.truncated)  # these rows were counted when training's inputs were built
+    train_data = task.dataset(rows, train=False)
+    task.truncated = counted
+    try:
+        train_x, train_y = _pooled(model, task, train_data, accelerator, config)
+        val_x, val_y = _pooled(model, task, eval_data, accelerator, config)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        log.warning("out of memory while scoring the pre-trained features; the baseline has no k-NN score")
+        return None
+    scores = knn_votes(train_x, train_y, val_x, len(task.label_names))
+    metrics = task.metrics(scores.numpy(), val_y.numpy())
+    probe = {"probe": f"k-NN, k={min(PROBE_K, len(rows))}", "train_rows": len(rows),
+             **{m: metrics[m] for m in task.metric_names if m in metrics},
+             "seconds": round(time.perf_counter() - started, 2)}
+    log.info("pre-trained features (%s on %d training rows): %s", probe["probe"], len(rows),
+             ", ".join(f"{m} {probe[m]:.4f}" for m in task.metric_names if m in probe))
+    return probe
+
+
+@torch.no_grad()
+def _pooled(model: nn.Module, task, data, accelerator: Accelerator, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
+    does not matter, as labels travel with their features."""
+    t = config.training
+    loader = make_loader(data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
+                         lengths=task.lengths(data), num_workers=t.dataloader_num_workers)
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    try:
+        for batch in loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                features.append(task.pooled_features(model, batch).float().cpu())
+            labels.append(batch["labels"].cpu())
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_votes(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
+              k: int = PROBE_K, temperature: float = PROBE_TEMPERATURE) -> torch.Tensor:
+    """(Q, num_classes) votes: each query's k most cosine-similar training rows vote for their
+    label with weight exp(similarity / temperature); the argmax is the k-NN prediction."""
+    train_x, query_x = F.normalize(train_x, dim=1), F.normalize(query_x, dim=1)
+    votes = torch.zeros(len(query_x), num_classes)
+    for start in range(0, len(query_x), 1024):  # (1024, N) similarities at a time
+        top, index = (query_x[start:start + 1024] @ train_x.T).topk(min(k, len(train_x)), dim=1)
+        votes[start:start + 1024].scatter_add_(1, train_y[index], (top / temperature).exp())
+    return votes
