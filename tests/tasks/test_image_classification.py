@@ -51,11 +51,11 @@ def test_the_baseline_also_scores_the_pretrained_features_under_a_new_head(image
     assert baseline["accuracy"] == 0.5  # the zero head: one class for all, chance by construction
     features = baseline["features"]
     assert features["accuracy"] >= 0.8 and features["macro_f1"] >= 0.8  # red and blue apart before any training
-    assert features["probe"] == "k-NN, k=5" and features["train_rows"] == 18
+    assert features["probe"] == "logistic regression" and features["train_rows"] == 18
     assert result.baseline["features"] == features  # the run's result carries it to the CLI and the model card
     for shown in (result.report, result.run_dir / "README.md"):
         text = shown.read_text()
-        assert "pre-trained features (k-NN)" in text and "untrained head" in text
+        assert "pre-trained features (linear probe)" in text and "untrained head" in text
 
 
 def test_no_features_score_without_pretrained_weights(image_config):

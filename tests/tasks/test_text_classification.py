@@ -70,7 +70,7 @@ def test_fresh_head_only_where_the_head_starts_untrained_on_pretrained_weights(t
     assert not task.fresh_head  # from scratch, the features are not pre-trained either
 
 
-def test_the_baseline_also_scores_minilm_features_with_a_k_nn(tmp_path):
+def test_the_baseline_also_scores_minilm_features_with_a_linear_probe(tmp_path):
     import csv
 
     import tunesmith
@@ -89,5 +89,5 @@ def test_the_baseline_also_scores_minilm_features_with_a_k_nn(tmp_path):
               "data": {"train": str(path), "validation_split": 0.25, "max_length": 32},
               "training": {"max_steps": 1, "per_device_train_batch_size": 8}}
     features = tunesmith.finetune(config, quiet=True).baseline["features"]
-    assert features["probe"] == "k-NN, k=5" and features["train_rows"] == 30
+    assert features["probe"] == "logistic regression" and features["train_rows"] == 30
     assert features["accuracy"] >= 0.9  # sentence embeddings keep topics apart before any training

@@ -1,12 +1,11 @@
 """The training loop: one function, top to bottom, on Accelerate.
 
-`fit` evaluates the pre-trained model (under a new head also its features, engine/evaluation.py),
-then trains with the strategy's frozen groups and per-group learning rates; it evaluates per epoch
-or every N steps, keeps the best model, writes step checkpoints, stops early when the chosen metric
-stalls, and finally restores the best weights. A checkpoint captures the whole loop (position in
-the epoch, running sums, random generators, early-stopping and unfreezing state), so a resumed run
-continues exactly as an uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled
-between steps; out of memory in a step redoes that step's rows in smaller micro-batches (engine/oom.py).
+`fit` evaluates the pre-trained model (under a new head also its features, engine/evaluation.py), then trains
+with the strategy's frozen groups and per-group learning rates; it evaluates per epoch or every N steps, keeps
+the best model, writes step checkpoints, stops early when the chosen metric stalls, and finally restores the
+best weights. A checkpoint captures the whole loop (epoch position, running sums, random generators, early
+stopping and unfreezing state), so a resumed run continues exactly as an uninterrupted one would. Non-finite
+losses and SIGTERM/Ctrl-C are handled between steps; out of memory in a step redoes its rows in smaller micro-batches.
 """
 
 from __future__ import annotations

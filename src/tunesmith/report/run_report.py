@@ -1,7 +1,8 @@
 """The run report: `report.html` in every run directory, one static page that reads offline.
 
 Sections: the run at a glance (data, model, settings, the full config), the pre-trained model
-(and, under a new head, a k-NN on its features: report/before_after.py) against the fine-tuned one, the overfitting watch, the curves (loss, metrics, learning rate per
+(and, under a new head, a linear probe of its features: report/before_after.py) against the
+fine-tuned one, the overfitting watch, the curves (loss, metrics, learning rate per
 layer group, which groups trained when), the confusion matrix, the validation examples the model
 got most wrong, and the per-class table. It is built from what the run directory already holds
 (`metrics.jsonl`, `data.json`, `predictions_validation.jsonl`, `config.yaml`); the plots are also

@@ -51,7 +51,7 @@ class Task(Protocol):
     fresh_head: bool
     """Optional (opt-in, with `pooled_features`): set by `build_model`, true when the head starts
     untrained on a pre-trained backbone, so the pre-trained model scores chance with it by
-    construction. The baseline then also scores the backbone's features with a k-NN
+    construction. The baseline then also scores the backbone's features with a linear probe
     (engine/evaluation.py `feature_probe`). A task without it gets no such score."""
 
     def preflight(self) -> None:
