@@ -306,12 +306,14 @@ def _task_schema(model: str, overrides: list[str] | None):
 
 
 def _print_before_after(result) -> None:
-    rows = []
-    for key in result.config.task_schema.shown(result.final):
-        before, after = result.baseline.get(key), result.final[key]
-        if before is not None:
-            rows.append([key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"])
-    print_table(f"validation results ({result.run_dir})", ["metric", "pre-trained", "fine-tuned", "change"], rows)
+    from tunesmith.report.before_after import before_after_table, features_note
+
+    metrics = [k for k in result.config.task_schema.shown(result.final) if result.baseline.get(k) is not None]
+    headers, rows = before_after_table(result.baseline, result.final, metrics)
+    print_table(f"validation results ({result.run_dir})", headers, rows)
+    note = features_note(result.baseline)
+    if note:
+        console.print(note, highlight=False)
     best = (f"best model: {result.best_model_dir} (step {result.best_step})" if result.best_model_dir is not None
             else "no best model was saved (no evaluation during training gave a usable score)")
     console.print(f"{best}{', stopped early' if result.stopped_early else ''}; "

@@ -33,3 +33,13 @@ def test_base_model_ids(tmp_path):
 
 def test_a_local_folder_leaves_base_model_out(tmp_path):
     assert "base_model" not in card(tmp_path, str(tmp_path))
+
+
+def test_the_card_labels_the_untrained_head_and_shows_the_linear_probe_beside_it(tmp_path):
+    config = load_config(None, ["model.source=demo:minilm"])
+    baseline = {**METRICS, "features": {"probe": "logistic regression", "train_rows": 18, "accuracy": 0.95}}
+    write_model_card(tmp_path / "README.md", config, {"labels": ["a", "b"]}, baseline, {"accuracy": 0.9, "loss": 0.3},
+                     FACTS, "usage")
+    text = (tmp_path / "README.md").read_text()
+    assert "| metric | pre-trained, untrained head | pre-trained features (linear probe) | fine-tuned | change |" in text
+    assert "| accuracy | 0.5000 | 0.9500 | 0.9000 | +0.4000 |" in text and "chance" in text

@@ -18,6 +18,10 @@ def test_records_become_named_scalars():
     assert record_scalars(record) == {"eval/epoch": 1.0, "eval/loss": 0.5, "eval/accuracy": 0.75}
     train = {"phase": "train", "step": 3, "train_loss": 0.7, "lr": 1e-3, "lrs": {"block.0": 5e-4, "head": 1e-3}}
     assert record_scalars(train) == {"train/train_loss": 0.7, "train/lr": 1e-3, "lr/block.0": 5e-4, "lr/head": 1e-3}
+    baseline = {"phase": "baseline", "step": 0, "accuracy": 0.5,
+                "features": {"probe": "logistic regression", "train_rows": 18, "accuracy": 0.95, "seconds": 0.2}}
+    assert record_scalars(baseline) == {"baseline/accuracy": 0.5, "baseline/features/train_rows": 18.0,
+                                        "baseline/features/accuracy": 0.95, "baseline/features/seconds": 0.2}
 
 
 def test_tensorboard_and_mlflow_receive_every_record(tiny_config):

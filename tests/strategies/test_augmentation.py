@@ -54,6 +54,14 @@ def test_trivial_augment_and_overrides(color_images):
     assert "RandAugment" not in repr(train_transform(DATA_CONFIG, AugmentationConfig(preset="strong", auto_augment="none")))
 
 
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_hflip_false_takes_the_flip_out_of_the_preset(preset):
+    flips = repr(train_transform(DATA_CONFIG, AugmentationConfig(preset=preset)))
+    kept = repr(train_transform(DATA_CONFIG, AugmentationConfig(preset=preset, hflip=False)))
+    assert "RandomHorizontalFlip" in flips and "RandomHorizontalFlip" not in kept
+    assert "RandomResizedCrop" in kept  # only the flip goes: the rest of the preset stays
+
+
 def test_augmentation_is_keyed_on_seed_epoch_and_index(color_images):
     data = dataset(color_images)
     first = data[2]["pixel_values"]

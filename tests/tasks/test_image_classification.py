@@ -44,6 +44,26 @@ def test_run_trains_saves_predicts_and_evaluates(image_config, color_images, tmp
     assert metrics["accuracy"] >= 0.8 and sum(map(sum, metrics["confusion_matrix"])) == 24
 
 
+def test_the_baseline_also_scores_the_pretrained_features_under_a_new_head(image_config):
+    image_config["training"].update({"max_steps": 1})
+    result = tunesmith.finetune(image_config, quiet=True)
+    baseline = next(r for r in records(result.run_dir) if r["phase"] == "baseline")
+    assert baseline["accuracy"] == 0.5  # the zero head: one class for all, chance by construction
+    features = baseline["features"]
+    assert features["accuracy"] >= 0.8 and features["macro_f1"] >= 0.8  # red and blue apart before any training
+    assert features["probe"] == "logistic regression" and features["train_rows"] == 18
+    assert result.baseline["features"] == features  # the run's result carries it to the CLI and the model card
+    for shown in (result.report, result.run_dir / "README.md"):
+        text = shown.read_text()
+        assert "pre-trained features (linear probe)" in text and "untrained head" in text
+
+
+def test_no_features_score_without_pretrained_weights(image_config):
+    image_config["training"].update({"max_steps": 1})
+    image_config["model"]["pretrained"] = False  # random features: there is nothing pre-trained to score
+    result = tunesmith.finetune(image_config, quiet=True)
+    assert "features" not in result.baseline
+
 def test_top5_is_reported_with_more_than_five_classes(color_images, tmp_path):
     from PIL import Image
 

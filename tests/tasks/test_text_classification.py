@@ -58,3 +58,36 @@ def test_a_multi_megabyte_cell_is_cut_by_characters_before_tokenizing_and_counte
     assert len(features[0]["input_ids"]) == max_length and task.truncated == 1
     assert features[0]["input_ids"] == task.tokenizer.tokenizer(huge[:100_000], truncation=True,
                                                                 max_length=max_length)["input_ids"]
+
+
+def test_fresh_head_only_where_the_head_starts_untrained_on_pretrained_weights(tiny_bert):
+    task, _ = build(tiny_bert, True)
+    assert not task.fresh_head  # tiny_bert was saved with a two-label head: it is kept
+    task.label_names = ["a", "b", "c"]
+    task.build_model()
+    assert task.fresh_head  # a head of another size is drawn afresh
+    task, _ = build(tiny_bert, False)
+    assert not task.fresh_head  # from scratch, the features are not pre-trained either
+
+
+def test_the_baseline_also_scores_minilm_features_with_a_linear_probe(tmp_path):
+    import csv
+
+    import tunesmith
+
+    topics = {"sport": ["football", "tennis", "the marathon", "basketball", "the cycling race"],
+              "food": ["pasta", "the soup", "fresh bread", "the curry", "chocolate cake"]}
+    frames = ["I watched {} yesterday", "{} was the best part of my week", "we talked about {} for hours",
+              "nothing beats {} on a sunday"]
+    path = tmp_path / "topics.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([frame.format(thing), label] for label, things in topics.items()
+                         for thing in things for frame in frames)
+    config = {"output_dir": str(tmp_path / "run"), "model": {"source": "demo:minilm"},
+              "data": {"train": str(path), "validation_split": 0.25, "max_length": 32},
+              "training": {"max_steps": 1, "per_device_train_batch_size": 8}}
+    features = tunesmith.finetune(config, quiet=True).baseline["features"]
+    assert features["probe"] == "logistic regression" and features["train_rows"] == 30
+    assert features["accuracy"] >= 0.9  # sentence embeddings keep topics apart before any training

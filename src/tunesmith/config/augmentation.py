@@ -18,6 +18,10 @@ class AugmentationConfig(Section):
     """Images: training augmentation. `none`: resize and centre crop, as in evaluation; `light`:
     random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
     (0.08-1), flip, RandAugment and random erasing. Evaluation always resizes and centre-crops."""
+    hflip: bool = True
+    """Images: whether the `light` and `strong` presets flip training images left-right at random
+    (probability 0.5). Turn it off where a mirror image means something else: text, digits, road
+    signs, left/right body parts."""
     auto_augment: str | None = None
     """Replace the preset's policy: a timm string (`rand-m9-mstd0.5-inc1`, `augmix-m5`), `trivial`
     (TrivialAugment) or `none`."""

@@ -6,24 +6,43 @@ gathering one batch from all processes gives its rows in the sampler's order. Ou
 halves the evaluation batch and starts the evaluation again; evaluation draws no random numbers,
 so the training run is unaffected. `evaluate --by` scores each value of a column separately
 (`grouped_metrics`).
+
+The `baseline` record (`baseline_scores`) is the model before training. Where the task's head
+starts untrained on a pre-trained backbone, that score is chance by construction, so the record
+also holds `features`: a logistic regression on the frozen backbone's pooled features
+(`feature_probe`), what the pre-trained model already knows before its head learns anything.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tunesmith.data.labelled import sample
+from tunesmith.engine.batching import make_loader
 from tunesmith.engine.oom import is_out_of_memory, shrink_eval_batch
 from tunesmith.errors import DataError
 
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+
+log = logging.getLogger("tunesmith")
+
+# The features probe reads at most this many training rows (a seeded sample): a forward pass
+# over them and the validation rows, without gradients, costs less than a training epoch.
+PROBE_ROWS = 2000
 
 def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
                     on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
@@ -131,3 +150,85 @@ def grouped_metrics(task, outputs: np.ndarray, labels: np.ndarray, groups: list[
 def plain_json(value: Any) -> Any:
     """`json.dumps` default: numpy scalars and arrays as numbers and lists."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accelerator: Accelerator,
+                    config: RunConfig) -> dict[str, Any]:
+    """The `baseline` record: `evaluate` of the model before training, plus `features`
+    (`feature_probe`) where the task's head starts untrained."""
+    results = evaluate(model, loader, task, accelerator)
+    features = feature_probe(accelerator.unwrap_model(model), task, eval_data, accelerator, config)
+    return {**results, "features": features} if features is not None else results
+
+
+def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, config: RunConfig) -> dict[str, Any] | None:
+    """The task's metrics of a linear probe on the frozen backbone's pooled features: a logistic
+    regression fitted on (up to `PROBE_ROWS`) training rows, scored on the validation rows.
+
+    Only for a task that opts in (`fresh_head` true and a `pooled_features` hook; see the Task
+    protocol) and has training rows. Every process computes the same numbers on its own device,
+    so nothing is gathered. Running out of memory skips the probe: it never stops a run.
+    """
+    if not getattr(task, "fresh_head", False) or not hasattr(task, "pooled_features") or task.train_rows is None:
+        return None
+    started = time.perf_counter()
+    rows = sample(task.train_rows, PROBE_ROWS, config.training.seed)
+    counted = copy.deepcopy(task.truncated)  # these rows were counted when training's inputs were built
+    train_data = task.dataset(rows, train=False)
+    task.truncated = counted
+    try:
+        train_x, train_y = _pooled(model, task, train_data, accelerator, config)
+        val_x, val_y = _pooled(model, task, eval_data, accelerator, config)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        log.warning("out of memory while scoring the pre-trained features; the baseline has no linear-probe score")
+        return None
+    metrics = task.metrics(linear_probe(train_x, train_y, val_x, len(task.label_names)), val_y.numpy())
+    probe = {"probe": "logistic regression", "train_rows": len(rows),
+             **{m: metrics[m] for m in task.metric_names if m in metrics},
+             "seconds": round(time.perf_counter() - started, 2)}
+    log.info("pre-trained features (logistic regression on %d training rows): %s", len(rows),
+             ", ".join(f"{m} {probe[m]:.4f}" for m in task.metric_names if m in probe))
+    return probe
+
+
+@torch.no_grad()
+def _pooled(model: nn.Module, task, data, accelerator: Accelerator, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
+    does not matter, as labels travel with their features."""
+    t = config.training
+    loader = make_loader(data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
+                         lengths=task.lengths(data), num_workers=t.dataloader_num_workers)
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    try:
+        for batch in loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                features.append(task.pooled_features(model, batch).float().cpu())
+            labels.append(batch["labels"].cpu())
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(features), torch.cat(labels)
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(Q, num_classes) probabilities of a logistic regression on L2-normalised features.
+
+    A linear probe, not a k-NN: a text encoder's nearest neighbours share a topic more than a
+    label (on the quickstart's reviews a 5-NN scores 0.53, this 0.68, the head fine-tuned 0.85).
+    C stays at sklearn's 1.0: tuning it on the validation rows would flatter the score.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, query = F.normalize(train_x, dim=1).numpy(), train_y.numpy(), F.normalize(query_x, dim=1).numpy()
+    probs = np.zeros((len(query), num_classes))
+    if len(np.unique(y)) < 2:  # the sampled rows hold one class: that is all a probe could say
+        probs[:, y[0]] = 1.0
+        return probs
+    fitted = LogisticRegression(C=1.0, max_iter=1000).fit(x, y)
+    probs[:, fitted.classes_] = fitted.predict_proba(query)  # classes missing from the sample keep 0
+    return probs

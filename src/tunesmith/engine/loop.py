@@ -1,12 +1,11 @@
 """The training loop: one function, top to bottom, on Accelerate.
 
-`fit` evaluates the pre-trained model, then trains with the strategy's frozen groups and
-per-group learning rates; it evaluates per epoch or every N steps, keeps the best model, writes
-step checkpoints, stops early when the chosen metric stalls, and finally restores the best
-weights. A checkpoint captures the whole loop (position in the epoch, running sums, random
-generators, early-stopping and unfreezing state), so a resumed run continues exactly as an
-uninterrupted one would. Non-finite losses and SIGTERM/Ctrl-C are handled between steps; out of
-memory in a step redoes that step's rows in smaller micro-batches (engine/oom.py).
+`fit` evaluates the pre-trained model (under a new head also its features, engine/evaluation.py), then trains
+with the strategy's frozen groups and per-group learning rates; it evaluates per epoch or every N steps, keeps
+the best model, writes step checkpoints, stops early when the chosen metric stalls, and finally restores the
+best weights. A checkpoint captures the whole loop (epoch position, running sums, random generators, early
+stopping and unfreezing state), so a resumed run continues exactly as an uninterrupted one would. Non-finite
+losses and SIGTERM/Ctrl-C are handled between steps; out of memory in a step redoes its rows in smaller micro-batches.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from tunesmith.config import RunConfig
 from tunesmith.engine.activation_cache import ActivationCache, plan_cache
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.checkpoint import check_state_keys, load_checkpoint, save_checkpoint
-from tunesmith.engine.evaluation import evaluate
+from tunesmith.engine.evaluation import baseline_scores, evaluate
 from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng, restore_rng
@@ -131,7 +130,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                                    saved, t.save_total_limit, weights)
         return path
 
-    baseline = history.find("baseline") or record("baseline", evaluate(model, eval_loader, task, accelerator))
+    baseline = history.find("baseline") or record(
+        "baseline", baseline_scores(model, eval_loader, eval_data, task, accelerator, config))
     best_entry = history.find_step("eval", state.best_step)
     running_loss = torch.tensor(state.running_loss, device=accelerator.device)
     window_loss = torch.zeros((), device=accelerator.device)

@@ -46,6 +46,7 @@ class HFModel:
         self.resolved = resolve_source(model.source, model.trust_remote_code)
         self.read_tokenizer = tokenizer
         self.tokenizer: Any = None
+        self.fresh_head = False  # set by build: head tensors missing from (or mis-shaped in) the weights
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -89,7 +90,7 @@ class HFModel:
             model, info = auto.from_pretrained(
                 self.resolved.location, ignore_mismatched_sizes=new_head, output_loading_info=True,
                 **(head or {}), **self.dropout(), **self.kwargs, **load)
-        check_weights_fit(model, info, self.resolved)
+        self.fresh_head = check_weights_fit(model, info, self.resolved) > 0
         return model
 
     def load_trained(self, **load: Any) -> nn.Module:
@@ -112,18 +113,23 @@ class HFModel:
         return transformer_layer_groups(model)
 
 
-def check_weights_fit(model: nn.Module, info: dict[str, Any], resolved: ResolvedSource) -> None:
+def check_weights_fit(model: nn.Module, info: dict[str, Any], resolved: ResolvedSource) -> int:
     """Refuses a load that left backbone tensors at random initialization.
 
     Missing head tensors are expected (a new head for the task's labels); unexpected tensors are the
     source's own heads (an MLM or pre-training head) and are dropped, as transformers does.
 
+    Returns:
+        How many tensors start from random initialization: missing ones, and mis-shaped ones
+        (a head fine-tuned on another number of labels) that `ignore_mismatched_sizes` re-drew.
+
     Raises:
         ModelSourceError: tensors outside the head are missing from the weights file.
     """
     missing, unexpected = list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or [])
+    redrawn = len(info.get("mismatched_keys") or [])
     if not missing:
-        return
+        return redrawn
     head = {name for name, _ in transformer_layer_groups(model)[-1].params}
     tied = set(getattr(model, "all_tied_weights_keys", None) or [])
     backbone = [k for k in missing if k not in head and k not in tied]
@@ -134,4 +140,6 @@ def check_weights_fit(model: nn.Module, info: dict[str, Any], resolved: Resolved
             f"tensors are missing from the file (e.g. {', '.join(backbone[:3])}) and {len(unexpected)} tensors in the "
             "file are unexpected. It would train from random weights. Check model.source (a damaged or foreign "
             "weights file), or set model.pretrained: false to train from scratch on purpose")
-    log.info("%s: new %s (%d tensors) start from random initialization", resolved.name, "head", len(missing))
+    new = [k for k in missing if k not in tied]
+    log.info("%s: new %s (%d tensors) start from random initialization", resolved.name, "head", len(new))
+    return len(new) + redrawn

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.models.sources import base_model_id
+from tunesmith.report.before_after import before_after_table, features_note
 from tunesmith.report.html import as_yaml
 
 
@@ -19,7 +20,10 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
                      final: dict[str, Any], facts: dict[str, Any], usage: str) -> None:
     t, s = config.training, config.strategy
     metrics = [m for m in config.task_schema.shown(final) if baseline.get(m) is not None]
-    rows = "\n".join(f"| {m} | {baseline[m]:.4f} | {final[m]:.4f} | {final[m] - baseline[m]:+.4f} |" for m in metrics)
+    headers, cells = before_after_table(baseline, final, metrics)
+    rows = "\n".join(f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *cells])
+    note = features_note(baseline)
+    note = f"\n{note}\n" if note else ""
     per_class = "\n".join(
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for name, v in final.get("per_class", {}).items()
@@ -61,9 +65,8 @@ Labels: {", ".join(data.get("labels", []))}
 
 ## Results on the validation split
 
-| metric | pre-trained | fine-tuned | change |
-|---|---|---|---|
 {rows}
+{note}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|

@@ -1,7 +1,8 @@
 """The run report: `report.html` in every run directory, one static page that reads offline.
 
 Sections: the run at a glance (data, model, settings, the full config), the pre-trained model
-against the fine-tuned one, the overfitting watch, the curves (loss, metrics, learning rate per
+(and, under a new head, a linear probe of its features: report/before_after.py) against the
+fine-tuned one, the overfitting watch, the curves (loss, metrics, learning rate per
 layer group, which groups trained when), the confusion matrix, the validation examples the model
 got most wrong, and the per-class table. It is built from what the run directory already holds
 (`metrics.jsonl`, `data.json`, `predictions_validation.jsonl`, `config.yaml`); the plots are also
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.report.before_after import before_after_table, features_note
 from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
@@ -89,15 +91,12 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
 def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: list[str], config: RunConfig) -> str:
     if not final:
         return "<p>The run has no final evaluation.</p>"
-    rows = []
-    for name in metrics:
-        before, after = baseline.get(name), final[name]
-        change = signed(after - before, name != "loss") if isinstance(before, int | float) else ""
-        rows.append([name, f"{before:.4f}" if isinstance(before, int | float) else "", f"{after:.4f}", change])
+    headers, rows = before_after_table(baseline, final, metrics, signed)
     note = (f"<p>Validation split, {config.training.metric_for_best_model} selects the best model. "
             "<i>Pre-trained</i> is the model before any training (with a new, untrained head where the "
             "source has none for these labels); <i>fine-tuned</i> is the best checkpoint, kept in best/.</p>")
-    return note + table(["metric", "pre-trained", "fine-tuned", "change"], rows)
+    features = features_note(baseline)
+    return note + (f"<p>{esc(features)}</p>" if features else "") + table(headers, rows)
 
 
 def _small_validation(data: dict[str, Any], config: RunConfig) -> str:

@@ -28,11 +28,14 @@ SKIP = {"step", "time", "best_step", "nan_skips"}
 
 
 def record_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """`phase/key` -> value for a record's finite numbers, plus `lr/<group>` for per-group rates."""
+    """`phase/key` -> value for a record's finite numbers, plus `lr/<group>` for per-group rates
+    and `baseline/features/<metric>` for the baseline's linear probe."""
     phase = record.get("phase", "record")
     scalars = {f"{phase}/{k}": float(v) for k, v in record.items()
                if k not in SKIP and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     scalars.update({f"lr/{group}": float(v) for group, v in (record.get("lrs") or {}).items()})
+    if record.get("features"):  # the baseline's linear probe of the pre-trained features (engine/evaluation.py)
+        scalars.update(record_scalars({**record["features"], "phase": f"{phase}/features"}))
     return scalars
 
 

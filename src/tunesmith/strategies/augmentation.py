@@ -51,7 +51,8 @@ def eval_transform(data_config: dict[str, Any]) -> Callable:
 
 
 def train_transform(data_config: dict[str, Any], aug: AugmentationConfig) -> Callable:
-    """The preset's random transforms, with `auto_augment` and `re_prob` overriding it when set."""
+    """The preset's random transforms, with `auto_augment` and `re_prob` overriding it when set and
+    `hflip: false` taking the preset's flip out."""
     from timm.data import create_transform
     from torchvision import transforms
 
@@ -61,7 +62,7 @@ def train_transform(data_config: dict[str, Any], aug: AugmentationConfig) -> Cal
     policy = preset.auto_augment if aug.auto_augment is None else aug.auto_augment
     policy = None if policy in ("none", "") else policy
     primary, secondary, final = create_transform(
-        input_size=data_config["input_size"], is_training=True, scale=preset.scale, hflip=preset.hflip,
+        input_size=data_config["input_size"], is_training=True, scale=preset.scale, hflip=preset.hflip if aug.hflip else 0.0,
         color_jitter=None, auto_augment=None if policy == "trivial" else policy,
         interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
         re_prob=preset.re_prob if aug.re_prob is None else aug.re_prob, re_mode="pixel", separate=True)

@@ -48,6 +48,11 @@ class Task(Protocol):
     label_names: list[str]
     truncated: Any
     """Inputs cut to fit so far: a count, or counts by kind (seq2seq: sources, targets)."""
+    fresh_head: bool
+    """Optional (opt-in, with `pooled_features`): set by `build_model`, true when the head starts
+    untrained on a pre-trained backbone, so the pre-trained model scores chance with it by
+    construction. The baseline then also scores the backbone's features with a linear probe
+    (engine/evaluation.py `feature_probe`). A task without it gets no such score."""
 
     def preflight(self) -> None:
         """Reads and checks all data; raises DataError before any weights load."""
@@ -77,6 +82,10 @@ class Task(Protocol):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, outputs) for a labelled batch."""
+
+    def pooled_features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Optional (with `fresh_head`): (B, D) features the head would read, one vector per row,
+        from the backbone as it is (the engine runs it in eval mode, without gradients)."""
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: ...
 

@@ -61,6 +61,7 @@ class ImageClassificationTask:
         self.data_config: dict[str, Any] = {}  # mean, std, input_size, crop_pct, interpolation
         self.channels_last = False
         self.truncated = 0  # images are resized, never cut
+        self.fresh_head = False  # build_model: the head starts untrained, so the baseline also probes the features
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -129,6 +130,9 @@ class ImageClassificationTask:
     def build_model(self) -> nn.Module:
         m = self.config.model
         model = create_timm_model(m.source, len(self.label_names), m.architecture, m.pretrained)
+        # create_timm_model zeroes every head it does not take from the weights (timm_models.zero_head):
+        # a zero head scores every class alike, chance by construction.
+        self.fresh_head = m.pretrained and not any(p.any() for p in model.get_classifier().parameters())
         return self._prepare(model)
 
     def load_trained(self) -> nn.Module:
@@ -206,6 +210,13 @@ class ImageClassificationTask:
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return model(pixels)  # (B, num_classes)
+
+    def pooled_features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) the backbone's pooled features, the classifier's input (timm's `pre_logits`)."""
+        pixels = batch["pixel_values"]
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return model.forward_head(model.forward_features(pixels), pre_logits=True)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)

@@ -56,6 +56,7 @@ class TextClassificationTask:
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
         self.untrained_head = False  # evaluate on a source with no classification head: scored as the baseline
+        self.fresh_head = False  # build_model: the head starts untrained, so the baseline also probes the features
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class TextClassificationTask:
         model = self.hf.build({"num_labels": len(names), "id2label": dict(enumerate(names)),
                                "label2id": {n: i for i, n in enumerate(names)}})
         self.tokenizer = self.hf.tokenizer
+        self.fresh_head = self.hf.fresh_head
         return model
 
     def load_trained(self) -> nn.Module:
@@ -204,6 +206,15 @@ class TextClassificationTask:
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, num_labels)
+
+    def pooled_features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H) the last hidden layer averaged over each row's real tokens: one rule for every
+        encoder (heads pool differently: BERT's pooler, RoBERTa's first token), and the pooling
+        sentence encoders such as MiniLM were trained with."""
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1), 0 on padding
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)

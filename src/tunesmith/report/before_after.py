@@ -1,0 +1,55 @@
+"""The before/after table of a run, one definition for the CLI, `report.html` and the model card.
+
+"Before" is the `baseline` record: the model as it is, before any training. Where the head starts
+untrained (a new head for these labels), that score is chance by construction, so the table says
+so in its header and adds the `features` score of the same record (engine/evaluation.py
+`feature_probe`): a logistic regression on the frozen pre-trained features, what the backbone
+already knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+FEATURES_COLUMN = "pre-trained features (linear probe)"
+
+
+def plain_change(delta: float, higher_is_better: bool) -> str:
+    return f"{delta:+.4f}"
+
+
+def before_after_table(baseline: dict[str, Any], final: dict[str, Any], metrics: list[str],
+                       change: Callable[[float, bool], Any] = plain_change) -> tuple[list[str], list[list[Any]]]:
+    """(headers, rows): a metric per row, its baseline, linear-probe (if any) and fine-tuned values and
+    the change from the baseline; `change(delta, higher_is_better)` formats the change cell.
+    A value the record does not have is an empty cell."""
+    features = baseline.get("features") or {}
+    headers = ["metric", "pre-trained, untrained head" if features else "pre-trained",
+               *([FEATURES_COLUMN] if features else []), "fine-tuned", "change"]
+    rows = []
+    for name in metrics:
+        before, after = _number(baseline.get(name)), _number(final.get(name))
+        probe = [_cell(_number(features.get(name)))] if features else []
+        delta = change(after - before, name != "loss") if before is not None and after is not None else ""
+        rows.append([name, _cell(before), *probe, _cell(after), delta])
+    return headers, rows
+
+
+def features_note(baseline: dict[str, Any]) -> str | None:
+    """What the linear-probe column measures, and why the untrained head's column is chance; None without one."""
+    features = baseline.get("features")
+    if not features:
+        return None
+    return (f"The head is new and untrained, so the pre-trained model scores about chance with it. Pre-trained "
+            f"features (linear probe): a {features['probe']} on the frozen backbone's features of "
+            f"{features['train_rows']} training rows, scored on the validation rows before any training: what "
+            "the pre-trained model already knows.")
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
