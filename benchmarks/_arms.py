@@ -41,7 +41,7 @@ def time_loop_extras() -> dict[str, list[float]]:
         return wrapped
 
     loop.evaluate = timed("evaluate", loop.evaluate)
-    loop._save_best, loop.save_checkpoint = timed("save", loop._save_best), timed("save", loop.save_checkpoint)
+    loop.save_best, loop.save_checkpoint = timed("save", loop.save_best), timed("save", loop.save_checkpoint)
     return spent
 
 

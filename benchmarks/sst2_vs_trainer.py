@@ -128,7 +128,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
 
     # Timers only (behaviour unchanged): which parts of the loop clock are not training steps.
     loop.evaluate = timer("evaluate", loop.evaluate)
-    loop._save_best = timer("save_best", loop._save_best)
+    loop.save_best = timer("save_best", loop.save_best)
     loop.save_checkpoint = timer("save_checkpoint", loop.save_checkpoint)
     started = [0.0]
     original_update = ProgressDisplay.update
@@ -171,8 +171,9 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = tunesmith.finetune(config, quiet=True)
     wall = time.perf_counter() - start
-    # evaluate() runs: baseline (before the clock), at the last step (inside it), final (after it).
-    in_loop = timed["evaluate"][1:-1] + timed["save_best"] + timed["save_checkpoint"]
+    # loop.evaluate() runs at the last step (inside the clock) and for the final record (after it); the
+    # baseline, before the clock, goes through evaluation.baseline_scores.
+    in_loop = timed["evaluate"][:-1] + timed["save_best"] + timed["save_checkpoint"]
     not_steps, not_steps_cpu = sum(w for w, _ in in_loop), sum(c for _, c in in_loop)
     steps_only = result.train_seconds - not_steps
     samples = round(result.samples_per_second * result.train_seconds)

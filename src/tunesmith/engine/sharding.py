@@ -78,7 +78,8 @@ def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path) -> N
     # Tied copies are not saved; `all_tied_weights_keys` also names those of sub-models (an EncoderDecoderModel's decoder).
     tied = set(getattr(unwrapped, "all_tied_weights_keys", None) or getattr(unwrapped, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
-        raise RuntimeError(f"best model does not match the trained model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"{run_dir / 'best'} does not match the trained model (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}): best/ was changed or written by another run; train again")
 
 
 def refuse_sharded_resume(accelerator: Accelerator, path: Path) -> None:
