@@ -41,6 +41,16 @@ def test_a_head_taken_from_the_weights_gets_no_probe(color_images):
     assert feature_probe(model, task, task.dataset(task.eval_rows, train=False), Accelerator(cpu=True), config) is None
 
 
+def test_sharded_weights_get_no_probe(color_images):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    config, task, model = image_task(color_images)
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)  # the unwrapped model is one shard of it
+    assert feature_probe(model, task, task.dataset(task.eval_rows, train=False), fsdp, config) is None
+
+
 def test_the_probe_does_not_count_truncated_training_texts_twice(tiny_bert, reviews):
     config = load_config({"model": {"source": str(tiny_bert)}, "data": {"train": str(reviews), "max_length": 8,
                                                                         "max_train_samples": 40, "max_eval_samples": 10}})
