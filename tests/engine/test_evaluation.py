@@ -52,8 +52,8 @@ def test_sharded_weights_get_no_probe(color_images):
 
 
 def test_the_probe_does_not_count_truncated_training_texts_twice(tiny_bert, reviews):
-    config = load_config({"model": {"source": str(tiny_bert)}, "data": {"train": str(reviews), "max_length": 8,
-                                                                        "max_train_samples": 40, "max_eval_samples": 10}})
+    data = {"train": str(reviews), "max_length": 8, "max_train_samples": 40, "max_eval_samples": 10}
+    config = load_config({"model": {"source": str(tiny_bert)}, "data": data})
     task = get_task(config)
     task.preflight()
     model = task.build_model()

@@ -165,7 +165,8 @@ def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accel
     return {**results, "features": features} if features is not None else results
 
 
-def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, config: RunConfig) -> dict[str, Any] | None:
+def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator,
+                  config: RunConfig) -> dict[str, Any] | None:
     """The task's metrics of a linear probe on the frozen backbone's pooled features: a logistic
     regression fitted on (up to `PROBE_ROWS`) training rows, scored on the validation rows.
 
@@ -203,7 +204,8 @@ def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, c
 
 
 @torch.no_grad()
-def _pooled(model: nn.Module, task, data, accelerator: Accelerator, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled(model: nn.Module, task, data, accelerator: Accelerator,
+            config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
     does not matter, as labels travel with their features."""
     t = config.training
