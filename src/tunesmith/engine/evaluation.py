@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,6 +44,9 @@ log = logging.getLogger("tunesmith")
 # The features probe reads at most this many training rows (a seeded sample): a forward pass
 # over them and the validation rows, without gradients, costs less than a training epoch.
 PROBE_ROWS = 2000
+# Each process holds a slice of every parameter: the unwrapped model cannot run on its own.
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
 
 def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
                     on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
@@ -161,15 +165,21 @@ def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accel
     return {**results, "features": features} if features is not None else results
 
 
-def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, config: RunConfig) -> dict[str, Any] | None:
+def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator,
+                  config: RunConfig) -> dict[str, Any] | None:
     """The task's metrics of a linear probe on the frozen backbone's pooled features: a logistic
     regression fitted on (up to `PROBE_ROWS`) training rows, scored on the validation rows.
 
     Only for a task that opts in (`fresh_head` true and a `pooled_features` hook; see the Task
     protocol) and has training rows. Every process computes the same numbers on its own device,
-    so nothing is gathered. Running out of memory skips the probe: it never stops a run.
+    so nothing is gathered; under FSDP or DeepSpeed (sharded weights) there is no probe. Running
+    out of memory skips the probe: it never stops a run.
     """
     if not getattr(task, "fresh_head", False) or not hasattr(task, "pooled_features") or task.train_rows is None:
+        return None
+    if accelerator.distributed_type in SHARDED:
+        log.info("no linear probe of the pre-trained features: the weights are sharded (%s)",
+                 accelerator.distributed_type.value)
         return None
     started = time.perf_counter()
     rows = sample(task.train_rows, PROBE_ROWS, config.training.seed)
@@ -194,7 +204,8 @@ def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator, c
 
 
 @torch.no_grad()
-def _pooled(model: nn.Module, task, data, accelerator: Accelerator, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled(model: nn.Module, task, data, accelerator: Accelerator,
+            config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
     does not matter, as labels travel with their features."""
     t = config.training
