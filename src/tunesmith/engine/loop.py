@@ -81,14 +81,8 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     t, s = config.training, config.strategy
     metric, greater = t.metric_for_best_model, config.greater_is_better
     groups = task.layer_groups(model)
-    train_data, eval_data = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
-    world = accelerator.num_processes  # loaders build whole-world batches; Accelerate splits them
-    train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
-                               lengths=task.lengths(train_data), group_by_length=t.group_by_length,
-                               num_workers=t.dataloader_num_workers, with_index=True,
-                               accumulation=t.gradient_accumulation_steps)
-    eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
-                              lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
+    world = accelerator.num_processes
+    train_data, eval_data, train_loader, eval_loader = _loaders(task, config, world)
     sampler = train_loader.batch_sampler
     steps_per_epoch = max(1, math.ceil(len(sampler) / t.gradient_accumulation_steps))
     total_steps = t.max_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
@@ -226,6 +220,19 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     final = record("final", evaluate(model, eval_loader, task, accelerator, predictions), best_step=state.best_step,
                    nan_skips=state.nan_skips)
     return FitResult(baseline, best_entry, final, state, steps_per_epoch)
+
+
+def _loaders(task, config: RunConfig, world: int):
+    """(train data, eval data, train loader, eval loader); loaders build whole-world batches, Accelerate splits them."""
+    t = config.training
+    train_data, eval_data = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
+    train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
+                               lengths=task.lengths(train_data), group_by_length=t.group_by_length,
+                               num_workers=t.dataloader_num_workers, with_index=True,
+                               accumulation=t.gradient_accumulation_steps)
+    eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
+                              lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
+    return train_data, eval_data, train_loader, eval_loader
 
 
 def _activation_cache(config: RunConfig, task, model, groups, train_data, world: int, run_dir: Path,
