@@ -104,10 +104,11 @@ def test_real_entity_types_are_learned_from_conll(shared_data, tmp_path):
     raw = {"task": "multi-label-classification", "output_dir": str(tmp_path / "run"),
            "data": {"train": write_csv(tmp_path / "t.csv", rows("train", 1200)),
                     "validation": write_csv(tmp_path / "v.csv", rows("dev", 300)), "max_length": 64},
-           "training": {"num_train_epochs": 2, "learning_rate": 1e-4, "per_device_train_batch_size": 32}}
+           "training": {"num_train_epochs": 3, "learning_rate": 5e-4, "per_device_train_batch_size": 32}}
     result = tunesmith.finetune(raw, quiet=True)
-    assert result.final["micro_f1"] > result.baseline["micro_f1"] + 0.2
-    assert result.final["micro_f1"] > 0.6
+    # Measured: micro-F1 0.431 -> 0.636, subset accuracy 0.053 -> 0.437 (predicting every type scores ~0.45).
+    assert result.final["micro_f1"] > result.baseline["micro_f1"] + 0.15
+    assert result.final["micro_f1"] > 0.58 and result.final["subset_accuracy"] > 0.35
 
 
 def contract_case(request, make) -> dict:
