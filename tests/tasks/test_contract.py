@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tunesmith.config import load_config
-from tunesmith.tasks import available_tasks, get_task
+from tunesmith.tasks import EpochDataset, available_tasks, get_task
 
 WORDS = ["apple", "river", "stone", "cloud", "forest", "candle"]
 
@@ -83,6 +83,9 @@ def test_task_contract(name, request, tmp_path):
     check_layer_groups(task.layer_groups(model), model)
     model.train()
     data = task.dataset(task.train_rows, train=True)
+    # The engine calls per-epoch hooks on an EpochDataset only: one hook without the others is never called.
+    hooks = [h for h in ("set_epoch", "varies_by_epoch", "inputs_needed", "preferred_workers") if hasattr(data, h)]
+    assert isinstance(data, EpochDataset) or not hooks, f"{type(data).__name__} has {hooks} but is no EpochDataset"
     loss, _ = task.loss(model, task.collate([data[i] for i in range(4)]))
     assert torch.isfinite(loss), loss
     loss.backward()

@@ -17,11 +17,16 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.comparison.arms import ArmResult, run_arm
 from tunesmith.config import RunConfig
 from tunesmith.data.labelled import nested_fractions, write_jsonl
+
+from tunesmith.tasks import read_rows
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
 
 log = logging.getLogger("tunesmith")
 
@@ -37,18 +42,18 @@ class CurvePoint:
     result: ArmResult
 
 
-def learning_curve(config: RunConfig, task, folder: Path, table: dict[str, ArmResult], quiet: bool) -> list[CurvePoint]:
+def learning_curve(config: RunConfig, task: Task, folder: Path, table: dict[str, ArmResult], quiet: bool) -> list[CurvePoint]:
     """Trains every curve arm at every fraction and seed; reuses the table's runs for (1.0, first seed).
 
     `task` is the config's task after `preflight()`: its training and validation rows are the
     ones every point is cut from and scored on.
     """
     c, label_column = config.compare, config.data.label_column
-    validation = write_jsonl(task.eval_rows, label_column, folder / "data" / "validation.jsonl")
+    validation = write_jsonl(read_rows(task.eval_rows, "validation"), label_column, folder / "data" / "validation.jsonl")
     points = []
     for repeat in range(c.seeds):
         seed = config.training.seed + repeat
-        for fraction, rows in nested_fractions(task.train_rows, c.fractions, seed).items():
+        for fraction, rows in nested_fractions(read_rows(task.train_rows, "training"), c.fractions or [], seed).items():
             train = write_jsonl(rows, label_column, folder / "data" / f"train-seed{seed}-{fraction:g}.jsonl")
             data = _data_overrides(train, validation, seed)
             for arm in c.curve_arms:

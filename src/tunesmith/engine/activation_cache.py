@@ -22,7 +22,7 @@ applied to the cached value again and change it). If it does not, the cache turn
 Token rows (text) are stored unpadded in one flat float32 buffer (tokens x hidden); fixed-shape
 rows (image feature maps) as one (rows, ...) buffer. The buffer is in memory or, above
 `activation_cache_max_gb`, a disk-backed memmap in the run directory. During replayed epochs a
-dataset with an `inputs_needed` attribute is told it may skip loading the inputs (images are not
+dataset that is an `EpochDataset` (tasks/__init__.py) is told it may skip loading the inputs (images are not
 decoded).
 """
 
@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.config import RunConfig
 from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.tasks import EpochDataset, Examples, Task
 
 log = logging.getLogger("tunesmith")
 AUGMENTED = "training inputs change between epochs (augmentation)"
@@ -59,11 +61,12 @@ class ActivationCache:
         """`lengths`: tokens per row for token rows (text), None for fixed-shape rows (images)."""
         self.groups, self.depth = groups, depth
         self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
-        self.offsets = None if lengths is None else np.concatenate([[0], np.cumsum(self.lengths)])
+        self.offsets = None if self.lengths is None else np.concatenate([[0], np.cumsum(self.lengths)])
         self.filled = np.zeros(rows, dtype=bool)
         self.memory_limit_bytes, self.folder = memory_limit_bytes, folder
         self.buffer: torch.Tensor | None = None  # allocated at the first recorded batch, when shapes are known
-        self.on_disk, self.path, self.channels_last = False, None, False
+        self.on_disk, self.channels_last = False, False
+        self.path: Path | None = None  # the memmap file, when the buffer is on disk
         self.usable, self.checked = True, False
         self.real_input: tuple | None = None  # (module, input): where the real forward entered the trainable top
 
@@ -76,8 +79,9 @@ class ActivationCache:
         where the frozen prefix hands over."""
         return [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self.groups[self.depth].modules]
 
-    def _allocate(self, values: torch.Tensor) -> None:
-        if self.lengths is not None:
+    def _allocate(self, values: torch.Tensor) -> torch.Tensor:
+        shape: tuple[int, ...]
+        if self.offsets is not None:
             shape = (int(self.offsets[-1]), values.shape[-1])  # tokens x hidden
         else:
             shape = (len(self.filled), *values.shape[1:])
@@ -85,38 +89,44 @@ class ActivationCache:
         self.on_disk = size > self.memory_limit_bytes
         if self.on_disk:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.path = self.folder / f"activations-depth{self.depth}.f32"
-            self.buffer = torch.from_numpy(np.memmap(self.path, np.float32, "w+", shape=shape))
-            weakref.finalize(self, self.path.unlink, missing_ok=True)  # the file goes with the run's cache
+            self.path = path = self.folder / f"activations-depth{self.depth}.f32"
+            self.buffer = torch.from_numpy(np.memmap(path, np.float32, "w+", shape=shape))
+            weakref.finalize(self, path.unlink, missing_ok=True)  # the file goes with the run's cache
         else:
             self.buffer = torch.empty(shape, dtype=torch.float32)
         log.info("activation cache: %s frozen; caching their outputs (%.0f MB %s) from the next epoch on",
                  ", ".join(g.name for g in self.groups[: self.depth]), size / 2**20,
                  "on disk" if self.on_disk else "in memory")
+        return self.buffer
 
     def _store(self, rows: list[int], values: torch.Tensor) -> None:
-        if self.buffer is None:
-            self._allocate(values)
+        buffer = self.buffer
+        if buffer is None:
+            buffer = self._allocate(values)
             # Replayed feature maps keep the recorded memory layout: convolution kernels, and so the
             # last bits of their results, differ between NCHW and channels-last inputs.
             self.channels_last = values.dim() == 4 and values.is_contiguous(memory_format=torch.channels_last)
-        if self.lengths is None:
-            self.buffer[torch.tensor(rows)] = values
+        lengths, offsets = self.lengths, self.offsets
+        if lengths is None or offsets is None:
+            buffer[torch.tensor(rows)] = values
         else:
             for b, row in enumerate(rows):
-                start, n = int(self.offsets[row]), int(self.lengths[row])
-                self.buffer[start : start + n] = values[b, :n]
+                start, n = int(offsets[row]), int(lengths[row])
+                buffer[start : start + n] = values[b, :n]
         self.filled[rows] = True
 
     def _rows(self, indices: torch.Tensor, seq_len: int | None) -> torch.Tensor:
         """The cached outputs of these rows as one batch: (B, ...), token rows zero-padded to seq_len."""
-        if self.lengths is None:
-            rows = self.buffer[indices]
+        buffer, lengths, offsets = self.buffer, self.lengths, self.offsets
+        if buffer is None:  # replay comes only after a recorded epoch
+            raise RuntimeError("activation cache: replay before any row was recorded")
+        if lengths is None or offsets is None or seq_len is None:
+            rows = buffer[indices]
             return rows.contiguous(memory_format=torch.channels_last) if self.channels_last else rows
-        hidden = torch.zeros((len(indices), seq_len, self.buffer.shape[1]), dtype=torch.float32)
+        hidden = torch.zeros((len(indices), seq_len, buffer.shape[1]), dtype=torch.float32)
         for b, row in enumerate(indices.tolist()):
-            start, n = int(self.offsets[row]), int(self.lengths[row])
-            hidden[b, :n] = self.buffer[start : start + n]
+            start, n = int(offsets[row]), int(lengths[row])
+            hidden[b, :n] = buffer[start : start + n]
         return hidden
 
     @contextlib.contextmanager
@@ -188,14 +198,14 @@ class ActivationCache:
             for module in frozen:
                 del module.forward
 
-    def prepare_epoch(self, dataset, mode: str | None) -> None:
-        """Tells a dataset that can skip loading inputs (`inputs_needed`) whether this epoch needs them."""
-        if hasattr(dataset, "inputs_needed"):
+    def prepare_epoch(self, dataset: Examples, mode: str | None) -> None:
+        """Tells an `EpochDataset` (it can skip loading inputs) whether this epoch needs them."""
+        if isinstance(dataset, EpochDataset):
             dataset.inputs_needed = mode != "replay"
 
     def release(self) -> None:
         self.buffer = None
-        if self.on_disk:
+        if self.on_disk and self.path is not None:
             self.path.unlink(missing_ok=True)
 
 
@@ -221,11 +231,12 @@ def _pass_through(hidden_states, *args, **kwargs):
     return hidden_states
 
 
-def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, lowest_trainable_by_epoch) -> int:
+def plan_cache(config: RunConfig, task: Task, groups: list[LayerGroup], train_data: Examples, world: int,
+               lowest_trainable_by_epoch: list[int]) -> int:
     """Depth (number of frozen groups) to cache, or 0 when caching is off, unsafe or pointless.
 
-    Safe only when: the task declares support, inputs are not randomly augmented (the dataset has
-    no per-epoch state, or says `varies_by_epoch` is false), the frozen prefix is the same in at
+    Safe only when: the task declares support, inputs are not randomly augmented (the dataset is
+    a plain sequence, or an `EpochDataset` whose `varies_by_epoch` is false), the frozen prefix is the same in at
     least two epochs, and one process trains (under DDP each process sees other rows every epoch).
     """
     if config.training.activation_cache == "off":
@@ -233,7 +244,7 @@ def plan_cache(config, task, groups: list[LayerGroup], train_data, world: int, l
     reasons = []
     if not task.supports_activation_cache:
         reasons.append(f"the {config.task} task does not support it")
-    if getattr(train_data, "varies_by_epoch", hasattr(train_data, "start_epoch") or hasattr(train_data, "set_epoch")):
+    if isinstance(train_data, EpochDataset) and train_data.varies_by_epoch:
         reasons.append(AUGMENTED)
     if world > 1:
         reasons.append("several processes train")

@@ -17,7 +17,7 @@ import gc
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -27,10 +27,15 @@ from tunesmith.config import RunConfig
 from tunesmith.errors import GPUMemoryError
 from tunesmith.strategies.freezing import apply_freezing, freeze_floor
 
+from tunesmith.tasks import read_rows
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
+
 log = logging.getLogger("tunesmith")
 
 
-def fit_batch_size(task, model, config: RunConfig, accelerator: Accelerator) -> RunConfig:
+def fit_batch_size(task: Task, model, config: RunConfig, accelerator: Accelerator) -> RunConfig:
     """The config with the largest micro-batch that fits and the accumulation that keeps the effective batch.
 
     Raises:
@@ -95,7 +100,7 @@ def keep_effective_batch(config: RunConfig, fits: int) -> RunConfig:
     return config.model_copy(update={"training": training})
 
 
-def probe(task, model, rows: list[Any], accelerator: Accelerator, config: RunConfig) -> None:
+def probe(task: Task, model, rows: list[Any], accelerator: Accelerator, config: RunConfig) -> None:
     """One forward and backward pass on `rows` with every group that will ever train unfrozen.
 
     Raises:
@@ -120,16 +125,16 @@ def probe(task, model, rows: list[Any], accelerator: Accelerator, config: RunCon
             model.zero_grad(set_to_none=True)
 
 
-def forward_backward(task, model, batch: dict[str, Any], accelerator: Accelerator) -> None:
+def forward_backward(task: Task, model, batch: dict[str, Any], accelerator: Accelerator) -> None:
     with accelerator.autocast():
         loss, _ = task.loss(model, batch)
     loss.backward()
 
 
-def longest_examples(task, count: int) -> list[Any]:
+def longest_examples(task: Task, count: int) -> list[Any]:
     """Model inputs of the `count` longest training rows (by characters), longest first: the
     batch that needs the most memory. Only these rows are encoded."""
-    rows = task.train_rows
+    rows = read_rows(task.train_rows, "training")
     chars = [sum(len(str(column[i])) for column in rows.inputs.values()) for i in range(len(rows))]
     longest = sorted(range(len(rows)), key=lambda i: -chars[i])[:count]
     truncated = copy.deepcopy(task.truncated)  # a copy: seq2seq counts in a dict it mutates

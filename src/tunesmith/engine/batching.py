@@ -13,10 +13,12 @@ running out of memory (engine/oom.py) continues on the same rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tunesmith.tasks import EpochDataset, Examples
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -90,33 +92,41 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return batches
 
 
-def make_loader(dataset: Sequence[Any], collate: Callable, batch_size: int, seed: int, train: bool,
+class GroupedLoader(DataLoader):
+    """A DataLoader whose batches come from a `GroupedBatchSampler` (only the type says more)."""
+
+    batch_sampler: GroupedBatchSampler
+
+
+def make_loader(dataset: Examples, collate: Callable, batch_size: int, seed: int, train: bool,
                 lengths: Sequence[int] | None = None, group_by_length: bool = True,
-                num_workers: int | None = None, with_index: bool = False, accumulation: int = 1) -> DataLoader:
+                num_workers: int | None = None, with_index: bool = False, accumulation: int = 1) -> GroupedLoader:
     """A DataLoader with a `GroupedBatchSampler`; evaluation batches are unshuffled (length-sorted
     when lengths are given). Without lengths, batching falls back to plain seeded shuffling.
-    `num_workers=None` takes the dataset's `preferred_workers` (0 when it has none: in-memory rows).
+    `num_workers=None` takes an `EpochDataset`'s `preferred_workers` (0 for other datasets: in-memory rows).
     `with_index` adds each batch's row indices as `batch["_index"]` (the activation cache keys on them).
     `accumulation`: micro-batches per optimizer step (the order depends on `batch_size x accumulation` only)."""
     if num_workers is None:
-        num_workers = getattr(dataset, "preferred_workers", 0)
+        num_workers = dataset.preferred_workers if isinstance(dataset, EpochDataset) else 0
+    source: Examples = dataset
     if with_index:
-        dataset, collate = _Indexed(dataset), _IndexedCollate(collate)
+        source, collate = _Indexed(dataset), _IndexedCollate(collate)
     grouped = group_by_length and lengths is not None
     lengths = lengths if lengths is not None else [0] * len(dataset)
     sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped,
                                   accumulation=accumulation)
     # An own generator, so creating an epoch's iterator never draws from the global torch RNG
     # (which would shift dropout after a resume).
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    # A plain sequence is all a DataLoader needs (it only indexes it); torch types it as Dataset.
+    return GroupedLoader(cast(Dataset, source), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 class _Indexed:
     """A dataset whose items carry their index. It deliberately has no `set_epoch`: Accelerate
     calls that with its own iteration count, and the loop sets the epoch on the real dataset."""
 
-    def __init__(self, dataset: Sequence[Any]):
+    def __init__(self, dataset: Examples):
         self.dataset = dataset
 
     def __len__(self) -> int:

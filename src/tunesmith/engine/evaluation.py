@@ -35,9 +35,11 @@ from tunesmith.data.labelled import sample
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.oom import is_out_of_memory, shrink_eval_batch
 from tunesmith.errors import DataError
+from tunesmith.tasks import read_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import RunConfig
+    from tunesmith.tasks import Task
 
 log = logging.getLogger("tunesmith")
 
@@ -48,7 +50,11 @@ PROBE_ROWS = 2000
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
+
+
+def collect_outputs(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
                     on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """Returns (outputs in original row order, labels or None, mean loss or None).
 
@@ -65,7 +71,7 @@ def collect_outputs(model: nn.Module, loader: DataLoader, task, accelerator: Acc
 
 
 @torch.no_grad()
-def _collect(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
+def _collect(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
              on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     was_training = model.training
     model.eval()
@@ -84,7 +90,7 @@ def _collect(model: nn.Module, loader: DataLoader, task, accelerator: Accelerato
     return stacked, y, float(accelerator.reduce(loss_sum, "sum") / accelerator.reduce(count, "sum").clamp(min=1))
 
 
-def _run_batches(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
+def _run_batches(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
                  on_rows: Callable[[int], None] | None = None):
     outputs, labels = [], []
     loss_sum, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
@@ -108,19 +114,22 @@ def _sampler(loader: DataLoader):
     return getattr(sampler, "batch_sampler", sampler)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, task, accelerator: Accelerator,
+def evaluate(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
              predictions_file: Path | None = None) -> dict[str, Any]:
     """Loss plus the task's metrics on a labelled loader of `task.eval_rows`; with
     `predictions_file`, also writes each row's prediction there (for the report's worst examples)."""
     outputs, labels, loss = collect_outputs(model, loader, task, accelerator)
     if predictions_file is not None:
         write_predictions(predictions_file, task, outputs)
+    if labels is None:
+        raise DataError(f"{read_rows(task.eval_rows, 'validation').source}: the rows have no labels; evaluation "
+                        "scores predictions against each row's label")
     return {"loss": loss, **task.metrics(outputs, labels)}
 
 
-def write_predictions(path: Path, task, outputs: np.ndarray) -> None:
+def write_predictions(path: Path, task: Task, outputs: np.ndarray) -> None:
     """One JSONL record per evaluated row: its file line, the true label and the task's prediction."""
-    rows = task.eval_rows
+    rows = read_rows(task.eval_rows, "validation")
     with path.open("w", encoding="utf-8") as f:
         for line, true, record in zip(rows.lines, rows.labels, task.predictions(rows, outputs)):
             f.write(json.dumps({"line": line, "true_label": true, **record}, ensure_ascii=False) + "\n")
@@ -141,7 +150,7 @@ def group_values(rows, column: str) -> list[str]:
     return [str(v) for v in rows.columns[column]]
 
 
-def grouped_metrics(task, outputs: np.ndarray, labels: np.ndarray, groups: list[str]) -> dict[str, dict[str, Any]]:
+def grouped_metrics(task: Task, outputs: np.ndarray, labels: np.ndarray, groups: list[str]) -> dict[str, dict[str, Any]]:
     """The task's metrics on the rows of each group value (sorted), with the group's row count."""
     values = np.asarray(groups)
     result = {}

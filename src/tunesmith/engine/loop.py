@@ -37,6 +37,7 @@ from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
+from tunesmith.tasks import EpochDataset, Task, read_rows
 
 
 @dataclass
@@ -75,11 +76,11 @@ class FitResult:
     steps_per_epoch: int
 
 
-def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
+def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
         resume_from: Path | None = None, restart_epoch: bool = False,
         on_record: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     t, s = config.training, config.strategy
-    metric, greater = t.metric_for_best_model, config.greater_is_better
+    metric, greater = config.metric, config.greater_is_better
     groups = task.layer_groups(model)
     world = accelerator.num_processes
     train_data, eval_data, train_loader, eval_loader = _loaders(task, config, world)
@@ -137,7 +138,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
             state.lowest_trainable = trainable_from(len(groups), s.freeze, s.gradual_unfreezing, state.epoch)
             apply_freezing(model, groups, state.lowest_trainable)
             sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
-            if hasattr(train_data, "set_epoch"):
+            if isinstance(train_data, EpochDataset):
                 train_data.set_epoch(state.epoch)
             cache_mode = _begin_cache_epoch(cache, state.lowest_trainable, train_data)
             for batch in train_loader:
@@ -173,7 +174,7 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
                 window_loss.zero_()
                 state.global_step += 1
                 epoch_done = state.batch_in_epoch == sampler.num_batches
-                due = (t.eval_strategy == "steps" and state.global_step % t.eval_steps == 0) or (
+                due = (t.eval_strategy == "steps" and t.eval_steps is not None and state.global_step % t.eval_steps == 0) or (
                     t.eval_strategy == "epoch" and epoch_done) or state.global_step == total_steps
                 log_due = state.global_step % t.logging_steps == 0 or state.global_step == total_steps
                 train_loss = None
@@ -222,10 +223,11 @@ def fit(task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator,
     return FitResult(baseline, best_entry, final, state, steps_per_epoch)
 
 
-def _loaders(task, config: RunConfig, world: int):
+def _loaders(task: Task, config: RunConfig, world: int):
     """(train data, eval data, train loader, eval loader); loaders build whole-world batches, Accelerate splits them."""
     t = config.training
-    train_data, eval_data = task.dataset(task.train_rows, train=True), task.dataset(task.eval_rows, train=False)
+    train_data = task.dataset(read_rows(task.train_rows, "training"), train=True)
+    eval_data = task.dataset(read_rows(task.eval_rows, "validation"), train=False)
     train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
                                lengths=task.lengths(train_data), group_by_length=t.group_by_length,
                                num_workers=t.dataloader_num_workers, with_index=True,
@@ -235,7 +237,7 @@ def _loaders(task, config: RunConfig, world: int):
     return train_data, eval_data, train_loader, eval_loader
 
 
-def _activation_cache(config: RunConfig, task, model, groups, train_data, world: int, run_dir: Path,
+def _activation_cache(config: RunConfig, task: Task, model, groups, train_data, world: int, run_dir: Path,
                       epochs: int) -> ActivationCache | None:
     s = config.strategy
     depths = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
@@ -246,12 +248,12 @@ def _activation_cache(config: RunConfig, task, model, groups, train_data, world:
                            config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
 
 
-def _forward_backward(task, model, batch, accelerator: Accelerator, cache: ActivationCache | None, mode: str | None,
+def _forward_backward(task: Task, model, batch, accelerator: Accelerator, cache: ActivationCache | None, mode: str | None,
                       indices: torch.Tensor) -> torch.Tensor:
     with _cached(cache, mode, indices, batch, accelerator.device):
         loss, _ = task.loss(model, batch)
     accelerator.backward(loss)
-    if mode == "record" and cache.usable and not cache.checked:
+    if mode == "record" and cache is not None and cache.usable and not cache.checked:
         cache.check(indices, _seq_len(batch), accelerator.device, lambda: task.forward(model, batch))
     return loss
 
@@ -287,7 +289,7 @@ def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
     """AdamW over the layer groups with their discriminative rates (also used by `tunesmith lr-find`)."""
     t = config.training
     params = optimizer_param_groups(groups, t.learning_rate, config.strategy.layer_lr_decay, t.weight_decay)
-    kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    kwargs: dict[str, Any] = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     try:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernels are missing for some devices and dtypes
@@ -296,7 +298,7 @@ def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
 
 def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
     ratio, steps = config.warmup
-    warmup = steps if steps is not None else int(ratio * total_steps)
+    warmup = steps if steps is not None else int((ratio or 0.0) * total_steps)
     # With split batches (engine/accelerator.py) Accelerate steps the scheduler once per step.
     return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                          num_training_steps=total_steps)
@@ -329,12 +331,13 @@ def _stopped(signal_name: str, step: int, path: Path, run_dir: Path) -> str:
             f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume")
 
 
-def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task, checkpoint_path: Path | None) -> None:
+def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task: Task, checkpoint_path: Path | None) -> None:
     """Records the rows of a non-finite step; raises under `nan_policy: stop` or past `max_nan_skips`."""
     t = config.training
     batches = sampler.epoch_batches()[state.batch_in_epoch - state.accumulation: state.batch_in_epoch]
-    rows = sorted({task.train_rows.lines[i] for b in batches for i in b})
-    report = {"step": state.global_step + 1, "epoch": state.epoch, "source": task.train_rows.source, "lines": rows}
+    train_rows = read_rows(task.train_rows, "training")
+    rows = sorted({train_rows.lines[i] for b in batches for i in b})
+    report = {"step": state.global_step + 1, "epoch": state.epoch, "source": train_rows.source, "lines": rows}
     with (run_dir / "bad_batches.json").open("a", encoding="utf-8") as f:
         f.write(json.dumps(report) + "\n")
     state.nan_skips += 1
@@ -344,7 +347,7 @@ def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, tas
     limit = f" ({state.nan_skips} non-finite steps, more than max_nan_skips={t.max_nan_skips})" if t.nan_policy == "skip" else ""
     raise NonFiniteLossError(
         f"loss or gradients became NaN/inf at step {state.global_step + 1} (epoch {state.epoch + 1}){limit}; the update "
-        f"was not applied. Rows of that batch: {task.train_rows.source} lines {rows[:20]} (all in "
+        f"was not applied. Rows of that batch: {train_rows.source} lines {rows[:20]} (all in "
         f"{run_dir / 'bad_batches.json'}); {last}. Lower training.learning_rate, check those rows, "
         "or set training.nan_policy: skip")
 

@@ -14,6 +14,8 @@ or, on CPU, less the weights (already loaded), with the available RAM (psutil wh
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
 
 log = logging.getLogger("tunesmith")
 
@@ -105,7 +110,7 @@ def free_memory(device: torch.device) -> tuple[int, str] | None:
     return None
 
 
-def check_memory(task, model: nn.Module, config, accelerator) -> MemoryEstimate:
+def check_memory(task: Task, model: nn.Module, config, accelerator) -> MemoryEstimate:
     """Estimates the run's memory and warns when it exceeds what the device has free."""
     from accelerate.utils import send_to_device
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,13 +27,16 @@ from torch.utils.data import DataLoader
 
 from tunesmith.errors import ExportError
 
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
+
 SKIPPED_KEYS = ("labels", "targets")
 
 
 class _TaskForward(nn.Module):
     """`task.forward(model, batch)` as a module whose positional inputs are the batch tensors."""
 
-    def __init__(self, task: Any, model: nn.Module, names: list[str]):
+    def __init__(self, task: Task, model: nn.Module, names: list[str]):
         super().__init__()
         self.task, self.model, self.names = task, model, names
 
@@ -41,7 +44,7 @@ class _TaskForward(nn.Module):
         return self.task.forward(self.model, dict(zip(self.names, tensors)))
 
 
-def export_and_check(task: Any, model: nn.Module, loader: DataLoader, output: Path, atol: float = 1e-3) -> dict[str, Any]:
+def export_and_check(task: Task, model: nn.Module, loader: DataLoader, output: Path, atol: float = 1e-3) -> dict[str, Any]:
     """Writes `output` and compares onnxruntime with PyTorch on every batch of `loader`.
 
     Returns:
@@ -119,7 +122,7 @@ def _longer(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch
             for k, v in batch.items()}
 
 
-def _compare(task: Any, model: nn.Module, loader: DataLoader, first: dict[str, torch.Tensor], names: list[str],
+def _compare(task: Task, model: nn.Module, loader: DataLoader, first: dict[str, torch.Tensor], names: list[str],
              path: Path, output: Path) -> dict[str, Any]:
     """Largest |ONNX - PyTorch| over every batch and the longer probe; top-1 agreement over the rows."""
     import onnxruntime
@@ -139,7 +142,7 @@ def _compare(task: Any, model: nn.Module, loader: DataLoader, first: dict[str, t
     return {"rows": rows, "max_abs_diff": worst, "top1_agreement": agree / max(rows, 1)}
 
 
-def _both(task: Any, model: nn.Module, session: Any, batch: dict[str, torch.Tensor], names: list[str],
+def _both(task: Task, model: nn.Module, session: Any, batch: dict[str, torch.Tensor], names: list[str],
           output: Path) -> tuple[np.ndarray, np.ndarray]:
     """(PyTorch outputs, onnxruntime outputs) for one batch."""
     expected = task.forward(model, batch).float().cpu().numpy()

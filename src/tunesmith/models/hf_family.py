@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from tunesmith.config import ModelConfig
 from tunesmith.errors import ModelSourceError
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
 from tunesmith.models.sources import ResolvedSource, dropout_overrides, from_pretrained_kwargs, loading, resolve_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("tunesmith")
 
@@ -68,7 +71,7 @@ class HFModel:
     def dropout(self) -> dict[str, float]:
         return dropout_overrides(self.resolved, self.settings.dropout, self.settings.trust_remote_code)
 
-    def build(self, head: dict[str, Any] | None = None, new_head: bool = True, **load: Any) -> nn.Module:
+    def build(self, head: dict[str, Any] | None = None, new_head: bool = True, **load: Any) -> PreTrainedModel:
         """The source with this task's head: pre-trained weights checked to fit, or random under
         `model.pretrained: false` (the from-scratch baseline keeps the source's tokenizer).
 
@@ -93,7 +96,7 @@ class HFModel:
         self.fresh_head = check_weights_fit(model, info, self.resolved) > 0
         return model
 
-    def load_trained(self, **load: Any) -> nn.Module:
+    def load_trained(self, **load: Any) -> PreTrainedModel:
         """A fine-tuned model as saved (head and labels included), for evaluate/predict."""
         import transformers
 
@@ -105,7 +108,7 @@ class HFModel:
         return model
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
-        model.save_pretrained(folder, state_dict=weights)  # None: the model's own state_dict
+        model.save_pretrained(folder, state_dict=weights)  # type: ignore[operator]  # None: its own state_dict; torch types Module.__getattr__ as Tensor | Module
         self.tokenizer.save_pretrained(folder)
 
     @staticmethod

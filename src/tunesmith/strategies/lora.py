@@ -17,13 +17,16 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import CheckpointError, ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
 
 log = logging.getLogger("tunesmith")
 
@@ -109,7 +112,8 @@ def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
         heads.append("crossattention")
     if lora.quantization != "none":
         model = prepare_model_for_kbit_training(model)
-    peft_config = LoraConfig(task_type=None if task_type in GENERIC_PEFT else task_type, r=lora.r, lora_alpha=lora.alpha,
+    peft_config = LoraConfig(task_type=None if task_type in GENERIC_PEFT else task_type, r=lora.r,
+                             lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft hints int; it only divides by r
                              lora_dropout=lora.dropout, target_modules=targets, use_dora=lora.method == "dora",
                              modules_to_save=heads or None)
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
@@ -156,7 +160,8 @@ def restore_adapter(model: nn.Module, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    result: Any = set_peft_model_state_dict(  # torch's _IncompatibleKeys; peft leaves it unannotated
+        model, load_file(str(folder / "adapter_model.safetensors")))
     if result.unexpected_keys:
         raise CheckpointError(f"{folder}: the best adapter does not match the trained model (unexpected keys "
                               f"{result.unexpected_keys[:5]}); best/ was written by another run or config")
@@ -170,7 +175,7 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
 
 
 @torch.no_grad()
-def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: Path, tolerance: float = 1e-4) -> dict[str, Any]:
+def merge_best(model: nn.Module, task: Task, batch: dict[str, torch.Tensor], folder: Path, tolerance: float = 1e-4) -> dict[str, Any]:
     """Writes `folder/merged`: the adapter folded into the weights, saved as the task saves a model.
 
     The merged and the adapter model run on `batch` (real validation rows) first; the largest
@@ -187,7 +192,7 @@ def merge_best(model: nn.Module, task, batch: dict[str, torch.Tensor], folder: P
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     adapter_out = _scores(model(**inputs))
-    merged = copy.deepcopy(model).merge_and_unload()
+    merged = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
     merged_out = _scores(merged(**inputs))
     diff = float((adapter_out - merged_out).abs().max())
     scale = float(adapter_out.abs().max())

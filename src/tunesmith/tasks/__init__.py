@@ -4,18 +4,19 @@ A task owns everything task-specific: its own config section (a `Section` subcla
 `settings` attribute, read as `config.<task_name>`), how rows become tensors, which head sits on the
 backbone, the loss, its metrics (`metric_names`, the first selecting the best model by default) and
 its defaults for shared keys (`defaults`), and how outputs become predictions. The engine talks to a
-task only through the `Task` protocol. Adding a task is one new file in this folder with
-`@register_task("name")` on its class; `import tunesmith` imports every task module (`load_all`), so
-the config schema, `tunesmith tasks` and `config-reference` include it.
+task only through the `Task` protocol (mypy checks each registered class against it); a dataset
+whose items change by epoch (image augmentation) is an `EpochDataset`. Adding a task is one new
+file in this folder with `@register_task("name")` on its class; `import tunesmith` imports every
+task module (`load_all`), so the config schema, `tunesmith tasks` and `config-reference` include it.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from tunesmith.config import TaskSchema, register_task_schema
 
@@ -28,7 +29,37 @@ if TYPE_CHECKING:
     from tunesmith.data.labelled import LabelledRows
     from tunesmith.models.layer_groups import LayerGroup
 
-_TASKS: dict[str, type] = {}
+_TASKS: dict[str, type[Task]] = {}
+
+
+class Examples(Protocol):
+    """A task's dataset as the engine reads it: its length and items by index (a list is one)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+@runtime_checkable
+class EpochDataset(Examples, Protocol):
+    """A task dataset with per-epoch state (image augmentation keyed on the epoch), as the engine uses it.
+
+    `Task.dataset` returns either a plain sequence of ready features (text tasks: nothing varies by
+    epoch) or one of these; the engine tells them apart with `isinstance(data, EpochDataset)`, so a
+    dataset must declare all four members to be treated as one.
+    """
+
+    inputs_needed: bool
+    """Set false by the activation cache while it replays a frozen prefix: items may then skip loading inputs."""
+    preferred_workers: int
+    """DataLoader workers to use when `training.dataloader_num_workers` is unset (decoding images wants some)."""
+
+    @property
+    def varies_by_epoch(self) -> bool:
+        """Whether an item's inputs change between epochs (random augmentation): no activation cache then."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop before each epoch, so random draws are keyed on (seed, epoch, index)."""
 
 
 class Task(Protocol):
@@ -39,8 +70,6 @@ class Task(Protocol):
     """Metrics `training.metric_for_best_model` may name, the default first (`loss` is always allowed)."""
     settings: ClassVar[type[Section] | None]
     """The task's own config section, or None."""
-    defaults: ClassVar[Mapping[str, Any]]
-    """Shared keys whose default differs for this task (`{"data.max_length": 384}`)."""
     supports_activation_cache: ClassVar[bool]
     """Whether a frozen prefix's outputs can be recorded once and replayed (engine/activation_cache.py)."""
     train_rows: LabelledRows | None
@@ -53,6 +82,8 @@ class Task(Protocol):
     untrained on a pre-trained backbone, so the pre-trained model scores chance with it by
     construction. The baseline then also scores the backbone's features with a linear probe
     (engine/evaluation.py `feature_probe`). A task without it gets no such score."""
+
+    def __init__(self, config: RunConfig) -> None: ...
 
     def preflight(self) -> None:
         """Reads and checks all data; raises DataError before any weights load."""
@@ -68,12 +99,13 @@ class Task(Protocol):
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]: ...
 
-    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> Sequence[Any]:
-        """Model inputs for `rows` (train=True may augment; a `set_epoch(epoch)` method, if
-        present, is called before each epoch so random draws are keyed on (seed, epoch, index))."""
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> Examples:
+        """Model inputs for `rows`: a list of features, or an `EpochDataset` where items depend on
+        the epoch (train=True may augment; its `set_epoch` is called before each epoch)."""
 
-    def lengths(self, dataset: Sequence[Any]) -> list[int] | None:
-        """Per-example lengths for length-grouped batching, or None when lengths do not vary."""
+    def lengths(self, dataset: Any) -> list[int] | None:
+        """Per-example lengths of what this task's `dataset()` returned, for length-grouped batching,
+        or None when lengths do not vary."""
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]: ...
 
@@ -104,10 +136,25 @@ class Task(Protocol):
         """Markdown for the model card: how to load `best/` with the model family's own library."""
 
 
-def register_task(name: str) -> Callable[[type], type]:
-    """Registers a task class under `name` and its config needs (section, metrics, defaults) with the schema."""
+TaskClass = TypeVar("TaskClass", bound="type[Task]")
 
-    def wrap(cls: type) -> type:
+
+def read_rows(rows: LabelledRows | None, split: str) -> LabelledRows:
+    """`task.train_rows` or `task.eval_rows` for code that runs after `preflight()`, which reads them."""
+    if rows is None:
+        raise RuntimeError(f"the task has no {split} rows: its preflight() must run before training or evaluation")
+    return rows
+
+
+def register_task(name: str) -> Callable[[TaskClass], TaskClass]:
+    """Registers a task class under `name` and its config needs (section, metrics, defaults) with the schema.
+
+    Besides the `Task` members, a class may declare `defaults` (shared keys whose default differs
+    for it: `{"data.max_length": 384}`), `minimize` (metrics better when lower) and `pipeline_tag`
+    (the Hub's name for the task); only the registry reads these.
+    """
+
+    def wrap(cls: TaskClass) -> TaskClass:
         cls.name = name
         _TASKS[name] = cls
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()  # its module's first line
@@ -133,7 +180,7 @@ def load_all() -> None:
             importlib.import_module(f"tunesmith.tasks.{name.replace('-', '_')}")
 
 
-def task_class(name: str) -> type:
+def task_class(name: str) -> type[Task]:
     load_all()
     return _TASKS[name]
 

@@ -23,7 +23,8 @@ import functools
 import json
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.hf_family import HFModel, plain_tokenizer
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import token_limit
-from tunesmith.tasks import register_task
+from tunesmith.tasks import read_rows, register_task
 from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
 
 log = logging.getLogger("tunesmith")
@@ -70,10 +71,16 @@ class CausalLMConfig(Section):
 
 @register_task("causal-lm")
 class CausalLMTask:
-    metric_names = ("loss", "perplexity", "exact_match")
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "exact_match")
     pipeline_tag = "text-generation"  # the Hub's name for the task
-    settings = CausalLMConfig
-    supports_activation_cache = False  # generation needs the whole model; packed rows change shape
+    settings: ClassVar[type[Section] | None] = CausalLMConfig
+    supports_activation_cache: ClassVar[bool] = False  # generation needs the whole model; packed rows change shape
+
+    @property
+    def options(self) -> CausalLMConfig:
+        """This task's section, `config.causal_lm`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -82,14 +89,14 @@ class CausalLMTask:
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # answers are free text, not classes
-        self.tokenizer = None
+        self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
 
     # ---- data -------------------------------------------------------------------------------
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
-        c = self.config.causal_lm
+        c = self.options
         return read_chats(path, c.messages_column, c.prompt_column, c.response_column, labelled,
                           self.config.data.bad_rows)
 
@@ -101,7 +108,7 @@ class CausalLMTask:
             DataError: no data, malformed rows (file, line and key named), or too few rows to split.
             ConfigError: `metric_for_best_model: exact_match` with `causal_lm.generate_on_eval: false`.
         """
-        if self.config.training.metric_for_best_model == "exact_match" and not self.config.causal_lm.generate_on_eval:
+        if self.config.training.metric_for_best_model == "exact_match" and not self.options.generate_on_eval:
             raise ConfigError(["training.metric_for_best_model: exact_match needs generated answers; set "
                                "causal_lm.generate_on_eval: true or metric_for_best_model: loss"])
         self.train_rows, self.eval_rows, self.data_checks = read_splits(
@@ -168,7 +175,9 @@ class CausalLMTask:
         """(token ids, labels, prompt length) of one chat: labels copy the response tokens and are
         -100 elsewhere; the prompt length counts the tokens before the last answer, which are the
         ids generation starts from. Not truncated."""
-        ids, labels, prompt_length = [], [], 0
+        ids: list[int] = []
+        labels: list[int] = []
+        prompt_length = 0
         for text, is_response in segments(self.tokenizer, prompt, answer):
             piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if is_response:
@@ -222,7 +231,7 @@ class CausalLMTask:
         """Token counts for length-grouped batches; None for training rows under packing: a packed
         row has no padding to save, and grouping by length would pack the longest rows together, into
         the step that sets peak memory (and, with attention quadratic in the packed row, the slowest)."""
-        if self.config.causal_lm.packing and dataset and "prompt_ids" not in dataset[0]:
+        if self.options.packing and dataset and "prompt_ids" not in dataset[0]:
             return None
         return [len(f["input_ids"]) for f in dataset]
 
@@ -230,7 +239,7 @@ class CausalLMTask:
         """Right-pads ids and mask to the batch's longest row, (B, T), and labels to max_length,
         (B, L), so that evaluation can stack batches; evaluation batches add the left-padded
         generation prompts, (B, P). Training batches under `causal_lm.packing` become one row."""
-        if self.config.causal_lm.packing and "prompt_ids" not in features[0]:
+        if self.options.packing and "prompt_ids" not in features[0]:
             return self._packed(features)
         batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id, left=False)
         if "labels" in features[0]:
@@ -290,7 +299,7 @@ class CausalLMTask:
         rows = keep.nonzero(as_tuple=True)[0]
         sums = per_token.new_zeros(len(targets)).index_add_(0, rows, per_token)
         outputs = torch.stack([sums, keep.sum(1).float()], dim=1)
-        if self.config.causal_lm.generate_on_eval and "prompt_ids" in batch:
+        if self.options.generate_on_eval and "prompt_ids" in batch:
             outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
         return loss, outputs
 
@@ -298,9 +307,9 @@ class CausalLMTask:
     def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Greedy answers to the batch's prompts, (B, max_new_tokens) ids as floats, -1 from the end on."""
         model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
-        prompts, n = batch["prompt_ids"], self.config.causal_lm.max_new_tokens
-        out = model.generate(input_ids=prompts, attention_mask=batch["prompt_mask"], max_new_tokens=n,
-                             do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id)
+        prompts, n = batch["prompt_ids"], self.options.max_new_tokens
+        out = model.generate(input_ids=prompts, attention_mask=batch["prompt_mask"], max_new_tokens=n,  # type: ignore[operator]
+                             do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id)  # torch types Module.__getattr__ as Tensor | Module
         new = out[:, prompts.shape[1]:]
         return cut_at_stop(new, stop_ids(model, self.tokenizer), n)
 
@@ -310,7 +319,8 @@ class CausalLMTask:
         scores: dict[str, Any] = token_loss(outputs)
         if outputs.shape[1] > 2:
             answers = decode(self.tokenizer, outputs[:, 2:])
-            scores["exact_match"] = float(np.mean([_normal(a) == _normal(r) for a, r in zip(answers, self.eval_rows.labels)]))
+            references = read_rows(self.eval_rows, "validation").labels
+            scores["exact_match"] = float(np.mean([_normal(a) == _normal(r) for a, r in zip(answers, references)]))
         return scores
 
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
@@ -329,9 +339,9 @@ class CausalLMTask:
 
 def _slices_logits(model: nn.Module) -> bool:
     """Whether the model's head can project only masked positions (see `_head_slices`)."""
-    inner = getattr(model, "module", model)  # DDP
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return _head_slices(type(inner))
+    inner: Any = getattr(model, "module", model)  # DDP; Any: torch types Module attributes as Tensor | Module
+    base: nn.Module = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return _head_slices(type(base))  # type: ignore[arg-type]  # classes hash by identity; mypy misreads type[Module]
 
 
 @functools.cache
@@ -340,8 +350,9 @@ def _head_slices(model_class: type) -> bool:
     in a version that reads a boolean (B, T) mask (older ones take an int or 1-D positions only)."""
     from transformers import modeling_utils
 
-    helper = getattr(modeling_utils, "slice_logits_to_keep", None)
-    if helper is None or getattr(sys.modules.get(model_class.__module__), "slice_logits_to_keep", None) is not helper:
+    helper: Callable[..., torch.Tensor] | None = getattr(modeling_utils, "slice_logits_to_keep", None)
+    module_uses_it = getattr(sys.modules.get(model_class.__module__), "slice_logits_to_keep", None) is helper
+    if helper is None or not module_uses_it:
         return False
     return helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape == (1, 1)
 

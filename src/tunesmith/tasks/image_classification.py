@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,13 +47,19 @@ class ImageClassificationConfig(Section):
 
 @register_task("image-classification")
 class ImageClassificationTask:
-    metric_names = ("accuracy", "macro_f1")
-    settings = ImageClassificationConfig
-    supports_activation_cache = True  # with augmentation `none`: the same pixels, so the same frozen features
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    settings: ClassVar[type[Section] | None] = ImageClassificationConfig
+    supports_activation_cache: ClassVar[bool] = True  # with augmentation `none`: the same pixels, so the same frozen features
+
+    @property
+    def options(self) -> ImageClassificationConfig:
+        """This task's section, `config.image_classification`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.image_key = config.image_classification.image_column
+        self.image_key = self.options.image_column
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
@@ -75,7 +81,8 @@ class ImageClassificationTask:
         if d.train is None and d.validation is None:
             raise DataError("no data given: set data.train (an image folder or a CSV/JSONL of paths)")
         if d.train is not None:
-            train_path, val_path = d.train, d.validation
+            train_path: str | Path = d.train
+            val_path: str | Path | None = d.validation
             pair = split_folders(Path(d.train)) if val_path is None and Path(d.train).is_dir() else None
             if pair:
                 train_path, val_path = pair
@@ -86,7 +93,7 @@ class ImageClassificationTask:
                 val = self._read(val_path)
             self.label_names = label_names_of(train)
             self.train_rows = self._checked("train", sample(train, d.max_train_samples, seed))
-        else:
+        elif d.validation is not None:
             self.label_names = self._label_names_from_model()
             val = self._read(d.validation)
         check_known_labels(val, self.label_names)
@@ -94,7 +101,7 @@ class ImageClassificationTask:
 
     def _read(self, path: str | Path, labelled: bool = True) -> LabelledRows:
         d = self.config.data
-        return read_images(path, self.image_key, d.label_column, self.config.image_classification.image_root, d.bad_rows,
+        return read_images(path, self.image_key, d.label_column, self.options.image_root, d.bad_rows,
                            labelled=labelled)
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
@@ -143,10 +150,11 @@ class ImageClassificationTask:
     def _prepare(self, model: nn.Module) -> nn.Module:
         from timm.data import resolve_model_data_config
 
-        size = self.config.image_classification.image_size
-        if size and model.pretrained_cfg.get("fixed_input_size"):
-            raise ConfigError([f"image_classification.image_size: {model.pretrained_cfg.get('architecture')} takes a fixed input size "
-                               f"{tuple(model.pretrained_cfg['input_size'][1:])}; remove image_classification.image_size"])
+        size = self.options.image_size
+        cfg: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]  # torch types Module.__getattr__ as Tensor | Module
+        if size and cfg.get("fixed_input_size"):
+            raise ConfigError([f"image_classification.image_size: {cfg.get('architecture')} takes a fixed input size "
+                               f"{tuple(cfg['input_size'][1:])}; remove image_classification.image_size"])
         self.data_config = resolve_model_data_config(model, args={"img_size": size} if size else None)
         choice = self.config.model.channels_last
         self.channels_last = torch.cuda.is_available() if choice == "auto" else bool(choice)

@@ -11,7 +11,7 @@ Everything else (tokenization, batching, the encoder and its layer groups) is te
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,9 +38,14 @@ class MultiLabelClassificationConfig(Section):
 
 @register_task("multi-label-classification")
 class MultiLabelClassificationTask(TextClassificationTask):
-    metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
-    settings = MultiLabelClassificationConfig
-    supports_activation_cache = True  # the text classifier's inputs and groups
+    metric_names: ClassVar[tuple[str, ...]] = ("micro_f1", "macro_f1", "subset_accuracy")
+    settings: ClassVar[type[Section] | None] = MultiLabelClassificationConfig
+    supports_activation_cache: ClassVar[bool] = True  # the text classifier's inputs and groups
+
+    @property
+    def options(self) -> MultiLabelClassificationConfig:
+        """This task's section, `config.multi_label_classification`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -58,7 +63,7 @@ class MultiLabelClassificationTask(TextClassificationTask):
         self.label_names = sorted({name for cell in train.labels for name in self.split(cell)})
         if not self.label_names:
             raise DataError(f"{train.source}: no row has a label (every label cell is "
-                            f"{self.config.multi_label_classification.none_label!r})")
+                            f"{self.options.none_label!r})")
         unseen = sorted({name for cell in val.labels for name in self.split(cell)} - set(self.label_names))
         if unseen:
             raise DataError(f"{val.source}: labels not seen in training: {', '.join(unseen[:10])}; add training rows "
@@ -69,7 +74,7 @@ class MultiLabelClassificationTask(TextClassificationTask):
 
     def split(self, cell: str) -> list[str]:
         """The labels of one label cell."""
-        s = self.config.multi_label_classification
+        s = self.options
         if cell.strip() == s.none_label:
             return []
         return [part.strip() for part in cell.split(s.label_separator) if part.strip()]
@@ -110,7 +115,7 @@ class MultiLabelClassificationTask(TextClassificationTask):
         return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float()), logits
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        predicted = (1 / (1 + np.exp(-outputs)) >= self.config.multi_label_classification.threshold).astype(int)
+        predicted = (1 / (1 + np.exp(-outputs)) >= self.options.threshold).astype(int)
         per_label = f1_score(labels, predicted, average=None, zero_division=0)
         return {
             "micro_f1": float(f1_score(labels, predicted, average="micro", zero_division=0)),
@@ -122,12 +127,12 @@ class MultiLabelClassificationTask(TextClassificationTask):
 
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
         """One record per row: the predicted labels (joined as in the input) and each label's probability."""
-        s = self.config.multi_label_classification
+        s = self.options
         probs = 1 / (1 + np.exp(-outputs.astype(np.float64)))
         records = []
         for i in range(len(rows)):
             names = [n for n, p in zip(self.label_names, probs[i]) if p >= s.threshold]
-            record = {"predicted_label": s.label_separator.join(names) or s.none_label}
+            record: dict[str, Any] = {"predicted_label": s.label_separator.join(names) or s.none_label}
             record.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.label_names, probs[i])})
             records.append(record)
         return records

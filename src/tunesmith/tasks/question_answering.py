@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import load_fast_tokenizer, token_limit
 from tunesmith.report.qa_metrics import squad_metrics
-from tunesmith.tasks import register_task
+from tunesmith.tasks import read_rows, register_task
 
 log = logging.getLogger("tunesmith")
 PAD_LOGIT = -1e4  # start/end score of positions past a window's end (never part of an answer)
@@ -88,10 +88,16 @@ def _fast_tokenizer(resolved, kwargs: dict[str, Any]):
 
 @register_task("question-answering")
 class QuestionAnsweringTask:
-    metric_names = ("f1", "exact_match")
-    settings = QuestionAnsweringConfig
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("f1", "exact_match")
+    settings: ClassVar[type[Section] | None] = QuestionAnsweringConfig
     defaults = {"data.max_length": 384}  # a question and a passage need more than the 128 shared default
-    supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
+    supports_activation_cache: ClassVar[bool] = True  # inputs are fixed token ids; groups are embeddings + blocks
+
+    @property
+    def options(self) -> QuestionAnsweringConfig:
+        """This task's section, `config.question_answering`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -100,7 +106,7 @@ class QuestionAnsweringTask:
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # answers are spans, not classes
-        self.tokenizer = None
+        self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
         self.with_unanswerable = False
         self.truncated = 0  # long contexts are read in windows, never cut
         self.data_checks: dict[str, int] = {}
@@ -109,7 +115,7 @@ class QuestionAnsweringTask:
     # ---- data -------------------------------------------------------------------------------
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
-        q = self.config.question_answering
+        q = self.options
         columns = {"id": q.id_column, "question": q.question_column, "context": q.context_column,
                    "answers": q.answers_column}
         return read_squad(path, columns, labelled, self.config.data.bad_rows)
@@ -177,7 +183,7 @@ class QuestionAnsweringTask:
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         # Kept with the model so that `predict` on unlabelled questions may answer nothing too.
         if getattr(model, "config", None) is not None:
-            model.config.tunesmith_unanswerable = self.with_unanswerable
+            model.config.tunesmith_unanswerable = self.with_unanswerable  # type: ignore[union-attr]  # torch types Module.__getattr__ as Tensor | Module
         self.hf.save(model, folder, weights)
 
     # ---- tensors ----------------------------------------------------------------------------
@@ -188,7 +194,7 @@ class QuestionAnsweringTask:
 
     @property
     def doc_stride(self) -> int:
-        return self.config.question_answering.doc_stride or self.max_length // 3
+        return self.options.doc_stride or self.max_length // 3
 
     def windows(self, rows: LabelledRows) -> Windows:
         """The windows of `rows`, tokenized once per rows object (evaluation maps outputs back with them).
@@ -295,7 +301,7 @@ class QuestionAnsweringTask:
 
     def answers(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
         """The best answer per row from its windows' logits (outputs (windows, max_length, 2))."""
-        q = self.config.question_answering
+        q = self.options
         windows = self.windows(rows)
         per_row: list[list[int]] = [[] for _ in range(len(rows))]
         for j, row in enumerate(windows.row_of):
@@ -313,8 +319,9 @@ class QuestionAnsweringTask:
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """SQuAD exact match and F1 of the validation questions' answers (`labels` are per window,
         for the loss; the gold answers come from the rows)."""
-        predicted = [a["answer"] for a in self.answers(self.eval_rows, outputs)]
-        return squad_metrics(predicted, [a["text"] for a in self.eval_rows.labels])
+        rows = read_rows(self.eval_rows, "validation")
+        predicted = [a["answer"] for a in self.answers(rows, outputs)]
+        return squad_metrics(predicted, [a["text"] for a in rows.labels])
 
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Per question: its id and text, the answer with its character span in the context, the
@@ -330,11 +337,12 @@ def _span_positions(offsets: list[tuple[int, int] | None], answers: dict[str, li
         return [0, 0]
     first = answers["answer_start"][0]
     last = first + len(answers["text"][0])  # exclusive
-    inside = [i for i, o in enumerate(offsets) if o is not None]
-    if not inside or offsets[inside[0]][0] > first or offsets[inside[-1]][1] < last:
+    spans = {i: o for i, o in enumerate(offsets) if o is not None}  # context tokens only
+    inside = list(spans)
+    if not inside or spans[inside[0]][0] > first or spans[inside[-1]][1] < last:
         return [0, 0]
-    start = next(i for i in inside if offsets[i][1] > first)
-    end = next(i for i in reversed(inside) if offsets[i][0] < last)
+    start = next(i for i in inside if spans[i][1] > first)
+    end = next(i for i in reversed(inside) if spans[i][0] < last)
     return [start, end]
 
 

@@ -18,7 +18,7 @@ tokens, then the generated ids, -1 after the end].
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +34,10 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import loading, token_limit
 from tunesmith.report.text_metrics import generation_metrics
-from tunesmith.tasks import register_task
+from tunesmith.tasks import read_rows, register_task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
 
 log = logging.getLogger("tunesmith")
@@ -63,10 +66,16 @@ class Seq2SeqConfig(Section):
 
 @register_task("seq2seq")
 class Seq2SeqTask:
-    metric_names = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
     pipeline_tag = "text2text-generation"  # the Hub's name for the task
-    settings = Seq2SeqConfig
-    supports_activation_cache = False  # the decoder reads every encoder layer's output through generation
+    settings: ClassVar[type[Section] | None] = Seq2SeqConfig
+    supports_activation_cache: ClassVar[bool] = False  # the decoder reads every encoder layer's output through generation
+
+    @property
+    def options(self) -> Seq2SeqConfig:
+        """This task's section, `config.seq2seq`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -75,7 +84,7 @@ class Seq2SeqTask:
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # targets are free text, not classes
-        self.tokenizer = None
+        self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
         self.decoder_start: int | None = None
         self.truncated = {"sources": 0, "targets": 0}
         self.data_checks: dict[str, int] = {}
@@ -83,7 +92,7 @@ class Seq2SeqTask:
     # ---- data -------------------------------------------------------------------------------
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
-        s = self.config.seq2seq
+        s = self.options
         rows = load_labelled(path, [s.source_column], s.target_column if labelled else None, self.config.data.bad_rows,
                              settings=("seq2seq.source_column", "seq2seq.target_column"))
         return LabelledRows(rows.source, {"source": rows.inputs[s.source_column]}, rows.labels, rows.lines, rows.skipped)
@@ -111,6 +120,7 @@ class Seq2SeqTask:
         """The source's encoder-decoder, or an encoder warm-started as one; `model.pretrained: false`
         gives the same architecture from random initialization."""
         source_config = self.hf.model_config()
+        model: PreTrainedModel
         if getattr(source_config, "is_encoder_decoder", False):
             model = self.hf.build(new_head=False)
         else:
@@ -120,7 +130,7 @@ class Seq2SeqTask:
         self.tokenizer = self.hf.tokenizer
         return self._configured(model)
 
-    def _warm_start(self, source_config, extra: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+    def _warm_start(self, source_config, extra: dict[str, Any], kwargs: dict[str, Any]) -> PreTrainedModel:
         """An EncoderDecoderModel whose encoder and decoder both start from an encoder-only source."""
         from transformers import AutoConfig, EncoderDecoderConfig, EncoderDecoderModel
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -142,7 +152,7 @@ class Seq2SeqTask:
             location, location, encoder_add_pooling_layer=False, **{f"encoder_{k}": v for k, v in side.items()},
             **{f"decoder_{k}": v for k, v in side.items()})
 
-    def _configured(self, model: nn.Module) -> nn.Module:
+    def _configured(self, model: PreTrainedModel) -> PreTrainedModel:
         """Start, end and padding ids where the model lacks them (a warm-started BERT has none)."""
         t, c = self.tokenizer, model.config
         if getattr(c, "decoder_start_token_id", None) is None:
@@ -186,7 +196,7 @@ class Seq2SeqTask:
 
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Source ids (and target ids) per row, tokenized once and unpadded (`train` unused)."""
-        s = self.config.seq2seq
+        s = self.options
         # cut by characters first (data/text_limits.py): a tokenizer tokenizes a huge cell whole before truncating
         sources, cut_chars = cap_texts([s.source_prefix + text for text in rows.inputs["source"]],
                                        char_limit(self.max_length))
@@ -214,9 +224,11 @@ class Seq2SeqTask:
         batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id)
         if "labels" in features[0]:
             longest = max(len(f["labels"]) for f in features)
-            labels = torch.full((len(features), self.config.seq2seq.max_target_length), IGNORE, dtype=torch.long)
+            labels = torch.full((len(features), self.options.max_target_length), IGNORE, dtype=torch.long)
             for i, f in enumerate(features):
                 labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
+            if self.decoder_start is None:
+                raise RuntimeError("seq2seq: build_model() or load_trained() sets the decoder start token before collate")
             start = torch.full((len(features), 1), self.decoder_start, dtype=torch.long)
             shifted = torch.cat([start, labels[:, : longest - 1]], dim=1)
             batch["labels"] = labels
@@ -245,7 +257,7 @@ class Seq2SeqTask:
             return loss, logits.new_zeros((len(labels), 2))
         per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (B, T)
         outputs = torch.stack([per_token.sum(1), (labels != IGNORE).sum(1).float()], dim=1)
-        if self.config.seq2seq.generate_on_eval:
+        if self.options.generate_on_eval:
             outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
         return loss, outputs
 
@@ -253,16 +265,17 @@ class Seq2SeqTask:
     def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Generated ids, (B, max_new_tokens) as floats, -1 from the end on (the start token dropped)."""
         model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
-        s = self.config.seq2seq
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=False)
+        s = self.options
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],  # type: ignore[operator]
+                             max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=False)  # torch types Module.__getattr__ as Tensor | Module
         return cut_at_stop(out[:, 1:], stop_ids(model, self.tokenizer), s.max_new_tokens)
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """Loss per target token and perplexity; with generated outputs, BLEU and ROUGE against the targets."""
         scores: dict[str, Any] = token_loss(outputs)
         if outputs.shape[1] > 2:
-            scores.update(generation_metrics(decode(self.tokenizer, outputs[:, 2:]), self.eval_rows.labels))
+            scores.update(generation_metrics(decode(self.tokenizer, outputs[:, 2:]),
+                                             read_rows(self.eval_rows, "validation").labels))
         return scores
 
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import (
     LabelledRows,
     balanced_class_weights,
@@ -41,9 +41,10 @@ log = logging.getLogger("tunesmith")
 
 @register_task("text-classification")
 class TextClassificationTask:
-    metric_names = ("accuracy", "macro_f1")
-    settings = None  # reads only the shared sections
-    supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    settings: ClassVar[type[Section] | None] = None  # reads only the shared sections
+    supports_activation_cache: ClassVar[bool] = True  # inputs are fixed token ids; groups are embeddings + blocks
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -52,7 +53,7 @@ class TextClassificationTask:
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
-        self.tokenizer = None
+        self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
         self.untrained_head = False  # evaluate on a source with no classification head: scored as the baseline
@@ -79,7 +80,7 @@ class TextClassificationTask:
             self.label_names = label_names_of(train)
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
-        else:
+        elif d.validation is not None:
             val = load_labelled(d.validation, self.input_columns, d.label_column, d.bad_rows)
             self.label_names = self._evaluation_labels(val)
         check_known_labels(val, self.label_names)
@@ -137,7 +138,7 @@ class TextClassificationTask:
                                    "directory, or score it as the pre-trained baseline with tunesmith evaluate")
         model = self.hf.load_trained()
         self.tokenizer = self.hf.tokenizer
-        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]  # type: ignore[index, arg-type]  # a saved classifier's config has both; transformers types them Optional
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -193,10 +194,10 @@ class TextClassificationTask:
             n = len(f["input_ids"])
             input_ids[i, :n] = torch.tensor(f["input_ids"])
             attention_mask[i, :n] = 1
-            if has_types:
+            if token_type_ids is not None:
                 token_type_ids[i, :n] = torch.tensor(f["token_type_ids"])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if has_types:
+        if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,9 +51,15 @@ def _fast_tokenizer(resolved, kwargs: dict[str, Any]):
 
 @register_task("token-classification")
 class TokenClassificationTask:
-    metric_names = ("f1", "precision", "recall", "accuracy", "macro_f1")
-    settings = TokenClassificationConfig
-    supports_activation_cache = True  # inputs are fixed token ids; groups are embeddings + blocks
+    name: ClassVar[str]  # set by @register_task
+    metric_names: ClassVar[tuple[str, ...]] = ("f1", "precision", "recall", "accuracy", "macro_f1")
+    settings: ClassVar[type[Section] | None] = TokenClassificationConfig
+    supports_activation_cache: ClassVar[bool] = True  # inputs are fixed token ids; groups are embeddings + blocks
+
+    @property
+    def options(self) -> TokenClassificationConfig:
+        """This task's section, `config.token_classification`, typed (the assembled schema adds that field)."""
+        return self.config.task_settings
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -63,7 +69,7 @@ class TokenClassificationTask:
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.scheme = "BIO"
-        self.tokenizer = None
+        self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
 
@@ -71,7 +77,7 @@ class TokenClassificationTask:
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
         d = self.config.data
-        s = self.config.token_classification
+        s = self.options
         return read_tagged(path, s.tokens_column, s.tags_column if labelled else None, d.bad_rows)
 
     def preflight(self) -> None:
@@ -81,13 +87,14 @@ class TokenClassificationTask:
             raise DataError("no data given: set data.train (and optionally data.validation)")
         if d.train is not None:
             train = self._read(d.train)
-            val = self._read(d.validation) if d.validation else None
-            if val is None:
+            if d.validation:
+                val = self._read(d.validation)
+            else:
                 train, val = random_split(train, d.validation_split, seed)
             self.label_names = tag_names(train)
             self.train_rows = sample(train, d.max_train_samples, seed)
             self.data_checks = duplicates_and_leaks(as_text_rows(self.train_rows), as_text_rows(val))
-        else:
+        elif d.validation is not None:
             self.label_names = source_label_names(self.resolved, self.config.model.trust_remote_code)
             val = self._read(d.validation)
         check_known_labels(val, self.label_names)
@@ -123,7 +130,7 @@ class TokenClassificationTask:
         """Loads a fine-tuned tagger as it is (head and tag names included), for evaluate/predict."""
         model = self.hf.load_trained()
         self.tokenizer = self.hf.tokenizer
-        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]  # type: ignore[index, arg-type]  # a saved classifier's config has both; transformers types them Optional
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -172,13 +179,21 @@ class TokenClassificationTask:
         """`labels`: the tag id on each word's first sub-token, -100 elsewhere (what is scored);
         with `label_all_subtokens`, also `subtoken_labels` for the loss, continuations tagged."""
         ids = {n: i for i, n in enumerate(self.label_names)}
-        first, every, previous = [], [], None
+        first: list[int] = []
+        every: list[int] = []
+        previous = None
         for word in word_ids:
-            is_first = word is not None and word != previous
-            first.append(ids[tags[word]] if is_first else IGNORE)
-            every.append(IGNORE if word is None else ids[tags[word]] if is_first else ids[self._continued(tags[word])])
+            if word is None:  # a special token
+                first.append(IGNORE)
+                every.append(IGNORE)
+            elif word != previous:  # a word's first sub-token
+                first.append(ids[tags[word]])
+                every.append(ids[tags[word]])
+            else:
+                first.append(IGNORE)
+                every.append(ids[self._continued(tags[word])])
             previous = word
-        if self.config.token_classification.label_all_subtokens:
+        if self.options.label_all_subtokens:
             return {"labels": first, "subtoken_labels": every}
         return {"labels": first}
 
