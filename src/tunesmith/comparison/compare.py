@@ -65,7 +65,7 @@ def compare(config: str | Path | dict | RunConfig, overrides: list[str] | None =
              (("fractions", fractions), ("seeds", seeds), ("arms", arms)) if value is not None]
     config, task = prepared(config, list(overrides or []) + extra)  # bad data fails here, before any weights load
     folder = _prepare(Path(config.output_dir) / "compare", config.overwrite_output_dir)
-    metric = config.training.metric_for_best_model
+    metric = config.metric
     table = _run_table(config, folder, quiet, task.describe())
     result = CompareResult(folder, metric, [table[a] for a in ARM_ORDER if a in table])
     if config.compare.fractions:

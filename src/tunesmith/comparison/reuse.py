@@ -78,7 +78,7 @@ def _arm_from(run_dir: Path, records: list[dict[str, Any]], final: dict[str, Any
               rows: int | None) -> ArmResult:
     evals = [r for r in records if r.get("phase") == "eval"]
     state, t = _saved_state(run_dir), config.training
-    message = overfitting_message(records, t.metric_for_best_model, config.greater_is_better,
+    message = overfitting_message(records, config.metric, config.greater_is_better,
                                   t.early_stopping_patience, bool(state.get("stopped_early")),
                                   rows=rows, advice=strategy_advice(config))
     return ArmResult("finetune", arm_metrics(final), state.get("train_seconds"), None,

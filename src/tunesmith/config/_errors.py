@@ -8,6 +8,7 @@ a huge value never floods the terminal.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from tunesmith.config._section import section_fields
 MAX_SHOWN = 80  # characters of a bad value shown in an error
 
 
-def describe_error(err: dict[str, Any], schema: type[BaseModel]) -> str:
+def describe_error(err: Mapping[str, Any], schema: type[BaseModel]) -> str:
     """Turns one pydantic error into a message naming the key, the value and a fix."""
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("int", "literal", "constrained"))]
     key = ".".join(loc)

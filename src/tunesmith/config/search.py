@@ -13,11 +13,14 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from tunesmith.config._section import Section, section_fields
+
+if TYPE_CHECKING:
+    from tunesmith.config._run import RunConfig
 
 UNSEARCHABLE_SECTIONS = ("tracking", "compare", "search")
 RANGE_KEYS = ("low", "high", "log", "step")
@@ -48,7 +51,7 @@ class SearchConfig(Section):
     high: 1.0e-3, log: true}`. Integer keys are searched over integers; give `step: 1` to search
     a float key such as `training.num_train_epochs` over whole numbers."""
 
-    def problems(self, config: BaseModel) -> list[str]:
+    def problems(self, config: RunConfig) -> list[str]:
         """Every problem with `space`, checked against the schema of `config` (the RunConfig)."""
         return parse_space(config)[1]
 
@@ -66,7 +69,7 @@ class ParamSpace:
     integer: bool = False
 
 
-def parse_space(config: BaseModel) -> tuple[list[ParamSpace], list[str]]:
+def parse_space(config: RunConfig) -> tuple[list[ParamSpace], list[str]]:
     """The searched keys of a RunConfig's `search.space`, and every problem with them."""
     spaces, problems = [], []
     for key, spec in config.search.space.items():

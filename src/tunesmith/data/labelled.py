@@ -27,11 +27,15 @@ log = logging.getLogger("tunesmith")
 
 @dataclass
 class LabelledRows:
-    """Rows of one split: input columns, string labels, and the line each row came from."""
+    """Rows of one split: input columns, labels, and the line each row came from.
+
+    Cells are strings for table files; sequence and chat readers hold richer cells (a sentence's
+    tokens and tags, a conversation's messages, a SQuAD row's answers), hence `Any`.
+    """
 
     source: str
-    inputs: dict[str, list[str]]
-    labels: list[str]
+    inputs: dict[str, list[Any]]
+    labels: list[Any]
     lines: list[int]
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
@@ -304,4 +308,5 @@ def read_splits(data: DataConfig, seed: int, read: Callable[[str], LabelledRows]
             train, val = random_split(train, data.validation_split, seed)
         train = sample(train, data.max_train_samples, seed)
         checks = duplicates_and_leaks(as_text(train), as_text(val))
+    assert val is not None  # read from data.validation or split off data.train, one of which is set
     return train, sample(val, data.max_eval_samples, seed), checks

@@ -69,7 +69,9 @@ def read_tagged(path: str | Path, tokens_column: str = "tokens", tags_column: st
 def _parse_conll(path: Path, text: str, labelled: bool) -> LabelledRows:
     """Sentences of a column file: word in the first column, tag in the last."""
     sentences, tags, lines = [], [], []
-    words, sentence_tags, start = [], [], 0
+    words: list[str] = []
+    sentence_tags: list[str] = []
+    start = 0
     for number, line in enumerate(text.splitlines() + [""], start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":

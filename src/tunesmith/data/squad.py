@@ -102,7 +102,7 @@ def _official_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f'{path}: expected the SQuAD layout, an object with a "data" list of articles '
                         "(for one question per line, name the file .jsonl)")
-    records = []
+    records: list[tuple[int, dict[str, Any]]] = []
     for article in document["data"]:
         for paragraph in _list(article, "paragraphs", path):
             context = paragraph.get("context") if isinstance(paragraph, dict) else None

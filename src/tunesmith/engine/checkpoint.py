@@ -105,7 +105,8 @@ def checkpoint_weights(model: nn.Module, weights: dict[str, torch.Tensor] | None
     from sharded processes, used instead of the model's own (which would hold this process's shard)."""
     weights = model.state_dict() if weights is None else weights
     if hasattr(model, "peft_config"):
-        prefix = model.base_model.prefix  # "lora_": adapter weights and DoRA magnitudes
+        # "lora_": adapter weights and DoRA magnitudes (a str; torch types Module.__getattr__ as Tensor | Module)
+        prefix: str = model.base_model.prefix  # type: ignore[union-attr, assignment]
         weights = {k: v for k, v in weights.items() if prefix in k or ".modules_to_save." in k}
     return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 

@@ -122,6 +122,8 @@ class TrainStepGuard:
                                  f"or {REMEDY}")
         self.optimizer.zero_grad(set_to_none=True)
         free_memory()
+        if self.step_start is None:  # run() records it before the step that can run out of memory
+            raise RuntimeError("out-of-memory retry without a recorded step start")
         batch_in_epoch, samples, rng = self.step_start
         torch.set_rng_state(rng[0])
         if len(rng) > 1:

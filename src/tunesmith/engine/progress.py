@@ -8,9 +8,11 @@ every tenth of a run of at least `LOG_FROM_ROWS` rows (shorter runs stay quiet i
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 log = logging.getLogger("tunesmith")
 
@@ -22,7 +24,7 @@ class ProgressDisplay:
         self.quiet = quiet
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, total_steps: int) -> None:
         if self.quiet:
@@ -42,9 +44,9 @@ class ProgressDisplay:
         self._task = self._progress.add_task("train", total=total_steps, epoch="-", loss="-", lr="-")
 
     def update(self, step: int, epoch: float, loss: float | None = None, lr: float | None = None) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
-        fields = {"epoch": f"{epoch:.2f}"}
+        fields: dict[str, Any] = {"epoch": f"{epoch:.2f}"}
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         if lr is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ import torch
 
 def capture_rng() -> dict[str, Any]:
     version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The global generator is MT19937, whose legacy state is this tuple (numpy types it tuple | dict).
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     captured = {
         "python": [version, list(state), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],

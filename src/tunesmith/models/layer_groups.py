@@ -43,7 +43,7 @@ def transformer_layer_groups(model: nn.Module) -> list[LayerGroup]:
         ModelSourceError: the model has no recognisable stack of blocks.
     """
     if hasattr(model, "get_base_model"):  # a peft model (the model it wraps has `peft_config` too)
-        return _adapters_only(transformer_layer_groups(model.get_base_model()), model.base_model.prefix)
+        return _adapters_only(transformer_layer_groups(model.get_base_model()), model.base_model.prefix)  # type: ignore[operator, union-attr, arg-type]  # torch types Module.__getattr__ as Tensor | Module
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return _encoder_decoder_groups(model)
     base = getattr(model, "base_model", model)
@@ -79,7 +79,7 @@ def _encoder_decoder_groups(model: nn.Module) -> list[LayerGroup]:
         return LayerGroup(name, modules, params)
 
     stacks = [(side, _main_stack(getattr(stack, "base_model", stack))[1])
-              for side, stack in (("encoder", model.get_encoder()), ("decoder", model.get_decoder()))]
+              for side, stack in (("encoder", model.get_encoder()), ("decoder", model.get_decoder()))]  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
     in_blocks = {id(p) for _, blocks in stacks for p in blocks.parameters()}
     embedding_modules = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in _EMBEDDING_NAMES
                          and not any(id(p) in in_blocks for p in m.parameters())]

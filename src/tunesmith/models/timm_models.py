@@ -115,7 +115,7 @@ def create_timm_model(source: str, num_classes: int, architecture: str | None = 
         raise _download_failure(source, exc) from None
     except Exception as exc:  # noqa: BLE001 - hub and network errors come in many types
         raise _download_failure(source, exc) from None
-    if not pretrained or model.pretrained_cfg.get("num_classes") != num_classes:
+    if not pretrained or model.pretrained_cfg.get("num_classes") != num_classes:  # type: ignore[union-attr, operator]  # torch types Module.__getattr__ as Tensor | Module
         zero_head(model)
     return model
 
@@ -123,7 +123,7 @@ def create_timm_model(source: str, num_classes: int, architecture: str | None = 
 def zero_head(model: nn.Module) -> None:
     """Starts a new classifier at zero: every class equally likely, no random logits of a size
     meant for 1000 classes (timm's own init) for the first steps to unlearn."""
-    for param in model.get_classifier().parameters():
+    for param in model.get_classifier().parameters():  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
         nn.init.zeros_(param)
 
 
@@ -206,7 +206,7 @@ def load_weights_file(model: nn.Module, path: Path, architecture: str, source: s
 
 def classifier_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the classifier that `reset_classifier` replaces."""
-    classifier = model.get_classifier()
+    classifier = model.get_classifier()  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
     for name, module in model.named_modules():
         if module is classifier and name:
             return {f"{name}.{k}" for k in classifier.state_dict()}
@@ -220,7 +220,7 @@ def timm_layer_groups(model: nn.Module, train_batchnorm: bool = False) -> list[L
         ModelSourceError: the architecture defines no group_matcher.
     """
     try:
-        matcher = model.group_matcher(coarse=True)
+        matcher = model.group_matcher(coarse=True)  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
     except (AttributeError, NotImplementedError):
         raise ModelSourceError(f"{type(model).__name__} has no timm group_matcher, so tunesmith cannot split it "
                                "into layer groups; choose another architecture") from None
@@ -239,7 +239,7 @@ def timm_layer_groups(model: nn.Module, train_batchnorm: bool = False) -> list[L
         label = {0: names[0], 2: names[2], 3: "head"}.get(key[0]) or f"{names[1]}.{blocks.index(key)}"
         params = keyed[key]
         modules = _owning_modules(model, {n for n, _ in params})
-        norms = [m for top in modules for m in top.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms: list[nn.Module] = [m for top in modules for m in top.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         groups.append(LayerGroup(label, modules, params, train_when_frozen=norms if train_batchnorm else []))
     return groups
 
@@ -308,4 +308,4 @@ def load_timm(folder: Path) -> tuple[nn.Module, list[str]]:
     except Exception as exc:  # noqa: BLE001
         raise ModelSourceError(f"cannot load the model in {folder}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     names = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
-    return model, list(names) if names else [str(i) for i in range(model.num_classes)]
+    return model, list(names) if names else [str(i) for i in range(model.num_classes)]  # type: ignore[arg-type]  # torch types Module.__getattr__ as Tensor | Module

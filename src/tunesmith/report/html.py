@@ -92,8 +92,8 @@ def thumbnail(path: str, size: int = 96) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as picture:
-            picture = picture.convert("RGB")
+        with Image.open(path) as opened:
+            picture = opened.convert("RGB")
             picture.thumbnail((size, size))
             buffer = io.BytesIO()
             picture.save(buffer, format="JPEG", quality=80)

@@ -48,7 +48,7 @@ def watch_overfitting(records: list[dict[str, Any]], config: RunConfig, stopped_
     Args:
         rows: Validation rows; when not given, the evaluations' per-class supports are summed.
     """
-    message = overfitting_message(records, config.training.metric_for_best_model, config.greater_is_better,
+    message = overfitting_message(records, config.metric, config.greater_is_better,
                                   config.training.early_stopping_patience, stopped_early,
                                   rows=rows or _rows_from(records), advice=strategy_advice(config))
     if message:
@@ -64,13 +64,14 @@ def overfitting_message(records: list[dict[str, Any]], metric: str, greater: boo
         return None
     best = _best_index(evals, records, metric, greater)
     gaps = [_gap(r, records) for r in evals]
-    if gaps[best] is None:
+    best_gap = gaps[best]
+    if best_gap is None:
         return None
     b, noise = evals[best], metric_noise(metric, evals[best][metric], rows)
     loss_noise = LOSS_NOISE * abs(b["loss"])
     worse = [j for j in range(best + 1, len(evals))
              if _worse(evals[j][metric], b[metric], greater, loss_noise if metric == "loss" else noise)
-             and evals[j]["loss"] > b["loss"] + loss_noise and gaps[j] is not None and gaps[j] > gaps[best]]
+             and evals[j]["loss"] > b["loss"] + loss_noise and (gap := gaps[j]) is not None and gap > best_gap]
     if not worse:
         return None
     w = evals[worse[-1]]

@@ -100,7 +100,7 @@ def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: l
 
 
 def _small_validation(data: dict[str, Any], config: RunConfig) -> str:
-    message = small_validation_message(data, config.training.metric_for_best_model)
+    message = small_validation_message(data, config.metric)
     return f'<p class="warn">{esc(message)}</p>' if message else ""
 
 

@@ -31,7 +31,7 @@ def small_validation_message(facts: dict[str, Any], metric: str) -> str | None:
         return None
     rows, counts = validation["rows"], validation.get("label_counts") or {}
     if counts:
-        rarest = min(counts, key=counts.get)
+        rarest = min(counts, key=lambda label: counts[label])
         if counts[rarest] >= MIN_ROWS_PER_CLASS:
             return None
         size = (f"{rows} rows, {counts[rarest]} of class '{rarest}' (the fewest; "

@@ -63,7 +63,8 @@ def train_transform(data_config: dict[str, Any], aug: AugmentationConfig) -> Cal
     policy = None if policy in ("none", "") else policy
     primary, secondary, final = create_transform(
         input_size=data_config["input_size"], is_training=True, scale=preset.scale, hflip=preset.hflip if aug.hflip else 0.0,
-        color_jitter=None, auto_augment=None if policy == "trivial" else policy,
+        color_jitter=None,  # type: ignore[arg-type]  # timm reads None as no jitter; its hint omits None
+        auto_augment=None if policy == "trivial" else policy,
         interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
         re_prob=preset.re_prob if aug.re_prob is None else aug.re_prob, re_mode="pixel", separate=True)
     steps = [primary, secondary, final]
@@ -122,7 +123,8 @@ def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, aug:
     off = smoothing / num_classes
     targets = torch.full((len(labels), num_classes), off).scatter_(1, labels[:, None], 1.0 - smoothing + off)
     use_cutmix = aug.cutmix_alpha > 0 and (aug.mixup_alpha <= 0 or rng.random() < 0.5)
-    lam = float(rng.beta(*(2 * [aug.cutmix_alpha if use_cutmix else aug.mixup_alpha])))
+    alpha = aug.cutmix_alpha if use_cutmix else aug.mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
     partner = pixels.flip(0)
     if use_cutmix:
         height, width = pixels.shape[-2:]

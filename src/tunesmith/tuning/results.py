@@ -27,8 +27,8 @@ class TrialRow:
     """The validation `metric_for_best_model`: of the best model for a completed trial, of the
     last evaluation for a pruned one."""
     seconds: float | None
-    params: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
+    params: dict[str, Any]
+    run_dir: Path
     evaluations: int = 0
 
 

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tunesmith.config.search import ParamSpace, parse_space
 from tunesmith.config import RunConfig, load_config
@@ -104,7 +104,7 @@ def tune(config: str | Path | dict | RunConfig, overrides: list[str] | None = No
     best_config = None
     if best is not None:
         best_config = write_best_config(trial_config(config, best.params, folder / "best-run", fresh=True), best, folder)
-    return TuneResult(folder, study.study_name, storage_url, config.training.metric_for_best_model, rows, best,
+    return TuneResult(folder, study.study_name, storage_url, config.metric, rows, best,
                       best_config, results_file)
 
 
@@ -119,7 +119,7 @@ def open_study(config: RunConfig, folder: Path):
     s = config.search
     url = s.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     name = s.study_name or folder.resolve().name
-    direction = "maximize" if config.greater_is_better else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if config.greater_is_better else "minimize"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
@@ -145,7 +145,7 @@ def make_objective(config: RunConfig, spaces: list[ParamSpace], folder: Path, qu
     """The function Optuna calls per trial: sample the values, fine-tune, return the best metric."""
     from tunesmith.run import finetune
 
-    metric = config.training.metric_for_best_model
+    metric = config.metric
 
     def objective(trial) -> float:
         values = {space.key: suggest(trial, space) for space in spaces}
@@ -162,9 +162,9 @@ def make_objective(config: RunConfig, spaces: list[ParamSpace], folder: Path, qu
         except NonFiniteLossError as exc:
             log.warning("trial %d failed: %s", trial.number, str(exc).split(";")[0])
             raise
-        value = float(result.final[metric])
-        log.info("trial %d: %s %.4f", trial.number, metric, value)
-        return value
+        score = float(result.final[metric])
+        log.info("trial %d: %s %.4f", trial.number, metric, score)
+        return score
 
     return objective
 
@@ -262,10 +262,10 @@ def _trial_failures() -> tuple[type[Exception], ...]:
 
 
 def _best(rows: list[TrialRow], greater: bool) -> TrialRow | None:
-    complete = [r for r in rows if r.state == "complete" and r.value is not None]
+    complete = [(r.value if greater else -r.value, r) for r in rows if r.state == "complete" and r.value is not None]
     if not complete:
         return None
-    return max(complete, key=lambda r: r.value if greater else -r.value)
+    return max(complete, key=lambda pair: pair[0])[1]
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
