@@ -56,7 +56,7 @@ class StubTask:
         raise NotImplementedError
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: return {{}}
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]: return []
-    def save(self, model: nn.Module, folder: str) -> None: ...
+    def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None: ...
     def describe(self) -> dict[str, Any]: return {{}}
     def card_usage(self) -> str: return ""
 

@@ -35,11 +35,11 @@ from tunesmith.data.labelled import sample
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.oom import is_out_of_memory, shrink_eval_batch
 from tunesmith.errors import DataError
-from tunesmith.tasks import read_rows
+from tunesmith.tasks import ProbesFeatures, read_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import RunConfig
-    from tunesmith.tasks import Task
+    from tunesmith.tasks import FeatureProbeTask, Task
 
 log = logging.getLogger("tunesmith")
 
@@ -48,10 +48,6 @@ log = logging.getLogger("tunesmith")
 PROBE_ROWS = 2000
 # Each process holds a slice of every parameter: the unwrapped model cannot run on its own.
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-if TYPE_CHECKING:
-    from tunesmith.tasks import Task
 
 
 def collect_outputs(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
@@ -165,7 +161,7 @@ def plain_json(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accelerator: Accelerator,
+def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task: Task, accelerator: Accelerator,
                     config: RunConfig) -> dict[str, Any]:
     """The `baseline` record: `evaluate` of the model before training, plus `features`
     (`feature_probe`) where the task's head starts untrained."""
@@ -174,17 +170,17 @@ def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task, accel
     return {**results, "features": features} if features is not None else results
 
 
-def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator,
+def feature_probe(model: nn.Module, task: Task, eval_data, accelerator: Accelerator,
                   config: RunConfig) -> dict[str, Any] | None:
     """The task's metrics of a linear probe on the frozen backbone's pooled features: a logistic
     regression fitted on (up to `PROBE_ROWS`) training rows, scored on the validation rows.
 
-    Only for a task that opts in (`fresh_head` true and a `pooled_features` hook; see the Task
-    protocol) and has training rows. Every process computes the same numbers on its own device,
+    Only for a task that opts in (a `ProbesFeatures` task, tasks/__init__.py, whose `fresh_head`
+    is true) and has training rows. Every process computes the same numbers on its own device,
     so nothing is gathered; under FSDP or DeepSpeed (sharded weights) there is no probe. Running
     out of memory skips the probe: it never stops a run.
     """
-    if not getattr(task, "fresh_head", False) or not hasattr(task, "pooled_features") or task.train_rows is None:
+    if not isinstance(task, ProbesFeatures) or not task.fresh_head or task.train_rows is None:
         return None
     if accelerator.distributed_type in SHARDED:
         log.info("no linear probe of the pre-trained features: the weights are sharded (%s)",
@@ -213,7 +209,7 @@ def feature_probe(model: nn.Module, task, eval_data, accelerator: Accelerator,
 
 
 @torch.no_grad()
-def _pooled(model: nn.Module, task, data, accelerator: Accelerator,
+def _pooled(model: nn.Module, task: FeatureProbeTask, data, accelerator: Accelerator,
             config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
     does not matter, as labels travel with their features."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -23,6 +24,9 @@ from torch import nn
 
 from tunesmith.engine.checkpoint import atomic_folder, checkpoints
 from tunesmith.errors import CheckpointError, RunDirError
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
@@ -39,7 +43,7 @@ def gather_weights(accelerator: Accelerator, model: nn.Module) -> dict[str, torc
     return weights if accelerator.is_main_process else None
 
 
-def save_best(task, accelerator: Accelerator, model: nn.Module, run_dir: Path) -> None:
+def save_best(task: Task, accelerator: Accelerator, model: nn.Module, run_dir: Path) -> None:
     """Writes `best/` in the task's own format; every process must call this, the main one writes.
 
     Raises:
@@ -63,7 +67,8 @@ def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path) -> N
         from tunesmith.strategies.lora import restore_adapter
 
         return restore_adapter(unwrapped, run_dir / "best")
-    weights = load_file(str(run_dir / "best" / "model.safetensors"))
+    # Any values: torch hints set_model_state_dict with its own invariant ValueType, not Tensor.
+    weights: dict[str, Any] = load_file(str(run_dir / "best" / "model.safetensors"))
     if accelerator.distributed_type == DistributedType.FSDP:
         # The unwrapped module's parameters are this process's shards: FSDP scatters the full tensors.
         from torch.distributed.checkpoint.state_dict import (

@@ -77,11 +77,6 @@ class Task(Protocol):
     label_names: list[str]
     truncated: Any
     """Inputs cut to fit so far: a count, or counts by kind (seq2seq: sources, targets)."""
-    fresh_head: bool
-    """Optional (opt-in, with `pooled_features`): set by `build_model`, true when the head starts
-    untrained on a pre-trained backbone, so the pre-trained model scores chance with it by
-    construction. The baseline then also scores the backbone's features with a linear probe
-    (engine/evaluation.py `feature_probe`). A task without it gets no such score."""
 
     def __init__(self, config: RunConfig) -> None: ...
 
@@ -115,10 +110,6 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, outputs) for a labelled batch."""
 
-    def pooled_features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Optional (with `fresh_head`): (B, D) features the head would read, one vector per row,
-        from the backbone as it is (the engine runs it in eval mode, without gradients)."""
-
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: ...
 
     def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
@@ -137,6 +128,27 @@ class Task(Protocol):
 
 
 TaskClass = TypeVar("TaskClass", bound="type[Task]")
+
+
+@runtime_checkable
+class ProbesFeatures(Protocol):
+    """Opt-in for a task (classification): a linear probe of its backbone's features in the baseline.
+
+    The engine asks `isinstance(task, ProbesFeatures)`; a task without both members gets no such score.
+    """
+
+    fresh_head: bool
+    """Set by `build_model`, true when the head starts untrained on a pre-trained backbone, so the
+    pre-trained model scores chance with it by construction. The baseline then also scores the
+    backbone's features with a linear probe (engine/evaluation.py `feature_probe`)."""
+
+    def pooled_features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) features the head would read, one vector per row, from the backbone as it is (the
+        engine runs it in eval mode, without gradients)."""
+
+
+class FeatureProbeTask(Task, ProbesFeatures, Protocol):
+    """A task that opts in to the baseline's linear probe (what `isinstance(task, ProbesFeatures)` narrows to)."""
 
 
 def read_rows(rows: LabelledRows | None, split: str) -> LabelledRows:

@@ -139,7 +139,7 @@ class ImageClassificationTask:
         model = create_timm_model(m.source, len(self.label_names), m.architecture, m.pretrained)
         # create_timm_model zeroes every head it does not take from the weights (timm_models.zero_head):
         # a zero head scores every class alike, chance by construction.
-        self.fresh_head = m.pretrained and not any(p.any() for p in model.get_classifier().parameters())
+        self.fresh_head = m.pretrained and not any(p.any() for p in model.get_classifier().parameters())  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
         return self._prepare(model)
 
     def load_trained(self) -> nn.Module:
@@ -224,7 +224,7 @@ class ImageClassificationTask:
         pixels = batch["pixel_values"]
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return model.forward_head(model.forward_features(pixels), pre_logits=True)
+        return model.forward_head(model.forward_features(pixels), pre_logits=True)  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)
