@@ -170,7 +170,7 @@ def inspect(config: Annotated[Path | None, typer.Argument(help="Run config (YAML
 
     _setup_logging(True)
     overrides = list(set_ or []) + ([f"model.source={model}"] if model else [])
-    rows = run_inspect(config, overrides)  # type: ignore[arg-type]  # it takes None (defaults); run.py is being refactored
+    rows = run_inspect(config, overrides)
     cells = [[row["group"], " ".join(str(e + 1) if on else "." for e, on in enumerate(row["trains_in_epoch"])),
               f"{row['parameters']:,}", f"{row['learning_rate']:.2e}"] for row in rows]
     print_table("layer groups (input to output)", ["group", "trains in epoch", "parameters", "learning rate"], cells,

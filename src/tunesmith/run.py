@@ -94,7 +94,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         facts = task.describe()
         labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
         log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
-        warn_small_validation(facts, config.training.metric_for_best_model)
+        warn_small_validation(facts, config.metric)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
                          restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
@@ -213,7 +213,7 @@ def evaluate(model: str, data: str, overrides: list[str] | None = None, output: 
     metrics = {"rows": len(task.eval_rows), "loss": loss, **task.metrics(outputs, labels)}
     if getattr(task, "untrained_head", False):
         metrics["head"] = "untrained"
-    if groups is not None:
+    if groups is not None and labels is not None:
         metrics["by"] = {by: grouped_metrics(task, outputs, labels, groups)}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def _inference_task(config: RunConfig, labelled: bool):
     if labelled:
         task.preflight()
     else:
-        task.eval_rows = task.unlabelled_rows(config.data.validation)
+        task.eval_rows = task.unlabelled_rows(str(config.data.validation))  # the --data file, always given here
     return task
 
 
@@ -335,7 +335,7 @@ def _inference_model(task, config: RunConfig, labelled: bool):
     return model, accelerator, loader
 
 
-def inspect(config: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> list[dict[str, Any]]:
+def inspect(config: str | Path | dict | RunConfig | None, overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Layer groups of the configured model with parameter counts and, per epoch, whether they train.
 
     Returns one dict per group: name, parameters, learning rate, and `trains_in_epoch` (a list

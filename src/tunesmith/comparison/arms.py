@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.errors import RunDirError
 from tunesmith.report.overfitting import read_records
 
 ARM_ORDER = ("pretrained", "probe", "finetune", "scratch", "probe_then_finetune")
@@ -91,6 +92,8 @@ def run_arm(arm: str, config: RunConfig, folder: Path, quiet: bool, extra: list[
 
 def pretrained_row(trained: ArmResult) -> ArmResult:
     """The `pretrained` row: the baseline evaluation logged by a trained arm before its first step."""
+    if trained.run_dir is None:
+        raise RunDirError(f"the {trained.arm} arm left no run directory to read its baseline from")
     records = read_records(trained.run_dir / "metrics.jsonl")
     baseline = next(r for r in records if r["phase"] == "baseline")
     return ArmResult("pretrained", arm_metrics(baseline), None, None, 0, trained.run_dir)

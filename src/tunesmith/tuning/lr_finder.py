@@ -105,7 +105,7 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
         return None, lrs[lowest]
     logs = [math.log10(lr) for lr in lrs]
     slopes = {i: (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(start, lowest)}
-    steepest = min(slopes, key=slopes.get)
+    steepest = min(slopes, key=lambda i: slopes[i])
     return (lrs[steepest] if slopes[steepest] < 0 else None), lrs[lowest]
 
 
@@ -118,6 +118,7 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
     from tunesmith.engine.loop import make_optimizer
     from tunesmith.recipe import built, prepared
     from tunesmith.strategies.freezing import apply_freezing, freeze_floor
+    from tunesmith.tasks import read_rows
 
     t, s = config.training, config.strategy
     config, task = prepared(config)
@@ -128,7 +129,7 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
     apply_freezing(model, groups, lowest)
     optimizer = make_optimizer(groups, config)
     ratios = [g["lr"] / t.learning_rate for g in optimizer.param_groups]  # per-group share of the head rate
-    data = task.dataset(task.train_rows, train=True)
+    data = task.dataset(read_rows(task.train_rows, "training"), train=True)
     loader = make_loader(data, task.collate, t.per_device_train_batch_size * accelerator.num_processes, t.seed,
                          train=True, lengths=task.lengths(data), group_by_length=t.group_by_length,
                          num_workers=t.dataloader_num_workers)
@@ -151,10 +152,12 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
 
 def _forever(loader, sampler, data) -> Iterator[dict[str, Any]]:
     """Training batches epoch after epoch, each epoch in its seeded order."""
+    from tunesmith.tasks import EpochDataset
+
     epoch = 0
     while True:
         sampler.start_epoch(epoch)
-        if hasattr(data, "set_epoch"):
+        if isinstance(data, EpochDataset):
             data.set_epoch(epoch)
         yield from loader
         epoch += 1
