@@ -157,3 +157,20 @@ def test_settings_read_as_yaml(run):
     text = (run.run_dir / "report.html").read_text()
     assert "gradual unfreezing: true" in text and "early stopping patience null" in text
     assert "True" not in text.split("<details>")[0] and "None" not in text.split("<details>")[0]
+
+
+def test_image_rows_show_the_path_inside_the_data_folder(tmp_path):
+    from PIL import Image
+
+    from tunesmith.report.run_report import _worst_section
+
+    records = []
+    for i, label in enumerate(("ants", "bees")):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200 * i, 0, 0)).save(tmp_path / "val" / label / "0.png")
+        records.append({"line": i + 1, "true_label": label, "image": str(tmp_path / "val" / label / "0.png"),
+                        "predicted_label": "ants", "score": 0.6, "prob_ants": 0.6, "prob_bees": 0.4})
+    path = tmp_path / "predictions_validation.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = _worst_section(path)
+    assert "<small>ants/0.png</small>" in html and "<small>bees/0.png</small>" in html

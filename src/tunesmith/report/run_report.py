@@ -12,6 +12,7 @@ saved as PNG files under `plots/`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,8 @@ def _worst_section(path: Path) -> str:
     worst = sorted(records, key=lambda r: r["_p_true"])[:WORST_SHOWN]
     inputs = [k for k in worst[0] if k not in ("line", "true_label", "predicted_label", "score", "_p_true")
               and not k.startswith("prob_")] if worst else []
-    rows = [[r["line"], *[_input_cell(r[k]) for k in inputs], r["true_label"], r["predicted_label"],
+    root = _image_root([r[k] for r in records for k in inputs])
+    rows = [[r["line"], *[_input_cell(r[k], root) for k in inputs], r["true_label"], r["predicted_label"],
              f"{r['_p_true']:.3f}"]
             for r in worst]
     note = (f"<p>{wrong} of {len(records)} validation rows are misclassified by the best model. These are the "
@@ -149,12 +151,23 @@ def _worst_section(path: Path) -> str:
     return note + table(["line", *inputs, "true", "predicted", "p(true)"], rows, numeric_from=len(inputs) + 3)
 
 
-def _input_cell(value: Any) -> Any:
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _image_root(values: list[Any]) -> str | None:
+    """The folder all image paths of the validation rows share (the data folder), to show paths from."""
+    paths = [os.path.abspath(str(v)) for v in values if Path(str(v)).suffix.lower() in IMAGE_SUFFIXES]
+    return os.path.dirname(os.path.commonpath(paths)) if len(paths) == 1 else (os.path.commonpath(paths) if paths else None)
+
+
+def _input_cell(value: Any, root: str | None = None) -> Any:
     text = str(value)
-    if Path(text).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
+    if Path(text).suffix.lower() in IMAGE_SUFFIXES:
         thumb = thumbnail(text)
         if thumb:
-            return Raw(f"{thumb}<br><small>{esc(Path(text).name)}</small>")
+            # `ants/0.png`, not `0.png`: the same file name recurs in every class folder.
+            shown = os.path.relpath(os.path.abspath(text), root) if root else Path(text).name
+            return Raw(f"{thumb}<br><small>{esc(shown)}</small>")
     return Raw(f'<div class="text">{esc(text[:400] + ("…" if len(text) > 400 else ""))}</div>')
 
 
