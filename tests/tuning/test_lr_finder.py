@@ -83,5 +83,5 @@ def test_the_sweep_trains_the_lora_model_the_fine_tune_trains(tiny_config, monke
     monkeypatch.setattr(lr_finder, "_step", step)
     tiny_config["lora"] = {"enabled": True, "r": 4, "alpha": 8}
     tiny_config["output_dir"] = str(tiny_config["output_dir"]) + "-lora"
-    lr_finder.lr_find(tiny_config, steps=5, start_lr=1e-5, end_lr=1e-2)
+    lr_finder.lr_find(tiny_config, steps=10, start_lr=1e-5, end_lr=1e-2)
     assert trained and all(n and all("lora_" in p or ".modules_to_save." in p for p in n) for n in trained)
