@@ -54,15 +54,17 @@ class StubTask:
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: raise NotImplementedError
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: return {{}}
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]: return []
+    def batch_outputs(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]: return []
+    def row_outputs(self, rows: LabelledRows, examples: list[Any]) -> list[Any]: return examples
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]: return {{}}
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]: return []
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None: ...
     def describe(self) -> dict[str, Any]: return {{}}
     def card_usage(self) -> str: return ""
 
 
 def predict_with(config: RunConfig) -> None:
-    write_predictions(Path("predictions.jsonl"), StubTask(config), np.zeros(1))
+    write_predictions(Path("predictions.jsonl"), StubTask(config), LabelledRows("mem", {{}}, [], []), [])
 '''
 
 

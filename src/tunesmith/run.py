@@ -13,10 +13,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.recipe import built, prepared, quiet_libraries
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import Task
 
 log = logging.getLogger("tunesmith")
 
@@ -199,6 +202,7 @@ def evaluate(model: str, data: str, overrides: list[str] | None = None, output: 
             model loads where they can be (a bad `output` path, a missing `by` column).
     """
     from tunesmith.engine.evaluation import collect_outputs, group_values, grouped_metrics, plain_json
+    from tunesmith.tasks import ProbesFeatures, read_rows
     from tunesmith.prediction_file import check_output
 
     out = Path(output).expanduser() if output is not None else None
@@ -206,15 +210,17 @@ def evaluate(model: str, data: str, overrides: list[str] | None = None, output: 
         check_output(out, (".json",))
     config = _inference_config(model, overrides, validation=data)
     task = _inference_task(config, labelled=True)
-    groups = group_values(task.eval_rows, by) if by else None
+    rows = read_rows(task.eval_rows, "validation")
+    groups = group_values(rows, by) if by else None
     model_obj, accelerator, loader = _inference_model(task, config, labelled=True)
-    with _row_progress(len(task.eval_rows), "evaluate") as progress:
-        outputs, labels, loss = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
-    metrics = {"rows": len(task.eval_rows), "loss": loss, **task.metrics(outputs, labels)}
-    if getattr(task, "untrained_head", False):
+    with _row_progress(len(rows), "evaluate") as progress:
+        examples, loss = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
+    outputs = task.row_outputs(rows, examples)
+    metrics = {"rows": len(rows), "loss": loss, **task.metrics(rows, outputs)}
+    if isinstance(task, ProbesFeatures) and task.fresh_head:  # a source without a trained head
         metrics["head"] = "untrained"
-    if groups is not None and labels is not None:
-        metrics["by"] = {by: grouped_metrics(task, outputs, labels, groups)}
+    if groups is not None:
+        metrics["by"] = {by: grouped_metrics(task, rows, outputs, groups)}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, default=plain_json) + "\n", encoding="utf-8")
@@ -234,15 +240,17 @@ def predict(model: str, data: str, output: str, overrides: list[str] | None = No
     """
     from tunesmith.engine.evaluation import collect_outputs
     from tunesmith.prediction_file import check_output, joined_records, write_records
+    from tunesmith.tasks import read_rows
 
     out = Path(output).expanduser()
     check_output(out)
     config = _inference_config(model, overrides, validation=data)
     task = _inference_task(config, labelled=False)
     model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
-    with _row_progress(len(task.eval_rows), "predict") as progress:
-        outputs, _, _ = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
-    return write_records(out, joined_records(task.eval_rows, task.predictions(task.eval_rows, outputs)))
+    rows = read_rows(task.eval_rows, "prediction")
+    with _row_progress(len(rows), "predict") as progress:
+        examples, _ = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
+    return write_records(out, joined_records(rows, task.predictions(rows, task.row_outputs(rows, examples))))
 
 
 def _row_progress(total: int, label: str):
@@ -301,7 +309,7 @@ def _saved_task(model: str) -> str:
     return RunConfig.model_fields["task"].default
 
 
-def _inference_task(config: RunConfig, labelled: bool):
+def _inference_task(config: RunConfig, labelled: bool) -> Task:
     """The task with its rows read and checked (`eval_rows`), before any weights load."""
     from tunesmith.tasks import get_task
 
@@ -313,22 +321,24 @@ def _inference_task(config: RunConfig, labelled: bool):
     return task
 
 
-def _inference_model(task, config: RunConfig, labelled: bool):
+def _inference_model(task: Task, config: RunConfig, labelled: bool):
     """(model, accelerator, loader) for `task.eval_rows`, the model loaded as saved."""
     from accelerate.utils import set_seed
 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batching import make_loader
+    from tunesmith.tasks import read_rows
 
     quiet_libraries()
     set_seed(config.training.seed)  # a head that is not in the source is drawn as fine-tuning's baseline draws it
     model = task.load_trained()
+    rows = read_rows(task.eval_rows, "validation")
     if labelled and task.label_names:  # causal-lm answers are free text, not classes
         from tunesmith.data.labelled import check_known_labels
 
-        check_known_labels(task.eval_rows, task.label_names)
+        check_known_labels(rows, task.label_names)
     accelerator = make_accelerator(config)
-    data = task.dataset(task.eval_rows, train=False, labelled=labelled)
+    data = task.dataset(rows, train=False, labelled=labelled)
     loader = make_loader(data, task.collate, config.training.per_device_eval_batch_size, 0, train=False,
                          lengths=task.lengths(data))
     model, loader = accelerator.prepare(model, loader)

@@ -1,7 +1,8 @@
 """The task contract, checked for every registered task on a tiny model: a labelled batch gives a
 finite loss, backward reaches every trainable parameter, evaluation outputs of batches of different
-sizes and lengths stack, and a saved model loads back (`load_trained`) with the same outputs, also
-when the weights to save are passed in (the full state dict gathered under FSDP).
+sizes and lengths become one output per row that the task's metrics score, and a saved model loads
+back (`load_trained`) with the same outputs, also when the weights to save are passed in (the full
+state dict gathered under FSDP).
 
 Each task's own test file (`tests/tasks/test_<task>.py`) gives its case as `contract_case(request,
 make)`: a run config on a tiny model and a few rows. A new task module is picked up by
@@ -10,6 +11,7 @@ make)`: a run config on a tiny model and a few rows. A new task module is picked
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -63,13 +65,34 @@ def check_layer_groups(groups, model) -> None:
     assert "head" not in names or names[-1] == "head", names
 
 
-def outputs(task, model, rows) -> np.ndarray:
-    """Evaluation outputs of `rows` in two batches of different sizes, stacked as the engine does."""
+def outputs(task, model, rows) -> list:
+    """Per-row evaluation outputs of `rows` from two batches of different sizes, as the engine makes them."""
     data = task.dataset(rows, train=False)
+    examples = []
     with torch.no_grad():
-        batches = [[data[k] for k in range(i, j)] for i, j in ((0, 1), (1, min(len(data), 5)))]
-        parts = [task.loss(model, task.collate(batch))[1] for batch in batches]
-    return torch.cat(parts).float().numpy()
+        for i, j in ((0, 1), (1, len(data))):
+            batch = task.collate([data[k] for k in range(i, j)])
+            examples += task.batch_outputs(task.loss(model, batch)[1], batch)
+    assert len(examples) == len(data)
+    per_row = task.row_outputs(rows, examples)
+    assert len(per_row) == len(rows)
+    return per_row
+
+
+def flat(value) -> tuple[list[float], list]:
+    """(the numbers, everything else) in an output of any shape: arrays, records, dataclasses."""
+    if isinstance(value, np.ndarray):
+        return value.astype(float).ravel().tolist(), []
+    if dataclasses.is_dataclass(value):
+        return flat(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        value = [value[k] for k in sorted(value)]
+    if isinstance(value, (list, tuple)):
+        parts = [flat(v) for v in value]
+        return [x for n, _ in parts for x in n], [x for _, o in parts for x in o]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)], []
+    return [], [value]
 
 
 @pytest.mark.parametrize("name", available_tasks())
@@ -94,7 +117,10 @@ def test_task_contract(name, request, tmp_path):
 
     model.eval()
     before = outputs(task, model, task.eval_rows)
-    assert np.isfinite(before).all()
+    scores = task.metrics(task.eval_rows, before)
+    assert set(task.metric_names) & set(scores), scores
+    numbers, _ = flat(before)
+    assert np.isfinite([x for x in numbers if not np.isnan(x)]).all()  # NaN: a word the model did not see
     # Under FSDP the module holds one process's shard and the gathered full state dict is passed
     # in (engine/sharding.py): what is written must be those weights, not the module's own.
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -106,7 +132,9 @@ def test_task_contract(name, request, tmp_path):
     reloaded.train_rows, reloaded.eval_rows = task.train_rows, task.eval_rows
     again = reloaded.load_trained()
     again.eval()
-    np.testing.assert_allclose(outputs(reloaded, again, task.eval_rows), before, rtol=1e-4, atol=1e-5)
+    after = outputs(reloaded, again, task.eval_rows)
+    np.testing.assert_allclose(flat(after)[0], numbers, rtol=1e-4, atol=1e-5)
+    assert flat(after)[1] == flat(before)[1]
 
 
 GOLDEN = Path(__file__).parent / "golden_losses.json"

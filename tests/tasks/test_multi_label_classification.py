@@ -54,9 +54,11 @@ def test_metrics_are_micro_and_macro_f1_and_subset_accuracy(tiny_bert, tmp_path)
                           "data": {"train": write_csv(tmp_path / "t.csv", topic_rows(40))}})
     task = get_task(config)
     task.preflight()
-    labels = np.array([[1, 0, 0], [0, 1, 1]])
-    logits = np.array([[3.0, -3.0, -3.0], [-3.0, 3.0, -3.0]])  # the second row misses one label
-    m = task.metrics(logits, labels)
+    names = task.label_names
+    rows = task.eval_rows.subset([0, 1])
+    rows.labels = [names[0], f"{names[1]}|{names[2]}"]  # labels [1, 0, 0] and [0, 1, 1]
+    logits = [np.array([3.0, -3.0, -3.0]), np.array([-3.0, 3.0, -3.0])]  # the second row misses one label
+    m = task.metrics(rows, logits)
     assert m["subset_accuracy"] == 0.5 and m["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1))
     assert config.metric == "micro_f1" and config.greater_is_better
 

@@ -76,10 +76,10 @@ def test_batches_teacher_force_the_targets(task, tmp_path):
     assert len(data[1]["labels"]) == 4 and task.truncated["targets"] == 1  # cut at max_target_length
     batch = task.collate(data)
     labels, shifted = batch["labels"], batch["decoder_input_ids"]
-    assert labels.shape == (2, 4) and shifted.shape == (2, 4)  # labels: max_target_length; inputs: the longest target
+    assert labels.shape == (2, 4) and shifted.shape == (2, 4)  # both: the batch's longest target
     assert shifted[:, 0].tolist() == [101, 101] and (shifted[:, 1:] == labels[:, :3].clamp(min=0)).all()
     assert batch["input_ids"].shape == batch["attention_mask"].shape
-    assert task.collate(data[:1])["labels"].shape == (1, 4) and task.collate(data[:1])["decoder_input_ids"].shape == (1, 3)
+    assert task.collate(data[:1])["labels"].shape == (1, 3) == task.collate(data[:1])["decoder_input_ids"].shape
 
 
 def test_a_decoder_only_source_is_sent_to_causal_lm(tmp_path):

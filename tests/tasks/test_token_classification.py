@@ -178,12 +178,29 @@ def test_entity_metrics_match_a_hand_computed_case():
     assert m["per_class"]["PER"]["f1"] == 1.0 and m["macro_f1"] == pytest.approx(2 / 3)
 
 
-def test_task_metrics_score_only_labelled_positions(task):
-    labels = np.array([[-100, 3, -100, 0, 1, -100]])
-    outputs = np.zeros((1, 6, 5))
-    outputs[0, [0, 1, 2, 3, 4, 5], [1, 3, 1, 0, 1, 2]] = 1.0  # ignored positions predict nonsense
-    m = task.metrics(outputs, labels)
+def test_metrics_score_each_word_the_model_saw_by_its_first_subtoken(task):
+    import torch
+
+    words = ["John", "lives", "in", "Paris"] + ["and", "works", "in", "Berlin"] * 3  # longer than max_length 16
+    tags = ["B-PER", "O", "O", "B-LOC"] + ["O", "O", "O", "B-LOC"] * 3
+    rows = rows_of(words, tags)
+    feature = task.dataset(rows, train=False)[0]
+    logits = np.zeros((1, len(feature["input_ids"]) + 3, 5), dtype=np.float32)  # 3 padding positions
+    logits[0, :, task.label_names.index("I-PER")] = 1.0  # every sub-token and pad says I-PER ...
+    for position, label in enumerate(feature["labels"]):
+        if label != -100:  # ... but each word's first sub-token says its true tag
+            logits[0, position] = 0.0
+            logits[0, position, label] = 2.0
+    mask = torch.tensor([[1] * len(feature["input_ids"]) + [0] * 3])
+    [example] = task.batch_outputs(torch.from_numpy(logits), {"attention_mask": mask})
+    assert example.shape == (len(feature["input_ids"]), 5)  # padding dropped
+    [per_word] = task.row_outputs(rows, [example])
+    seen = ~np.isnan(per_word[:, 0])
+    assert per_word.shape == (len(words), 5) and seen[:4].all() and not seen.all()  # the last words were cut off
+    m = task.metrics(rows, [per_word])
     assert m["f1"] == 1.0 and m["accuracy"] == 1.0
+    record = task.predictions(rows, [per_word])[0]
+    assert record["tags"][:4] == tags[:4] and record["tags"][-1] == "O" and record["scores"][-1] is None
 
 
 def test_entity_spans_have_character_offsets():

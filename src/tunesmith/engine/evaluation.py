@@ -1,7 +1,9 @@
 """Evaluation: run a model over a loader and score it with the task's metrics.
 
-Outputs are gathered across processes and mapped back to the original row order, so predictions
-line up with the input file. Batches are split between processes (see engine/accelerator.py), so
+Each batch's outputs become one per example (the task's `batch_outputs`, of any shape: logits, a
+window's start/end scores, a generated text with its loss), gathered across processes and put back
+in dataset order; the task joins them into one per row (`row_outputs`) and scores them against the
+rows' own labels (`metrics`), so predictions line up with the input file. Batches are split between processes (see engine/accelerator.py), so
 gathering one batch from all processes gives its rows in the sampler's order. Out of memory
 halves the evaluation batch and starts the evaluation again; evaluation draws no random numbers,
 so the training run is unaffected. `evaluate --by` scores each value of a column separately
@@ -31,7 +33,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tunesmith.data.labelled import sample
+from tunesmith.data.labelled import LabelledRows, sample
 from tunesmith.engine.batching import make_loader
 from tunesmith.engine.oom import is_out_of_memory, shrink_eval_batch
 from tunesmith.errors import DataError
@@ -51,11 +53,12 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def collect_outputs(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
-                    on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """Returns (outputs in original row order, labels or None, mean loss or None).
+                    on_rows: Callable[[int], None] | None = None) -> tuple[list[Any], float | None]:
+    """Returns (one output per example in dataset order, mean loss or None for unlabelled batches).
 
-    `on_rows`, if given, is called with the number of rows of each batch done (a progress bar).
-    Out of memory halves the evaluation batch and evaluates again (engine/oom.py).
+    The outputs are the task's `batch_outputs`, of any shape. `on_rows`, if given, is called with
+    the number of examples of each batch done (a progress bar). Out of memory halves the evaluation
+    batch and evaluates again (engine/oom.py).
     """
     while True:
         try:
@@ -68,40 +71,45 @@ def collect_outputs(model: nn.Module, loader: DataLoader, task: Task, accelerato
 
 @torch.no_grad()
 def _collect(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
-             on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+             on_rows: Callable[[int], None] | None = None) -> tuple[list[Any], float | None]:
     was_training = model.training
     model.eval()
     try:
-        outputs, labels, loss_sum, count = _run_batches(model, loader, task, accelerator, on_rows)
+        outputs, loss_sum, count = _run_batches(model, loader, task, accelerator, on_rows)
     finally:
         if was_training:
             model.train()
-    order = np.array([i for b in _sampler(loader).epoch_batches() for i in b])
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    stacked = torch.cat(outputs).numpy()[inverse]
-    y = torch.cat(labels).numpy()[inverse] if labels else None
-    if not labels:
-        return stacked, None, None
-    return stacked, y, float(accelerator.reduce(loss_sum, "sum") / accelerator.reduce(count, "sum").clamp(min=1))
+    order = [i for b in _sampler(loader).epoch_batches() for i in b]
+    in_order: list[Any] = [None] * len(order)
+    for position, index in enumerate(order):
+        in_order[index] = outputs[position]
+    if count is None:
+        return in_order, None
+    return in_order, float(accelerator.reduce(loss_sum, "sum") / accelerator.reduce(count, "sum").clamp(min=1))
 
 
 def _run_batches(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
-                 on_rows: Callable[[int], None] | None = None):
-    outputs, labels = [], []
+                 on_rows: Callable[[int], None] | None = None) -> tuple[list[Any], torch.Tensor, torch.Tensor | None]:
+    """Every batch's per-example outputs, gathered from all processes in the sampler's order, and
+    the loss summed over labelled examples with their count (None when no batch had labels)."""
+    outputs: list[Any] = []
     loss_sum, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    labelled = False
     for batch in loader:
         if "labels" in batch:
             loss, out = task.loss(model, batch)
             loss_sum += loss.detach() * len(batch["labels"])
             count += len(batch["labels"])
-            labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
+            labelled = True
         else:
             out = task.forward(model, batch)
-        outputs.append(accelerator.gather_for_metrics(out.float()).cpu())
+        examples = task.batch_outputs(out, batch)
+        if accelerator.num_processes > 1:  # Python objects of any shape: gathered as objects
+            examples = accelerator.gather_for_metrics(examples, use_gather_object=True)
+        outputs += examples
         if on_rows is not None:
-            on_rows(len(outputs[-1]))
-    return outputs, labels, loss_sum, count
+            on_rows(len(examples))
+    return outputs, loss_sum, count if labelled else None
 
 
 def _sampler(loader: DataLoader):
@@ -114,24 +122,25 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Task, accelerator: Acce
              predictions_file: Path | None = None) -> dict[str, Any]:
     """Loss plus the task's metrics on a labelled loader of `task.eval_rows`; with
     `predictions_file`, also writes each row's prediction there (for the report's worst examples)."""
-    outputs, labels, loss = collect_outputs(model, loader, task, accelerator)
-    if predictions_file is not None:
-        write_predictions(predictions_file, task, outputs)
-    if labels is None:
-        raise DataError(f"{read_rows(task.eval_rows, 'validation').source}: the rows have no labels; evaluation "
-                        "scores predictions against each row's label")
-    return {"loss": loss, **task.metrics(outputs, labels)}
-
-
-def write_predictions(path: Path, task: Task, outputs: np.ndarray) -> None:
-    """One JSONL record per evaluated row: its file line, the true label and the task's prediction."""
     rows = read_rows(task.eval_rows, "validation")
+    examples, loss = collect_outputs(model, loader, task, accelerator)
+    if loss is None:
+        raise DataError(f"{rows.source}: the rows have no labels; evaluation scores predictions against each "
+                        "row's label")
+    outputs = task.row_outputs(rows, examples)
+    if predictions_file is not None:
+        write_predictions(predictions_file, task, rows, outputs)
+    return {"loss": loss, **task.metrics(rows, outputs)}
+
+
+def write_predictions(path: Path, task: Task, rows: LabelledRows, outputs: list[Any]) -> None:
+    """One JSONL record per evaluated row: its file line, the true label and the task's prediction."""
     with path.open("w", encoding="utf-8") as f:
         for line, true, record in zip(rows.lines, rows.labels, task.predictions(rows, outputs)):
             f.write(json.dumps({"line": line, "true_label": true, **record}, ensure_ascii=False) + "\n")
 
 
-def group_values(rows, column: str) -> list[str]:
+def group_values(rows: LabelledRows, column: str) -> list[str]:
     """The value of `column` for each row, for `evaluate --by`.
 
     Raises:
@@ -146,13 +155,13 @@ def group_values(rows, column: str) -> list[str]:
     return [str(v) for v in rows.columns[column]]
 
 
-def grouped_metrics(task: Task, outputs: np.ndarray, labels: np.ndarray, groups: list[str]) -> dict[str, dict[str, Any]]:
+def grouped_metrics(task: Task, rows: LabelledRows, outputs: list[Any], groups: list[str]) -> dict[str, dict[str, Any]]:
     """The task's metrics on the rows of each group value (sorted), with the group's row count."""
     values = np.asarray(groups)
     result = {}
     for value in sorted(set(groups)):
         idx = np.flatnonzero(values == value)
-        result[value] = {"rows": len(idx), **task.metrics(outputs[idx], labels[idx])}
+        result[value] = {"rows": len(idx), **task.metrics(rows.subset(idx), [outputs[i] for i in idx])}
     return result
 
 
@@ -193,13 +202,14 @@ def feature_probe(model: nn.Module, task: Task, eval_data, accelerator: Accelera
     task.truncated = counted
     try:
         train_x, train_y = _pooled(model, task, train_data, accelerator, config)
-        val_x, val_y = _pooled(model, task, eval_data, accelerator, config)
+        val_x, _ = _pooled(model, task, eval_data, accelerator, config)
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
         log.warning("out of memory while scoring the pre-trained features; the baseline has no linear-probe score")
         return None
-    metrics = task.metrics(linear_probe(train_x, train_y, val_x, len(task.label_names)), val_y.numpy())
+    probabilities = linear_probe(train_x, train_y, val_x, len(task.label_names))
+    metrics = task.metrics(read_rows(task.eval_rows, "validation"), list(probabilities))
     probe = {"probe": "logistic regression", "train_rows": len(rows),
              **{m: metrics[m] for m in task.metric_names if m in metrics},
              "seconds": round(time.perf_counter() - started, 2)}
@@ -211,8 +221,8 @@ def feature_probe(model: nn.Module, task: Task, eval_data, accelerator: Accelera
 @torch.no_grad()
 def _pooled(model: nn.Module, task: FeatureProbeTask, data, accelerator: Accelerator,
             config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode; the row order
-    does not matter, as labels travel with their features."""
+    """(N, D) pooled features and (N,) labels of a labelled dataset, in eval mode, in dataset order
+    (the validation rows' are scored against those rows)."""
     t = config.training
     loader = make_loader(data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
                          lengths=task.lengths(data), num_workers=t.dataloader_num_workers)
@@ -228,7 +238,10 @@ def _pooled(model: nn.Module, task: FeatureProbeTask, data, accelerator: Acceler
     finally:
         if was_training:
             model.train()
-    return torch.cat(features), torch.cat(labels)
+    order = torch.tensor([i for b in _sampler(loader).epoch_batches() for i in b], dtype=torch.long)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return torch.cat(features)[inverse], torch.cat(labels)[inverse]
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int) -> np.ndarray:

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
+
 from tunesmith.config import TaskSchema, register_task_schema
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from torch import nn
 
@@ -104,16 +105,29 @@ class Task(Protocol):
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]: ...
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Model outputs (e.g. logits) for a batch, labels ignored."""
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """Model outputs for a batch, labels ignored: what `batch_outputs` reads (logits as a tensor
+        for the tasks that export to ONNX; generated ids for the generating tasks)."""
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, outputs) for a labelled batch."""
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """Returns (loss, outputs) for a labelled batch; the outputs are what `batch_outputs` reads."""
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]: ...
+    def batch_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """One output per example of the batch, from `forward`'s or `loss`'s outputs: on the CPU, of
+        any shape or type, padding removed (a row's logits, a window's start/end scores, a generated
+        text with its loss). Evaluation gathers these across processes and puts them in dataset order."""
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
-        """One output record per input row, for `tunesmith predict`."""
+    def row_outputs(self, rows: LabelledRows, examples: list[Any]) -> list[Any]:
+        """One output per row of `rows`, from the outputs of the examples `dataset(rows)` made, in
+        that order: the examples' own where each row is one example (`OneOutputPerRow`); question
+        answering joins a question's windows into its answer."""
+
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        """The task's scores of `outputs` (`row_outputs`, one per row) against the labels of `rows`,
+        which may be any subset of the validation rows (`evaluate --by` scores each group)."""
+
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
+        """One output record per row of `rows` from its `row_outputs`, for `tunesmith predict`."""
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Writes the model in the format its own library loads (with tokenizer etc.); `weights`, when
@@ -128,6 +142,29 @@ class Task(Protocol):
 
 
 TaskClass = TypeVar("TaskClass", bound="type[Task]")
+
+
+class OneOutputPerRow:
+    """`row_outputs` for a task whose dataset makes one example per row (every task but question
+    answering), and `batch_outputs` for one whose outputs are a (B, ...) tensor: each row's output is
+    its slice, as a float32 array (the generating tasks override it)."""
+
+    def batch_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> list[Any]:
+        return list(outputs.detach().float().cpu().numpy())
+
+    def row_outputs(self, rows: LabelledRows, examples: list[Any]) -> list[Any]:
+        return examples
+
+
+def stacked(outputs: list[Any], width: int) -> np.ndarray:
+    """Per-row vectors as one (N, width) matrix; (0, width) for no rows."""
+    return np.stack(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
+
+
+def label_ids(rows: LabelledRows, names: list[str]) -> np.ndarray:
+    """(N,) the index in `names` of each row's label (preflight has checked that all are known)."""
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[label] for label in rows.labels], dtype=np.int64)
 
 
 @runtime_checkable

@@ -1,14 +1,16 @@
-"""Pieces the generating tasks (causal-lm, seq2seq) share: padding id lists and decoding outputs.
+"""Pieces the generating tasks (causal-lm, seq2seq) share: padding id lists and their evaluation outputs.
 
-Generated ids travel through evaluation as floats in the task's output rows, -1 after the end, so
-batches of different lengths stack; `decode` turns them back into text.
+In evaluation a batch's outputs are a dict of tensors: `loss_sums` and `tokens` (B,) for labelled
+batches, and `generated` (B, T) ids, -1 from the end on, when the task generates. `generated_rows`
+turns them into one `Generated` record per row, its answer decoded to text.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
 
@@ -24,9 +26,31 @@ def padded(rows: list[list[int]], pad_id: int | None, left: bool = False) -> dic
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def decode(tokenizer, generated: np.ndarray) -> list[str]:
+@dataclass(frozen=True)
+class Generated:
+    """One row's evaluation output in a generating task."""
+
+    loss_sum: float
+    """Cross-entropy summed over the row's target tokens (0 when the row has no target)."""
+    tokens: int
+    """Target tokens scored: 0 for an unlabelled row."""
+    text: str | None
+    """The generated answer; None when the task did not generate."""
+
+
+def generated_rows(outputs: dict[str, torch.Tensor], tokenizer: Any) -> list[Generated]:
+    """One `Generated` per row of a batch's outputs (see the module docstring)."""
+    ids = outputs.get("generated")
+    texts = decode(tokenizer, ids) if ids is not None else None
+    size = len(ids) if ids is not None else len(outputs["tokens"])
+    sums = outputs["loss_sums"].tolist() if "loss_sums" in outputs else [0.0] * size
+    counts = outputs["tokens"].tolist() if "tokens" in outputs else [0] * size
+    return [Generated(float(sums[i]), int(counts[i]), texts[i] if texts is not None else None) for i in range(size)]
+
+
+def decode(tokenizer: Any, generated: torch.Tensor) -> list[str]:
     """Text of each row of generated ids (negative entries, the padding after the end, dropped)."""
-    return [tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip() for row in generated]
+    return [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip() for row in generated.tolist()]
 
 
 def stop_ids(model, tokenizer) -> list[int]:
@@ -36,15 +60,14 @@ def stop_ids(model, tokenizer) -> list[int]:
     return sorted({i for i in [*configured, tokenizer.eos_token_id] if i is not None})
 
 
-def cut_at_stop(new: torch.Tensor, stops: list[int], length: int) -> torch.Tensor:
-    """Generated ids (B, T) as floats (B, length): -1 from the first stop id on, and as padding."""
+def cut_at_stop(new: torch.Tensor, stops: list[int]) -> torch.Tensor:
+    """Generated ids (B, T), -1 from the first stop id on."""
     ended = torch.isin(new, torch.tensor(stops, device=new.device)).cumsum(1) > 0
-    new = new.masked_fill(ended, -1)
-    return torch.nn.functional.pad(new, (0, length - new.shape[1]), value=-1).float()
+    return new.masked_fill(ended, -1)
 
 
-def token_loss(outputs: np.ndarray) -> dict[str, float]:
-    """Mean loss per target token and its perplexity, from output rows [loss sum, tokens, ...]."""
-    tokens = float(outputs[:, 1].sum())
-    loss = float(outputs[:, 0].sum()) / max(tokens, 1.0)
+def token_loss(outputs: list[Generated]) -> dict[str, float]:
+    """Mean loss per target token and its perplexity, over the rows' `Generated` records."""
+    tokens = sum(o.tokens for o in outputs)
+    loss = sum(o.loss_sum for o in outputs) / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": int(tokens)}

@@ -40,8 +40,8 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.hf_family import HFModel, plain_tokenizer
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import token_limit
-from tunesmith.tasks import read_rows, register_task
-from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
+from tunesmith.tasks import OneOutputPerRow, register_task
+from tunesmith.tasks._generation import cut_at_stop, generated_rows, padded, stop_ids, token_loss
 
 log = logging.getLogger("tunesmith")
 IGNORE = -100  # label of positions without a loss (prompt, padding)
@@ -70,7 +70,7 @@ class CausalLMConfig(Section):
 
 
 @register_task("causal-lm")
-class CausalLMTask:
+class CausalLMTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "exact_match")
     pipeline_tag = "text-generation"  # the Hub's name for the task
@@ -236,14 +236,14 @@ class CausalLMTask:
         return [len(f["input_ids"]) for f in dataset]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-pads ids and mask to the batch's longest row, (B, T), and labels to max_length,
-        (B, L), so that evaluation can stack batches; evaluation batches add the left-padded
-        generation prompts, (B, P). Training batches under `causal_lm.packing` become one row."""
+        """Right-pads ids, mask and labels to the batch's longest row, (B, T); evaluation batches add
+        the left-padded generation prompts, (B, P). Training batches under `causal_lm.packing`
+        become one row."""
         if self.options.packing and "prompt_ids" not in features[0]:
             return self._packed(features)
         batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id, left=False)
         if "labels" in features[0]:
-            labels = torch.full((len(features), self.max_length), IGNORE, dtype=torch.long)
+            labels = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
             for i, f in enumerate(features):
                 labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
             batch["labels"] = labels
@@ -275,64 +275,61 @@ class CausalLMTask:
         logits = model(**inputs, use_cache=False).logits
         return logits if keep is None else logits[keep]
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Generated answers for an evaluation batch, (B, 2 + max_new_tokens) as described above
-        (the loss columns hold 0); the logits (B, T, V) of a training batch."""
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The generated answers of an evaluation batch (tasks/_generation.py); the logits (B, T, V)
+        of a training batch."""
         if "prompt_ids" not in batch:
             return self._logits(model, batch)
-        generated = self._generate(model, batch)
-        return torch.cat([generated.new_zeros((len(generated), 2)), generated], dim=1)
+        return {"generated": self._generate(model, batch)}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over response tokens (next-token: position t predicts label t+1);
-        outputs (B, 2) per-row loss sums and token counts, plus generated ids when evaluating."""
-        width = batch["input_ids"].shape[1]
-        targets = batch["labels"][:, 1:width]  # (B, T-1)
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy over response tokens (next-token: position t predicts label t+1); in
+        evaluation, outputs per-row loss sums and token counts, plus generated ids (tasks/_generation.py)."""
+        targets = batch["labels"][:, 1:]  # (B, T-1)
         keep = F.pad(targets != IGNORE, (0, 1))  # (B, T): the positions whose next token carries the loss
         logits = self._logits(model, batch, keep).float()  # (N, V)
         wanted = targets[keep[:, :-1]]  # (N,)
         smoothing = self.config.training.label_smoothing_factor if model.training else 0.0
         loss = F.cross_entropy(logits, wanted, label_smoothing=smoothing)
         if model.training:
-            return loss, logits.new_zeros((len(targets), 2))
+            return loss, {}
         per_token = F.cross_entropy(logits, wanted, reduction="none")  # (N,)
         rows = keep.nonzero(as_tuple=True)[0]
-        sums = per_token.new_zeros(len(targets)).index_add_(0, rows, per_token)
-        outputs = torch.stack([sums, keep.sum(1).float()], dim=1)
+        outputs = {"loss_sums": per_token.new_zeros(len(targets)).index_add_(0, rows, per_token),
+                   "tokens": keep.sum(1)}
         if self.options.generate_on_eval and "prompt_ids" in batch:
-            outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
+            outputs["generated"] = self._generate(model, batch)
         return loss, outputs
 
     @torch.no_grad()
     def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Greedy answers to the batch's prompts, (B, max_new_tokens) ids as floats, -1 from the end on."""
+        """Greedy answers to the batch's prompts, (B, T) ids, -1 from the end on."""
         model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
         prompts, n = batch["prompt_ids"], self.options.max_new_tokens
         out = model.generate(input_ids=prompts, attention_mask=batch["prompt_mask"], max_new_tokens=n,  # type: ignore[operator]
                              do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id)  # torch types Module.__getattr__ as Tensor | Module
-        new = out[:, prompts.shape[1]:]
-        return cut_at_stop(new, stop_ids(model, self.tokenizer), n)
+        return cut_at_stop(out[:, prompts.shape[1]:], stop_ids(model, self.tokenizer))
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def batch_outputs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[Any]:
+        return generated_rows(outputs, self.tokenizer)
+
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Loss per response token and its perplexity; with generated answers, their exact match
-        with the references. `outputs` are in the order of `self.eval_rows`, as the engine gives them."""
+        with the references."""
         scores: dict[str, Any] = token_loss(outputs)
-        if outputs.shape[1] > 2:
-            answers = decode(self.tokenizer, outputs[:, 2:])
-            references = read_rows(self.eval_rows, "validation").labels
-            scores["exact_match"] = float(np.mean([_normal(a) == _normal(r) for a, r in zip(answers, references)]))
+        if outputs and outputs[0].text is not None:
+            scores["exact_match"] = float(np.mean([_normal(o.text) == _normal(r) for o, r in zip(outputs, rows.labels)]))
         return scores
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """Per row: the last prompt message, the generated answer and (when scored) the row's loss per token."""
-        answers = decode(self.tokenizer, outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
         records = []
-        for i, prompt in enumerate(rows.inputs["messages"]):
+        for prompt, out in zip(rows.inputs["messages"], outputs):
             record: dict[str, Any] = {"prompt": prompt[-1]["content"]}
-            if answers[i] is not None:
-                record["response"] = answers[i]
-            if outputs[i, 1] > 0:
-                record["loss"] = round(float(outputs[i, 0] / outputs[i, 1]), 6)
+            if out.text is not None:
+                record["response"] = out.text
+            if out.tokens > 0:
+                record["loss"] = round(out.loss_sum / out.tokens, 6)
             records.append(record)
         return records
 

@@ -30,7 +30,7 @@ from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.strategies.augmentation import eval_transform, is_random, key_seed, mix_batch, mixes, train_transform
-from tunesmith.tasks import register_task
+from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
@@ -46,7 +46,7 @@ class ImageClassificationConfig(Section):
 
 
 @register_task("image-classification")
-class ImageClassificationTask:
+class ImageClassificationTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
     metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
     settings: ClassVar[type[Section] | None] = ImageClassificationConfig
@@ -242,17 +242,18 @@ class ImageClassificationTask:
             self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
         return self._weights.to(device)
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Top-1 accuracy, macro F1, per-class table, confusion matrix; top-5 with more than 5 classes."""
-        results = classification_metrics(outputs.argmax(-1), labels, self.label_names)
+        logits, labels = stacked(outputs, len(self.label_names)), label_ids(rows, self.label_names)
+        results = classification_metrics(logits.argmax(-1), labels, self.label_names)
         if len(self.label_names) > 5:
-            top5 = np.argsort(-outputs, axis=-1)[:, :5]
+            top5 = np.argsort(-logits, axis=-1)[:, :5]
             results["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=1).mean()) if len(labels) else 0.0
         return results
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per image: its path, the predicted label and the probability of each label."""
-        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
+        probs = torch.softmax(torch.from_numpy(stacked(outputs, len(self.label_names))), dim=-1).numpy()
         records = []
         for path, p in zip(rows.inputs[self.image_key], probs):
             record = {self.image_key: path, "predicted_label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}

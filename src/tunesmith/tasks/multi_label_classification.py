@@ -23,7 +23,7 @@ from torch import nn
 from tunesmith.config import Section
 from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks, load_labelled, random_split, sample
 from tunesmith.errors import DataError
-from tunesmith.tasks import register_task
+from tunesmith.tasks import register_task, stacked
 from tunesmith.tasks.text_classification import TextClassificationTask
 
 
@@ -100,13 +100,17 @@ class MultiLabelClassificationTask(TextClassificationTask):
         """Token ids per row and, when labelled, its labels as a 0/1 vector (one entry per label)."""
         features = super().dataset(rows, train, labelled=False)
         if labelled:
-            ids = {n: i for i, n in enumerate(self.label_names)}
-            for feature, cell in zip(features, rows.labels):
-                hot = [0] * len(ids)
-                for name in self.split(cell):
-                    hot[ids[name]] = 1
-                feature["labels"] = hot
+            for feature, hot in zip(features, self._multi_hot(rows)):
+                feature["labels"] = hot.tolist()
         return features
+
+    def _multi_hot(self, rows: LabelledRows) -> np.ndarray:
+        """(N, labels) 0/1: which labels each row's cell names."""
+        ids = {n: i for i, n in enumerate(self.label_names)}
+        hot = np.zeros((len(rows), len(ids)), dtype=np.int64)
+        for i, cell in enumerate(rows.labels):
+            hot[i, [ids[name] for name in self.split(cell)]] = 1
+        return hot
 
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
@@ -114,8 +118,9 @@ class MultiLabelClassificationTask(TextClassificationTask):
         logits = self.forward(model, batch)  # (B, num_labels)
         return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float()), logits
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        predicted = (1 / (1 + np.exp(-outputs)) >= self.options.threshold).astype(int)
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        labels = self._multi_hot(rows)
+        predicted = (1 / (1 + np.exp(-stacked(outputs, len(self.label_names)))) >= self.options.threshold).astype(int)
         per_label = f1_score(labels, predicted, average=None, zero_division=0)
         return {
             "micro_f1": float(f1_score(labels, predicted, average="micro", zero_division=0)),
@@ -125,10 +130,10 @@ class MultiLabelClassificationTask(TextClassificationTask):
             "per_label_f1": {n: float(f) for n, f in zip(self.label_names, per_label)},
         }
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per row: the predicted labels (joined as in the input) and each label's probability."""
         s = self.options
-        probs = 1 / (1 + np.exp(-outputs.astype(np.float64)))
+        probs = 1 / (1 + np.exp(-stacked(outputs, len(self.label_names)).astype(np.float64)))
         records = []
         for i in range(len(rows)):
             names = [n for n, p in zip(self.label_names, probs[i]) if p >= s.threshold]

@@ -14,8 +14,9 @@ unanswerable questions (SQuAD 2.0), the answer is empty if the lowest [CLS] scor
 windows beats the best span's score by more than `null_score_threshold`. Scores are SQuAD's exact
 match and F1 (`report/qa_metrics.py`).
 
-The engine sees one example per window. Outputs are (windows, max_length, 2) start/end logits, and
-the task maps windows back to questions with the token offsets it keeps from tokenizing.
+The engine sees one example per window. A window's output is its (tokens, 2) start/end logits, and
+`row_outputs` joins each question's windows into its answer with the token offsets it keeps from
+tokenizing, so metrics and predictions see one answer per question.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import load_fast_tokenizer, token_limit
 from tunesmith.report.qa_metrics import squad_metrics
-from tunesmith.tasks import read_rows, register_task
+from tunesmith.tasks import register_task
 
 log = logging.getLogger("tunesmith")
-PAD_LOGIT = -1e4  # start/end score of positions past a window's end (never part of an answer)
 
 
 # ---- config section `question_answering` ----------------------------------------------------------
@@ -288,19 +288,23 @@ class QuestionAnsweringTask:
         return torch.stack([out.start_logits, out.end_logits], dim=-1)  # (B, T, 2)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Start and end logits padded to (B, max_length, 2), so batches of any length stack."""
-        logits = self._logits(model, batch)
-        return F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]), value=PAD_LOGIT)
+        return self._logits(model, batch)  # (B, T, 2) start and end logits
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of the start and end cross-entropies, as BERT's SQuAD head defines it."""
         logits = self._logits(model, batch).float()
         labels = batch["labels"]  # (B, 2)
         loss = (F.cross_entropy(logits[..., 0], labels[:, 0]) + F.cross_entropy(logits[..., 1], labels[:, 1])) / 2
-        return loss, F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]), value=PAD_LOGIT)
+        return loss, logits
 
-    def answers(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
-        """The best answer per row from its windows' logits (outputs (windows, max_length, 2))."""
+    def batch_outputs(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """Per window: (tokens, 2) start and end logits of its real tokens, padding dropped."""
+        lengths = batch["attention_mask"].sum(1).tolist()
+        logits = outputs.detach().float().cpu().numpy()
+        return [window[:n] for window, n in zip(logits, lengths)]
+
+    def row_outputs(self, rows: LabelledRows, examples: list[Any]) -> list[Any]:
+        """Per question: the best answer over its windows (an answer record, `_pick`)."""
         q = self.options
         windows = self.windows(rows)
         per_row: list[list[int]] = [[] for _ in range(len(rows))]
@@ -310,24 +314,21 @@ class QuestionAnsweringTask:
         for row, context in enumerate(rows.inputs["context"]):
             spans, null = [], np.inf
             for j in per_row[row]:
-                start, end = outputs[j, :, 0], outputs[j, :, 1]
+                start, end = examples[j][:, 0], examples[j][:, 1]
                 null = min(null, float(start[0] + end[0]))
                 spans += _candidate_spans(start, end, windows.offsets[j], q.n_best, q.max_answer_length)
             best.append(_pick(spans, null, context, self.with_unanswerable, q.null_score_threshold))
         return best
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """SQuAD exact match and F1 of the validation questions' answers (`labels` are per window,
-        for the loss; the gold answers come from the rows)."""
-        rows = read_rows(self.eval_rows, "validation")
-        predicted = [a["answer"] for a in self.answers(rows, outputs)]
-        return squad_metrics(predicted, [a["text"] for a in rows.labels])
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        """SQuAD exact match and F1 of the questions' answers against their gold answers."""
+        return squad_metrics([a["answer"] for a in outputs], [a["text"] for a in rows.labels])
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """Per question: its id and text, the answer with its character span in the context, the
         span's score (start + end logit) and its probability among the candidates."""
         return [{"id": qid, "question": question, **answer}
-                for qid, question, answer in zip(rows.inputs["id"], rows.inputs["question"], self.answers(rows, outputs))]
+                for qid, question, answer in zip(rows.inputs["id"], rows.inputs["question"], outputs)]
 
 
 def _span_positions(offsets: list[tuple[int, int] | None], answers: dict[str, list]) -> list[int]:

@@ -34,11 +34,11 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import loading, token_limit
 from tunesmith.report.text_metrics import generation_metrics
-from tunesmith.tasks import read_rows, register_task
+from tunesmith.tasks import OneOutputPerRow, register_task
+from tunesmith.tasks._generation import cut_at_stop, generated_rows, padded, stop_ids, token_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-from tunesmith.tasks._generation import cut_at_stop, decode, padded, stop_ids, token_loss
 
 log = logging.getLogger("tunesmith")
 IGNORE = -100  # label of padded target positions
@@ -65,7 +65,7 @@ class Seq2SeqConfig(Section):
 
 
 @register_task("seq2seq")
-class Seq2SeqTask:
+class Seq2SeqTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL")
     pipeline_tag = "text2text-generation"  # the Hub's name for the task
@@ -218,13 +218,12 @@ class Seq2SeqTask:
         return [len(f["input_ids"]) + len(f.get("labels", ())) for f in dataset]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Sources right-padded, (B, S); `decoder_input_ids` (the targets shifted right after the start
-        token) padded to the batch's longest target, (B, T); labels padded with -100 to
-        `max_target_length`, (B, L), so that evaluation can stack batches of different lengths."""
+        """Sources right-padded, (B, S); labels padded with -100 to the batch's longest target, (B, T),
+        and `decoder_input_ids`, the targets shifted right after the start token, (B, T)."""
         batch = padded([f["input_ids"] for f in features], self.tokenizer.pad_token_id)
         if "labels" in features[0]:
             longest = max(len(f["labels"]) for f in features)
-            labels = torch.full((len(features), self.options.max_target_length), IGNORE, dtype=torch.long)
+            labels = torch.full((len(features), longest), IGNORE, dtype=torch.long)
             for i, f in enumerate(features):
                 labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
             if self.decoder_start is None:
@@ -241,50 +240,50 @@ class Seq2SeqTask:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, T, V)
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Generated outputs, (B, 2 + max_new_tokens) as described above (the loss columns hold 0)."""
-        generated = self._generate(model, batch)
-        return torch.cat([generated.new_zeros((len(generated), 2)), generated], dim=1)
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The generated outputs of an unlabelled batch (see tasks/_generation.py)."""
+        return {"generated": self._generate(model, batch)}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over target tokens; outputs (B, 2) per-row loss sums and token
-        counts, plus generated ids when evaluating."""
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy over target tokens; in evaluation, outputs per-row loss sums and token
+        counts, plus generated ids (tasks/_generation.py)."""
         logits = self._logits(model, batch).float()  # (B, T, V)
-        labels = batch["labels"][:, : logits.shape[1]]  # (B, T)
+        labels = batch["labels"]  # (B, T)
         smoothing = self.config.training.label_smoothing_factor if model.training else 0.0
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
         if model.training:
-            return loss, logits.new_zeros((len(labels), 2))
+            return loss, {}
         per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (B, T)
-        outputs = torch.stack([per_token.sum(1), (labels != IGNORE).sum(1).float()], dim=1)
+        outputs = {"loss_sums": per_token.sum(1), "tokens": (labels != IGNORE).sum(1)}
         if self.options.generate_on_eval:
-            outputs = torch.cat([outputs, self._generate(model, batch)], dim=1)
+            outputs["generated"] = self._generate(model, batch)
         return loss, outputs
 
     @torch.no_grad()
     def _generate(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Generated ids, (B, max_new_tokens) as floats, -1 from the end on (the start token dropped)."""
+        """Generated ids, (B, T), -1 from the end on (the start token dropped)."""
         model = getattr(model, "module", model)  # generate lives on the model, not on a DDP wrapper
         s = self.options
         out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],  # type: ignore[operator]
                              max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=False)  # torch types Module.__getattr__ as Tensor | Module
-        return cut_at_stop(out[:, 1:], stop_ids(model, self.tokenizer), s.max_new_tokens)
+        return cut_at_stop(out[:, 1:], stop_ids(model, self.tokenizer))
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def batch_outputs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[Any]:
+        return generated_rows(outputs, self.tokenizer)
+
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Loss per target token and perplexity; with generated outputs, BLEU and ROUGE against the targets."""
         scores: dict[str, Any] = token_loss(outputs)
-        if outputs.shape[1] > 2:
-            scores.update(generation_metrics(decode(self.tokenizer, outputs[:, 2:]),
-                                             read_rows(self.eval_rows, "validation").labels))
+        if outputs and outputs[0].text is not None:
+            scores.update(generation_metrics([o.text for o in outputs], rows.labels))
         return scores
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """Per row: the source, the generated output and (when scored) the row's loss per token."""
-        generated = decode(self.tokenizer, outputs[:, 2:]) if outputs.shape[1] > 2 else [None] * len(rows)
         records = []
-        for i, source in enumerate(rows.inputs["source"]):
-            record: dict[str, Any] = {"source": source, "output": generated[i]}
-            if outputs[i, 1] > 0:
-                record["loss"] = round(float(outputs[i, 0] / outputs[i, 1]), 6)
+        for source, out in zip(rows.inputs["source"], outputs):
+            record: dict[str, Any] = {"source": source, "output": out.text}
+            if out.tokens > 0:
+                record["loss"] = round(out.loss_sum / out.tokens, 6)
             records.append(record)
         return records

@@ -12,7 +12,6 @@ import logging
 from collections import Counter
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,13 +33,13 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import source_label_names, token_limit
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.tasks import register_task
+from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
 
 @register_task("text-classification")
-class TextClassificationTask:
+class TextClassificationTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
     metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
     settings: ClassVar[type[Section] | None] = None  # reads only the shared sections
@@ -235,12 +234,13 @@ class TextClassificationTask:
             self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
         return self._weights.to(device)
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        return classification_metrics(outputs.argmax(-1), labels, self.label_names)
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        logits = stacked(outputs, len(self.label_names))
+        return classification_metrics(logits.argmax(-1), label_ids(rows, self.label_names), self.label_names)
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per row: the inputs, the predicted label and the probability of each label."""
-        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
+        probs = torch.softmax(torch.from_numpy(stacked(outputs, len(self.label_names))), dim=-1).numpy()
         records = []
         for i in range(len(rows)):
             record = {c: rows.inputs[c][i] for c in self.input_columns}

@@ -206,15 +206,14 @@ class TokenClassificationTask:
         return [len(f["input_ids"]) for f in dataset]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pads inputs to the batch's longest row, (B, T); labels to max_length, (B, L), so that
-        evaluation can stack batches of different lengths."""
+        """Pads inputs and labels to the batch's longest row, (B, T)."""
         longest, size = max(len(f["input_ids"]) for f in features), len(features)
         batch = {"input_ids": torch.full((size, longest), self.tokenizer.pad_token_id or 0, dtype=torch.long),
                  "attention_mask": torch.zeros((size, longest), dtype=torch.long)}
         label_keys = [k for k in ("labels", "subtoken_labels") if k in features[0]]
         keys = [k for k in ("token_type_ids",) if k in features[0]]
         batch.update({k: torch.zeros((size, longest), dtype=torch.long) for k in keys})
-        batch.update({k: torch.full((size, self.max_length), IGNORE, dtype=torch.long) for k in label_keys})
+        batch.update({k: torch.full((size, longest), IGNORE, dtype=torch.long) for k in label_keys})
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
@@ -230,16 +229,33 @@ class TokenClassificationTask:
         return model(**inputs).logits  # (B, T, num_labels)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits padded to (B, max_length, num_labels), so batches of any length stack."""
-        logits = self._logits(model, batch)
-        return F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]))
+        return self._logits(model, batch)  # (B, T, num_labels)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self._logits(model, batch)
-        labels = batch.get("subtoken_labels", batch["labels"])[:, : logits.shape[1]]  # (B, T)
+        labels = batch.get("subtoken_labels", batch["labels"])  # (B, T)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), weight=self._class_weights(logits.device),
                                ignore_index=IGNORE, label_smoothing=self.config.training.label_smoothing_factor)
-        return loss, F.pad(logits, (0, 0, 0, self.max_length - logits.shape[1]))
+        return loss, logits
+
+    def batch_outputs(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """Per sentence: (tokens, num_labels) logits of its real tokens, padding dropped."""
+        lengths = batch["attention_mask"].sum(1).tolist()
+        logits = outputs.detach().float().cpu().numpy()
+        return [row[:n] for row, n in zip(logits, lengths)]
+
+    def row_outputs(self, rows: LabelledRows, examples: list[Any]) -> list[Any]:
+        """Per sentence: (words, num_labels) logits of each word's first sub-token; NaN for the words
+        the model did not see (cut off by truncation, or no tokens at all)."""
+        encoded, _ = self._encode(rows)
+        outputs = []
+        for i, logits in enumerate(examples):
+            firsts = _first_subtokens(encoded.word_ids(i), len(rows.inputs[TOKENS][i]))
+            words = np.full((len(firsts), logits.shape[-1]), np.nan, dtype=np.float32)
+            seen = [w for w, p in enumerate(firsts) if p is not None]
+            words[seen] = logits[[firsts[w] for w in seen]]
+            outputs.append(words)
+        return outputs
 
     def _class_weights(self, device: torch.device) -> torch.Tensor | None:
         if self.config.training.class_weights != "balanced" or self.train_rows is None:
@@ -250,26 +266,24 @@ class TokenClassificationTask:
             self._weights = torch.tensor([n / (k * max(counts[name], 1)) for name in self.label_names])
         return self._weights.to(device)
 
-    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """Entity-level scores over the words' first sub-tokens (outputs (N, L, C), labels (N, L))."""
-        names, predicted = self.label_names, outputs.argmax(-1)
+    def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        """Entity-level scores over the words the model saw (outputs: one (words, C) array per row)."""
         true_tags, predicted_tags = [], []
-        for row_labels, row_predicted in zip(labels, predicted):
-            scored = row_labels != IGNORE
-            true_tags.append([names[i] for i in row_labels[scored]])
-            predicted_tags.append([names[i] for i in row_predicted[scored]])
+        for tags, logits in zip(rows.labels, outputs):
+            seen = np.flatnonzero(~np.isnan(logits[:, 0])) if len(logits) else np.zeros(0, dtype=np.int64)
+            true_tags.append([tags[w] for w in seen])
+            predicted_tags.append([self.label_names[int(logits[w].argmax())] for w in seen])
         return entity_metrics(true_tags, predicted_tags)
 
-    def predictions(self, rows: LabelledRows, outputs: np.ndarray) -> list[dict[str, Any]]:
-        """Per sentence: the words, their space-joined text, a tag and confidence per word, and
-        the entities with character offsets into that text."""
-        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()  # (N, L, C)
-        encoded, _ = self._encode(rows)
+    def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
+        """Per sentence: the words, their space-joined text, a tag and confidence per word, and the
+        entities with character offsets into that text (a word the model did not see: "O", no score)."""
         records = []
-        for i, words in enumerate(rows.inputs[TOKENS]):
-            firsts = _first_subtokens(encoded.word_ids(i), len(words))
-            tags = [self.label_names[int(probs[i, p].argmax())] if p is not None else "O" for p in firsts]
-            scores = [round(float(probs[i, p].max()), 6) if p is not None else None for p in firsts]
+        for words, logits in zip(rows.inputs[TOKENS], outputs):
+            probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()  # (words, C); NaN rows stay NaN
+            seen = ~np.isnan(probs[:, 0]) if len(probs) else np.zeros(0, dtype=bool)
+            tags = [self.label_names[int(p.argmax())] if ok else "O" for p, ok in zip(probs, seen)]
+            scores = [round(float(p.max()), 6) if ok else None for p, ok in zip(probs, seen)]
             records.append({"text": " ".join(words), "tokens": words, "tags": tags, "scores": scores,
                             "entities": entity_spans(words, tags)})
         return records
