@@ -1,15 +1,17 @@
 """The one catalogue of `demo:` sources: real pre-trained weights that registry packages ship.
 
-Every family adapter (Hugging Face in `models/sources.py`, timm in `models/timm_models.py`, and those
-to come: audio, detection, faces) registers its aliases here with what each is: its modality, the
-tasks it serves, the model id it is a copy of (for model cards) and the package that ships it. So
-`tunesmith models` lists them all, an unknown alias is answered with every known one, a task can be
-inferred from the source when only one fits, and an alias given to a task of another modality is
-refused with the task to use. How the weights are read stays with the family's adapter.
+Every family adapter (Hugging Face in `models/sources.py`, timm in `models/timm_models.py`, Whisper
+from CTranslate2 files in `models/ctranslate2.py`, and those to come: detection, faces) registers its
+aliases here with what each is: its modality, the tasks it serves, the model id it is a copy of (for
+model cards) and the package that ships it. So `tunesmith models` lists them all, an unknown alias is
+answered with every known one, a task can be inferred from the source when only one fits, and an
+alias given to a task of another modality is refused with the task to use. How the weights are read
+stays with the family's adapter.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +91,10 @@ def package_folder(package: str, install_hint: str | None = None) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+# Each family adapter registers its aliases when imported; a new family adds its module here.
+_FAMILIES = ("tunesmith.models.sources", "tunesmith.models.timm_models", "tunesmith.models.ctranslate2")
+
+
 def _load_families() -> None:
-    # Each family adapter registers its aliases when imported; importing here keeps the list complete.
-    import tunesmith.models.sources  # noqa: F401
-    import tunesmith.models.timm_models  # noqa: F401
+    for module in _FAMILIES:
+        importlib.import_module(module)
