@@ -10,12 +10,10 @@ losses and SIGTERM/Ctrl-C are handled between steps; out of memory in a step red
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +22,23 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
-from tunesmith.engine.activation_cache import ActivationCache, plan_cache
+from tunesmith.engine.activation_cache import ActivationCache, begin_epoch, cached, make_cache, seq_len
 from tunesmith.engine.batching import make_loader
-from tunesmith.engine.checkpoint import check_state_keys, load_checkpoint, save_checkpoint
+from tunesmith.engine.checkpoint import latest, save_checkpoint
 from tunesmith.engine.evaluation import baseline_scores, evaluate
+from tunesmith.engine.loop_state import STATE_KEYS, LoopState, improved, non_finite_step, resume_state
 from tunesmith.engine.oom import TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
-from tunesmith.engine.seeding import capture_rng, restore_rng
+from tunesmith.engine.seeding import capture_rng
 from tunesmith.engine.sharding import finite_norm, gather_weights, refuse_sharded_resume, restore_best, save_best
 from tunesmith.engine.signals import graceful_stop
-from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
+from tunesmith.errors import TrainingInterrupted
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
 from tunesmith.tasks import EpochDataset, Task, read_rows
 
-
-@dataclass
-class LoopState:
-    """Everything about the loop's position and progress that a checkpoint records."""
-
-    global_step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    lowest_trainable: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_loss: float | None = None  # validation loss at best_step: it breaks ties of the metric
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    running_loss: float = 0.0
-    running_count: int = 0
-    samples: int = 0
-    nan_skips: int = 0
-    train_seconds: float = 0.0
-    label_names: list[str] = field(default_factory=list)
-    micro_batch: int = 0  # per device, as trained: smaller than configured after running out of memory
-    accumulation: int = 1
-    shrunk_from: int = 0  # the micro-batch that ran out of memory (engine/oom.py); 0: never
-
-
-STATE_KEYS = {*LoopState.__dataclass_fields__, "rng", "steps_per_epoch"}  # what state.json may hold
+__all__ = ["STATE_KEYS", "FitResult", "LoopState", "fit", "make_optimizer"]
 
 
 @dataclass
@@ -90,11 +64,10 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
     optimizer = make_optimizer(groups, config)
     scheduler = _make_scheduler(optimizer, config, total_steps)
     state = LoopState(label_names=list(task.label_names))
-    cache = _activation_cache(config, task, model, groups, train_data, world, run_dir,
-                              epochs=math.ceil(total_steps / steps_per_epoch))
+    cache = make_cache(config, task, groups, train_data, world, run_dir, math.ceil(total_steps / steps_per_epoch))
     if resume_from is not None:
         refuse_sharded_resume(accelerator, resume_from)
-        state = _resume(resume_from, model, optimizer, scheduler, state)
+        state = resume_state(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
     oom = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
@@ -140,7 +113,7 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
             sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
             if isinstance(train_data, EpochDataset):
                 train_data.set_epoch(state.epoch)
-            cache_mode = _begin_cache_epoch(cache, state.lowest_trainable, train_data)
+            cache_mode = begin_epoch(cache, state.lowest_trainable, train_data)
             for batch in train_loader:
                 oom.at_micro_batch(state)
                 state.batch_in_epoch += 1
@@ -160,7 +133,7 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
                         if accelerator.mixed_precision != "fp16":
                             finite = finite & finite_norm(norm)  # DeepSpeed's norm is a float or None
                         if not bool(finite):
-                            _non_finite(state, config, run_dir, sampler, task, checkpoint_path=_latest(run_dir))
+                            non_finite_step(state, config, run_dir, sampler, task, latest(run_dir / "checkpoints"))
                             optimizer.zero_grad(set_to_none=True)  # skip this update entirely
                         else:
                             running_loss += window_loss / state.accumulation
@@ -194,7 +167,7 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
                                    lr=scheduler.get_last_lr()[-1],
                                    trainable_groups=[g.name for g in groups[state.lowest_trainable:]],
                                    trainable_params=sum(g.num_params for g in groups[state.lowest_trainable:]))
-                    if _improved(entry, state, metric, greater, t.early_stopping_threshold):
+                    if improved(entry, state, metric, greater, t.early_stopping_threshold):
                         best_entry = entry
                         save_best(task, accelerator, model, run_dir)  # every process: it gathers sharded weights
                     if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
@@ -208,7 +181,7 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
                     path = checkpoint()
                 if stop_request:
                     display.stop()
-                    raise TrainingInterrupted(_stopped(stop_request.name, state.global_step, path, run_dir),
+                    raise TrainingInterrupted(stop_request.message(state.global_step, path, run_dir),
                                               stop_request.exit_code)
                 if state.global_step >= total_steps or state.stopped_early:
                     break
@@ -237,52 +210,14 @@ def _loaders(task: Task, config: RunConfig, world: int):
     return train_data, eval_data, train_loader, eval_loader
 
 
-def _activation_cache(config: RunConfig, task: Task, model, groups, train_data, world: int, run_dir: Path,
-                      epochs: int) -> ActivationCache | None:
-    s = config.strategy
-    depths = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
-    depth = plan_cache(config, task, groups, train_data, world, depths)
-    if not depth:
-        return None
-    return ActivationCache(groups, depth, len(train_data), task.lengths(train_data),
-                           config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
-
-
 def _forward_backward(task: Task, model, batch, accelerator: Accelerator, cache: ActivationCache | None, mode: str | None,
                       indices: torch.Tensor) -> torch.Tensor:
-    with _cached(cache, mode, indices, batch, accelerator.device):
+    with cached(cache, mode, indices, batch, accelerator.device):
         loss, _ = task.loss(model, batch)
     accelerator.backward(loss)
     if mode == "record" and cache is not None and cache.usable and not cache.checked:
-        cache.check(indices, _seq_len(batch), accelerator.device, lambda: task.forward(model, batch))
+        cache.check(indices, seq_len(batch), accelerator.device, lambda: task.forward(model, batch))
     return loss
-
-
-def _begin_cache_epoch(cache: ActivationCache | None, lowest_trainable: int, train_data) -> str | None:
-    """The epoch's cache mode: `replay` when the cache is full for this epoch's frozen prefix,
-    `record` while it fills; tells the dataset whether it must load inputs this epoch."""
-    if cache is None or not cache.usable or lowest_trainable != cache.depth:
-        mode = None
-    else:
-        mode = "replay" if cache.complete else "record"
-    if cache is not None:
-        cache.prepare_epoch(train_data, mode)
-    return mode
-
-
-def _cached(cache: ActivationCache | None, mode: str | None, indices: torch.Tensor, batch, device):
-    if cache is None or not cache.usable:  # also when its check turned it off during this epoch
-        return contextlib.nullcontext()
-    if mode == "record":
-        return cache.record(indices)
-    if mode == "replay":
-        return cache.replay(indices, _seq_len(batch), device)
-    return contextlib.nullcontext()
-
-
-def _seq_len(batch: dict[str, Any]) -> int | None:
-    """Padded length of a batch of token rows; None for fixed-shape inputs (images)."""
-    return batch["input_ids"].shape[1] if "input_ids" in batch else None
 
 
 def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
@@ -302,83 +237,6 @@ def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
     # With split batches (engine/accelerator.py) Accelerate steps the scheduler once per step.
     return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                          num_training_steps=total_steps)
-
-
-def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopState:
-    """Loads a verified checkpoint into the model, optimizer and scheduler; returns its loop state."""
-    saved = load_checkpoint(path)
-    check_state_keys(path, saved["state"], STATE_KEYS)
-    model.load_state_dict(saved["weights"], strict=False)
-    configured = [g["initial_lr"] for g in optimizer.param_groups]
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if configured != list(scheduler.base_lrs):
-        # The config's learning rate changed since the checkpoint: the new one applies from here.
-        scheduler.base_lrs = configured
-        for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
-            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
-    restore_rng(saved["state"].pop("rng"))
-    saved["state"].pop("steps_per_epoch", None)
-    return LoopState(**{**asdict(fresh), **saved["state"]})
-
-
-def _stopped(signal_name: str, step: int, path: Path, run_dir: Path) -> str:
-    """The interrupt message; it names a checkpoint only if that checkpoint is on disk."""
-    latest = path if path.is_dir() else _latest(run_dir)
-    saved = f"saved {path}" if latest == path else (
-        f"the newest checkpoint is {latest}" if latest else "no checkpoint is on disk, so a resume starts from the beginning")
-    return (f"{signal_name} received: stopped after step {step}; {saved}. "
-            f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume")
-
-
-def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task: Task, checkpoint_path: Path | None) -> None:
-    """Records the rows of a non-finite step; raises under `nan_policy: stop` or past `max_nan_skips`."""
-    t = config.training
-    batches = sampler.epoch_batches()[state.batch_in_epoch - state.accumulation: state.batch_in_epoch]
-    train_rows = read_rows(task.train_rows, "training")
-    rows = sorted({train_rows.lines[i] for b in batches for i in b})
-    report = {"step": state.global_step + 1, "epoch": state.epoch, "source": train_rows.source, "lines": rows}
-    with (run_dir / "bad_batches.json").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(report) + "\n")
-    state.nan_skips += 1
-    if t.nan_policy == "skip" and state.nan_skips <= t.max_nan_skips:
-        return
-    last = f"last good checkpoint: {checkpoint_path.name}" if checkpoint_path else "no checkpoint was saved yet"
-    limit = f" ({state.nan_skips} non-finite steps, more than max_nan_skips={t.max_nan_skips})" if t.nan_policy == "skip" else ""
-    raise NonFiniteLossError(
-        f"loss or gradients became NaN/inf at step {state.global_step + 1} (epoch {state.epoch + 1}){limit}; the update "
-        f"was not applied. Rows of that batch: {train_rows.source} lines {rows[:20]} (all in "
-        f"{run_dir / 'bad_batches.json'}); {last}. Lower training.learning_rate, check those rows, "
-        "or set training.nan_policy: skip")
-
-
-def _latest(run_dir: Path) -> Path | None:
-    from tunesmith.engine.checkpoint import checkpoints
-
-    found = checkpoints(run_dir / "checkpoints")
-    return found[0] if found else None
-
-
-def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: bool, threshold: float) -> bool:
-    value, loss = entry.get(metric), entry.get("loss")
-    if value is None or not math.isfinite(value) or not math.isfinite(loss or 0.0):
-        state.evals_without_improvement += 1
-        return False  # a diverged model is never kept as the best
-    better = state.best_metric is None or (
-        value > state.best_metric + threshold if greater else value < state.best_metric - threshold)
-    # A tie is common where the metric moves in coarse steps (accuracy: 1/n on n validation rows), and
-    # counting every tie as a stall would stop a run that is still learning. A tie with a lower
-    # validation loss is the same score, more confidently right, so it counts as an improvement (and
-    # becomes the best); a tie with an equal or higher loss does not, so a real plateau still stops.
-    # Only an exact tie: a change smaller than a non-zero early_stopping_threshold is the user's no.
-    tie = (not better and value == state.best_metric and loss is not None and state.best_loss is not None
-           and loss < state.best_loss)
-    if better or tie:
-        state.best_metric, state.best_step, state.evals_without_improvement = value, entry["step"], 0
-        state.best_loss = loss
-    else:
-        state.evals_without_improvement += 1
-    return better or tie
 
 
 def _group_rates(optimizer) -> dict[str, float]:
