@@ -72,7 +72,7 @@ def test_a_run_that_saved_no_best_model_names_none(tiny_config, monkeypatch, cap
     from tunesmith.cli import _print_before_after
     from tunesmith.engine import loop
 
-    monkeypatch.setattr(loop, "_improved", lambda entry, state, *args: False)  # no evaluation ever improves
+    monkeypatch.setattr(loop, "improved", lambda entry, state, *args: False)  # no evaluation ever improves
     tiny_config["training"].update(max_steps=2)
     result = tunesmith.finetune(tiny_config, quiet=True)
     assert not (result.run_dir / "best").exists() and result.best_model_dir is None

@@ -120,6 +120,21 @@ def test_out_of_memory_mid_run_redoes_only_that_step(config32, tmp_path, out_of_
     assert [r["accuracy"] for r in records(shrunk, "eval")] == [r["accuracy"] for r in records(reference, "eval")]
 
 
+def test_out_of_memory_after_a_step_has_begun_drops_its_gradients(config32, tmp_path, out_of_memory_above):
+    """At 16 x 2 the second micro-batch of step 1 runs out of memory after the first one's backward:
+    the gradients accumulated so far are dropped and the step is redone at 8 x 4, so the run is the
+    8 x 4 run bit for bit (nothing of the abandoned micro-batch is counted twice)."""
+    reference = run(config32, tmp_path, "started-at-8x4", "training.per_device_train_batch_size=8",
+                    "training.gradient_accumulation_steps=4")
+    seen = out_of_memory_above(8, after=1)
+    shrunk = run(config32, tmp_path, "shrunk", "training.per_device_train_batch_size=16",
+                 "training.gradient_accumulation_steps=2")
+    assert seen[:3] == [16, 16, 8] and set(seen[2:]) == {8}
+    assert [(r["step"], r["train_loss"]) for r in records(shrunk, "train")] == [
+        (r["step"], r["train_loss"]) for r in records(reference, "train")]
+    a, b = weights(reference), weights(shrunk)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 def test_resume_keeps_the_micro_batch_found_after_out_of_memory(config32, tmp_path, out_of_memory_above, caplog):
     out_of_memory_above(8)
     full = run(config32, tmp_path, "full")

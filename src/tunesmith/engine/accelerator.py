@@ -1,4 +1,4 @@
-"""The Accelerator for a run: mixed precision, accumulation, and how batches split across processes.
+"""The Accelerator for a run: mixed precision, and how batches split across processes.
 
 Batches are built for the whole world (per-device batch size x processes) and split between the
 processes (`split_batches`), so N processes see exactly the batches one process would: a
@@ -6,6 +6,8 @@ processes (`split_batches`), so N processes see exactly the batches one process 
 configured, DDP looks for unused parameters: frozen groups get no gradients, and with gradual
 unfreezing the set of trained groups changes between epochs. FSDP and DeepSpeed need GPUs: on a
 CPU process group Accelerate would fail (FSDP) or quietly run DDP instead, so they are refused.
+Gradient accumulation is the training loop's own (engine/loop.py): the Accelerator it gets counts
+no micro-batches and scales no loss.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tunesmith.errors import LaunchError
 SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
 
 
-def make_accelerator(config: RunConfig) -> Accelerator:
+def make_accelerator(config: RunConfig, accumulation: int = 1) -> Accelerator:
+    """The run's Accelerator; `accumulation` is for `accelerator.accumulate` (the learning-rate finder), not `fit`."""
     s = config.strategy
     freezes = s.freeze != "none" or s.gradual_unfreezing
     # Accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; launched by
@@ -33,11 +36,26 @@ def make_accelerator(config: RunConfig) -> Accelerator:
     return Accelerator(
         cpu=cpu_group,
         mixed_precision=mixed_precision(config),
-        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=freezes)],
     )
 
+
+
+def refuse_launched_accumulation(accelerator: Accelerator) -> None:
+    """Raises LaunchError when Accelerate accumulates micro-batches itself (set by the launcher, e.g. a DeepSpeed
+    config's `gradient_accumulation_steps`): the training loop does, and the loss would be scaled twice.
+
+    Raises:
+        LaunchError: the prepared Accelerator counts more than one micro-batch per step.
+    """
+    if accelerator.gradient_accumulation_steps != 1:
+        raise LaunchError(
+            f"Accelerate was set to accumulate {accelerator.gradient_accumulation_steps} micro-batches per step by "
+            "`accelerate launch` (--gradient_accumulation_steps, or gradient_accumulation_steps in its DeepSpeed "
+            "config); tunesmith accumulates itself: set training.gradient_accumulation_steps in the run config and "
+            "leave Accelerate's at auto (examples/accelerate/deepspeed.yaml)")
 
 def refuse_sharding_on_cpu() -> None:
     """Raises LaunchError when `accelerate launch` asked for FSDP or DeepSpeed on a machine without GPUs.

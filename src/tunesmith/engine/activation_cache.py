@@ -34,12 +34,14 @@ import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from tunesmith.config import RunConfig
 from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.strategies.freezing import trainable_from
 from tunesmith.tasks import EpochDataset, Examples, Task
 
 log = logging.getLogger("tunesmith")
@@ -262,3 +264,44 @@ def plan_cache(config: RunConfig, task: Task, groups: list[LayerGroup], train_da
     elif reasons:
         log.debug("activation cache off: %s", "; ".join(reasons))
     return 0 if reasons else stable[0]
+
+
+def make_cache(config: RunConfig, task: Task, groups: list[LayerGroup], train_data: Examples, world: int,
+               run_dir: Path, epochs: int) -> ActivationCache | None:
+    """The run's cache over `epochs` of freezing (engine/loop.py), or None when `plan_cache` turns it off."""
+    s = config.strategy
+    depths = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
+    depth = plan_cache(config, task, groups, train_data, world, depths)
+    if not depth:
+        return None
+    return ActivationCache(groups, depth, len(train_data), task.lengths(train_data),
+                           config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
+
+
+def begin_epoch(cache: ActivationCache | None, lowest_trainable: int, train_data: Examples) -> str | None:
+    """The epoch's cache mode: `replay` when the cache is full for this epoch's frozen prefix,
+    `record` while it fills; tells the dataset whether it must load inputs this epoch."""
+    if cache is None or not cache.usable or lowest_trainable != cache.depth:
+        mode = None
+    else:
+        mode = "replay" if cache.complete else "record"
+    if cache is not None:
+        cache.prepare_epoch(train_data, mode)
+    return mode
+
+
+def cached(cache: ActivationCache | None, mode: str | None, indices: torch.Tensor, batch: dict[str, Any],
+           device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Around a training micro-batch's forward: records or replays the frozen prefix's output."""
+    if cache is None or not cache.usable:  # also when its check turned it off during this epoch
+        return contextlib.nullcontext()
+    if mode == "record":
+        return cache.record(indices)
+    if mode == "replay":
+        return cache.replay(indices, seq_len(batch), device)
+    return contextlib.nullcontext()
+
+
+def seq_len(batch: dict[str, Any]) -> int | None:
+    """Padded length of a batch of token rows; None for fixed-shape inputs (images)."""
+    return batch["input_ids"].shape[1] if "input_ids" in batch else None

@@ -54,9 +54,7 @@ def fit_batch_size(task: Task, model, config: RunConfig, accelerator: Accelerato
     if accelerator.num_processes > 1:
         # Every process must train with the same micro-batch: take the smallest any of them found.
         fits = int(accelerator.gather(torch.tensor([fits], device=accelerator.device)).min())
-    config = keep_effective_batch(config, fits)
-    accelerator.gradient_accumulation_steps = config.training.gradient_accumulation_steps
-    return config
+    return keep_effective_batch(config, fits)
 
 
 def can_run_out_of_memory(accelerator: Accelerator) -> bool:

@@ -117,6 +117,11 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
+def latest(folder: Path) -> Path | None:
+    """The newest complete step checkpoint in `folder`, or None."""
+    found = checkpoints(folder)
+    return found[0] if found else None
+
 def verify(path: Path) -> None:
     """Raises CheckpointError naming the first file that is missing or does not match its hash."""
     manifest = path / MANIFEST

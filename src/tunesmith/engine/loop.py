@@ -1,70 +1,53 @@
-"""The training loop: one function, top to bottom, on Accelerate.
+"""The training loop on Accelerate: `setup` builds a run, `fit` trains it, top to bottom.
 
 `fit` evaluates the pre-trained model (under a new head also its features, engine/evaluation.py), then trains
 with the strategy's frozen groups and per-group learning rates; it evaluates per epoch or every N steps, keeps
 the best model, writes step checkpoints, stops early when the chosen metric stalls, and finally restores the
-best weights. A checkpoint captures the whole loop (epoch position, running sums, random generators, early
-stopping and unfreezing state), so a resumed run continues exactly as an uninterrupted one would. Non-finite
-losses and SIGTERM/Ctrl-C are handled between steps; out of memory in a step redoes its rows in smaller micro-batches.
+best weights. `setup` builds everything it trains with into a `TrainingRun`, whose short methods are the
+loop's parts: an epoch, a micro-batch, an optimizer step, what follows a step (log, evaluation, checkpoint).
+The loop does gradient accumulation itself, counting micro-batches in its state. A checkpoint captures the
+whole loop (epoch position, running sums, random generators, early stopping and unfreezing state,
+engine/loop_state.py), so a resumed run continues exactly as an uninterrupted one would. Non-finite losses and
+SIGTERM/Ctrl-C are handled between steps. Out of memory in a micro-batch is an explicit outcome: the step is
+abandoned and the epoch's batches start again at it, in smaller micro-batches (engine/oom.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
-from tunesmith.engine.activation_cache import ActivationCache, plan_cache
-from tunesmith.engine.batching import make_loader
-from tunesmith.engine.checkpoint import check_state_keys, load_checkpoint, save_checkpoint
+from tunesmith.engine.accelerator import refuse_launched_accumulation
+from tunesmith.engine.activation_cache import ActivationCache, begin_epoch, cached, make_cache, seq_len
+from tunesmith.engine.batching import GroupedBatchSampler, make_loader
+from tunesmith.engine.checkpoint import latest, save_checkpoint
 from tunesmith.engine.evaluation import baseline_scores, evaluate
-from tunesmith.engine.oom import TrainStepGuard
+from tunesmith.engine.loop_state import STATE_KEYS, LoopState, improved, non_finite_step, resume_state
+from tunesmith.engine.oom import OutOfMemory, TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
-from tunesmith.engine.seeding import capture_rng, restore_rng
+from tunesmith.engine.seeding import capture_rng
 from tunesmith.engine.sharding import finite_norm, gather_weights, refuse_sharded_resume, restore_best, save_best
-from tunesmith.engine.signals import graceful_stop
-from tunesmith.errors import NonFiniteLossError, TrainingInterrupted
+from tunesmith.engine.signals import StopRequest, graceful_stop
+from tunesmith.errors import TrainingInterrupted
+from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.report.history import History
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
-from tunesmith.tasks import EpochDataset, Task, read_rows
+from tunesmith.tasks import EpochDataset, Examples, Task, read_rows
 
-
-@dataclass
-class LoopState:
-    """Everything about the loop's position and progress that a checkpoint records."""
-
-    global_step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    lowest_trainable: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_loss: float | None = None  # validation loss at best_step: it breaks ties of the metric
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    running_loss: float = 0.0
-    running_count: int = 0
-    samples: int = 0
-    nan_skips: int = 0
-    train_seconds: float = 0.0
-    label_names: list[str] = field(default_factory=list)
-    micro_batch: int = 0  # per device, as trained: smaller than configured after running out of memory
-    accumulation: int = 1
-    shrunk_from: int = 0  # the micro-batch that ran out of memory (engine/oom.py); 0: never
-
-
-STATE_KEYS = {*LoopState.__dataclass_fields__, "rng", "steps_per_epoch"}  # what state.json may hold
+__all__ = ["STATE_KEYS", "FitResult", "LoopState", "StepOutcome", "TrainingRun", "fit", "make_optimizer", "setup"]
 
 
 @dataclass
@@ -76,13 +59,253 @@ class FitResult:
     steps_per_epoch: int
 
 
+class StepOutcome(Enum):
+    """What one micro-batch did to the optimizer step it belongs to."""
+
+    ACCUMULATED = "accumulated"  # its gradients were added; the step's next micro-batch follows
+    STEP_DONE = "step done"  # it was the step's last: the update was applied (or skipped as non-finite)
+    REDO_STEP = "redo step"  # out of memory: the step was abandoned, its rows come again in smaller micro-batches
+
+
+@dataclass
+class TrainingRun:
+    """Everything one `fit` trains with, built by `setup`; its methods are the loop's parts."""
+
+    task: Task
+    config: RunConfig
+    run_dir: Path
+    accelerator: Accelerator
+    display: ProgressDisplay
+    model: Any  # prepared by Accelerate, as are the optimizer, scheduler and loaders
+    groups: list[LayerGroup]
+    optimizer: Any
+    scheduler: Any
+    train_data: Examples
+    eval_data: Examples
+    train_loader: Any
+    eval_loader: Any
+    sampler: GroupedBatchSampler  # the training loader's: the loop sets its epoch and micro-batch size
+    steps_per_epoch: int
+    total_steps: int
+    state: LoopState
+    history: History
+    cache: ActivationCache | None
+    guard: TrainStepGuard
+    best_entry: dict[str, Any] | None
+    running_loss: torch.Tensor  # () on the device: the sum of step losses since the last log
+    window_loss: torch.Tensor  # () on the device: the sum of this step's micro-batch losses
+    clock: float = 0.0  # when training time was last added to `state.train_seconds`
+
+    @property
+    def done(self) -> bool:
+        return self.state.global_step >= self.total_steps or self.state.stopped_early
+
+    def start(self) -> None:
+        self.display.start(self.total_steps)
+        self.display.update(self.state.global_step, self.state.global_step / self.steps_per_epoch)
+        self.clock = time.perf_counter()
+
+    def train_epoch(self, stop_request: StopRequest) -> None:
+        """Trains the rest of the epoch (from `state.batch_in_epoch`), or until the run is done.
+
+        A micro-batch that runs out of memory abandons its step (engine/oom.py): the epoch's batches then
+        start again at that step, which comes in the smaller micro-batches.
+        """
+        batches, cache_mode = self._epoch_batches()
+        while not self.done and (batch := next(batches, None)) is not None:
+            outcome = self.micro_batch(batch, cache_mode)
+            if outcome is StepOutcome.REDO_STEP:
+                batches, cache_mode = self._epoch_batches()
+            elif outcome is StepOutcome.STEP_DONE:
+                self.end_step(stop_request)
+
+    def _epoch_batches(self) -> tuple[Iterator[dict[str, Any]], str | None]:
+        """The epoch's remaining micro-batches and its activation-cache mode; freezes the epoch's groups."""
+        s, strategy = self.state, self.config.strategy
+        s.lowest_trainable = trainable_from(len(self.groups), strategy.freeze, strategy.gradual_unfreezing, s.epoch)
+        apply_freezing(self.model, self.groups, s.lowest_trainable)
+        self.sampler.start_epoch(s.epoch, skip=s.batch_in_epoch)
+        if isinstance(self.train_data, EpochDataset):
+            self.train_data.set_epoch(s.epoch)
+        cache_mode = begin_epoch(self.cache, s.lowest_trainable, self.train_data)
+        return iter(self.train_loader), cache_mode
+
+    def micro_batch(self, batch: dict[str, Any], cache_mode: str | None) -> StepOutcome:
+        """Forward and backward of one micro-batch; after the last of its step, the optimizer step."""
+        s = self.state
+        self.guard.at_micro_batch(s)
+        s.batch_in_epoch += 1
+        indices = batch.pop("_index")
+        # A step is `accumulation` micro-batches; an epoch's last step may be shorter.
+        last = s.batch_in_epoch % s.accumulation == 0 or s.batch_in_epoch == self.sampler.num_batches
+        loss = self.guard.run(s, partial(self._forward_backward, batch, indices, cache_mode, last))
+        if isinstance(loss, OutOfMemory):  # the guard has rewound the state to the step's start
+            self.window_loss.zero_()
+            return StepOutcome.REDO_STEP
+        self.window_loss += loss.detach()
+        if last:
+            self.optimizer_step()
+        s.samples += len(indices)  # rows, also when packing makes the batch one row
+        return StepOutcome.STEP_DONE if last else StepOutcome.ACCUMULATED
+
+    def _forward_backward(self, batch: dict[str, Any], indices: torch.Tensor, cache_mode: str | None,
+                          last: bool) -> torch.Tensor:
+        cache, device = self.cache, self.accelerator.device
+        with _accumulating(self.accelerator, self.model, last):
+            with cached(cache, cache_mode, indices, batch, device):
+                loss, _ = self.task.loss(self.model, batch)
+            # The step's gradient is the mean of its micro-batches' gradients.
+            self.accelerator.backward(loss / self.state.accumulation)
+            if cache_mode == "record" and cache is not None and cache.usable and not cache.checked:
+                cache.check(indices, seq_len(batch), device, partial(self.task.forward, self.model, batch))
+        return loss
+
+    def optimizer_step(self) -> None:
+        """Clips the step's gradients and applies them, unless they are not finite (`training.nan_policy`)."""
+        t, s = self.config.training, self.state
+        # One host-device sync per optimizer step: is this update finite? Under fp16 the
+        # grad scaler owns overflowing gradients (it skips those steps itself).
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or math.inf)
+        finite = torch.isfinite(self.window_loss)
+        if self.accelerator.mixed_precision != "fp16":
+            finite = finite & finite_norm(norm)  # DeepSpeed's norm is a float or None
+        if not bool(finite):
+            non_finite_step(s, self.config, self.run_dir, self.sampler, self.task, latest(self.run_dir / "checkpoints"))
+            self.optimizer.zero_grad(set_to_none=True)  # skip this update entirely
+        else:
+            self.running_loss += self.window_loss / s.accumulation
+            s.running_count += 1
+        self.optimizer.step()
+        self.scheduler.step()  # Accelerate steps it once per call: batches are split (engine/accelerator.py)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.window_loss.zero_()
+
+    def end_step(self, stop_request: StopRequest) -> None:
+        """After an optimizer step: logs, evaluates, checkpoints and stops when each is due."""
+        s, t = self.state, self.config.training
+        s.global_step += 1
+        epoch_done = s.batch_in_epoch == self.sampler.num_batches
+        final = s.global_step == self.total_steps
+        eval_due = final or (t.eval_strategy == "epoch" and epoch_done) or (
+            t.eval_strategy == "steps" and t.eval_steps is not None and s.global_step % t.eval_steps == 0)
+        log_due = final or s.global_step % t.logging_steps == 0
+        train_loss = self._mean_train_loss() if log_due or eval_due else None
+        if log_due:
+            self.log(train_loss)
+        if eval_due:
+            self.evaluate_and_keep_best(train_loss)
+        if epoch_done:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        stop_request.agree(self.accelerator)  # one all-reduce per step, only under DDP
+        if stop_request:
+            self.interrupt(stop_request)
+        if eval_due or (t.save_steps and s.global_step % t.save_steps == 0):
+            self.checkpoint()
+
+    def _mean_train_loss(self) -> float | None:
+        """The mean step loss since the last log (over all processes); None when no step counted."""
+        if not self.state.running_count:
+            return None
+        # One host-device sync per logging interval, not per step.
+        mean = self.running_loss / self.state.running_count
+        loss = (self.accelerator.reduce(mean, "mean") if self.accelerator.num_processes > 1 else mean).item()
+        self.running_loss.zero_()
+        self.state.running_count = 0
+        return loss
+
+    def log(self, train_loss: float | None) -> None:
+        lr = self.scheduler.get_last_lr()[-1]
+        self.record("train", {"train_loss": train_loss, "lr": lr, "lrs": _group_rates(self.optimizer)})
+        self.display.update(self.state.global_step, self.state.global_step / self.steps_per_epoch, train_loss, lr)
+
+    def evaluate_and_keep_best(self, train_loss: float | None) -> None:
+        """Evaluates; writes `best/` when the metric improved; stops early when it stalled for the patience."""
+        s, t, trained = self.state, self.config.training, self.groups[self.state.lowest_trainable:]
+        entry = self.record("eval", evaluate(self.model, self.eval_loader, self.task, self.accelerator),
+                            train_loss=train_loss, lr=self.scheduler.get_last_lr()[-1],
+                            trainable_groups=[g.name for g in trained], trainable_params=sum(g.num_params for g in trained))
+        if improved(entry, s, self.config.metric, self.config.greater_is_better, t.early_stopping_threshold):
+            self.best_entry = entry
+            save_best(self.task, self.accelerator, self.model, self.run_dir)  # every process: it gathers sharded weights
+        if t.early_stopping_patience is not None and s.evals_without_improvement >= t.early_stopping_patience:
+            s.stopped_early = True
+            self.display.note(f"early stopping: {self.config.metric} has not improved for {s.evals_without_improvement} "
+                              f"evaluations (best {s.best_metric:.4f} at step {s.best_step})")
+
+    def checkpoint(self) -> Path:
+        """Saves the whole loop (weights, optimizer, schedule, loop state, random generators); its folder."""
+        self._count_train_time()
+        s = self.state
+        s.running_loss = float(self.running_loss)
+        saved = {**asdict(s), "steps_per_epoch": self.steps_per_epoch, "rng": capture_rng()}
+        path = self.run_dir / "checkpoints" / f"step-{s.global_step}"
+        weights = gather_weights(self.accelerator, self.model)  # every process: a collective when the weights are sharded
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.run_dir / "checkpoints", self.accelerator.unwrap_model(self.model), self.optimizer,
+                                   self.scheduler, saved, self.config.training.save_total_limit, weights)
+        return path
+
+    def interrupt(self, stop_request: StopRequest) -> NoReturn:
+        """Checkpoints and raises TrainingInterrupted after SIGTERM or Ctrl-C."""
+        path = self.checkpoint()
+        self.display.stop()
+        raise TrainingInterrupted(stop_request.message(self.state.global_step, path, self.run_dir),
+                                  stop_request.exit_code)
+
+    def finish(self) -> dict[str, Any]:
+        """Restores the best weights and evaluates them (writing the validation predictions); the final record."""
+        self.display.stop()
+        self._count_train_time()
+        self.accelerator.wait_for_everyone()  # the main process has finished writing best/
+        if self.best_entry is not None and (self.run_dir / "best").exists():
+            restore_best(self.accelerator, self.model, self.run_dir)
+        predictions = self.run_dir / "predictions_validation.jsonl" if self.accelerator.is_main_process else None
+        return self.record("final", evaluate(self.model, self.eval_loader, self.task, self.accelerator, predictions),
+                           best_step=self.state.best_step, nan_skips=self.state.nan_skips)
+
+    def record(self, phase: str, results: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        step = self.state.global_step
+        entry = {"phase": phase, "step": step, "epoch": round(step / self.steps_per_epoch, 4), **extra, **results}
+        self.history.append(entry)
+        if phase != "train":
+            self.display.note(_summary(phase, entry, self.config))
+        return entry
+
+    def _count_train_time(self) -> None:
+        now = time.perf_counter()
+        self.state.train_seconds += now - self.clock
+        self.clock = now
+
+
 def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
         resume_from: Path | None = None, restart_epoch: bool = False,
         on_record: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    t, s = config.training, config.strategy
-    metric, greater = config.metric, config.greater_is_better
+    """Trains `model` on the task's data; returns the baseline, best and final records and the loop state.
+
+    Raises:
+        NonFiniteLossError: a non-finite step under `nan_policy: stop`, or more than `max_nan_skips`.
+        TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint of the last whole step was saved.
+        GPUMemoryError: out of memory at a micro-batch of 1, or with several processes.
+        LaunchError: `accelerate launch` set Accelerate to accumulate micro-batches (the loop does).
+    """
+    run = setup(task, model, config, run_dir, accelerator, display, resume_from, restart_epoch, on_record)
+    baseline = run.history.find("baseline") or run.record(
+        "baseline", baseline_scores(run.model, run.eval_loader, run.eval_data, task, accelerator, config))
+    run.start()
+    with graceful_stop() as stop_request:
+        while not run.done:
+            run.train_epoch(stop_request)
+    final = run.finish()
+    return FitResult(baseline, run.best_entry, final, run.state, run.steps_per_epoch)
+
+
+def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accelerator, display: ProgressDisplay,
+          resume_from: Path | None = None, restart_epoch: bool = False,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> TrainingRun:
+    """Builds a run: data, optimizer, schedule, activation cache and loop state (a checkpoint's when
+    resuming), all prepared by Accelerate. Nothing is trained or evaluated yet."""
+    t, world = config.training, accelerator.num_processes
     groups = task.layer_groups(model)
-    world = accelerator.num_processes
     train_data, eval_data, train_loader, eval_loader = _loaders(task, config, world)
     sampler = train_loader.batch_sampler
     steps_per_epoch = max(1, math.ceil(len(sampler) / t.gradient_accumulation_steps))
@@ -90,137 +313,45 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
     optimizer = make_optimizer(groups, config)
     scheduler = _make_scheduler(optimizer, config, total_steps)
     state = LoopState(label_names=list(task.label_names))
-    cache = _activation_cache(config, task, model, groups, train_data, world, run_dir,
-                              epochs=math.ceil(total_steps / steps_per_epoch))
+    cache = make_cache(config, task, groups, train_data, world, run_dir, math.ceil(total_steps / steps_per_epoch))
     if resume_from is not None:
         refuse_sharded_resume(accelerator, resume_from)
-        state = _resume(resume_from, model, optimizer, scheduler, state)
+        state = resume_state(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
-    oom = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
-    oom.adopt(state, config)  # a micro-batch found after running out of memory is kept on resume
+    guard = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
+    guard.adopt(state, config)  # a micro-batch found after running out of memory is kept on resume
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
-    main = accelerator.is_main_process
-    history = History(run_dir / "metrics.jsonl", keep_until_step=state.global_step if resume_from else None, write=main,
-                      on_append=on_record)
+    refuse_launched_accumulation(accelerator)  # after prepare: DeepSpeed's config may set it there
+    history = History(run_dir / "metrics.jsonl", keep_until_step=state.global_step if resume_from else None,
+                      write=accelerator.is_main_process, on_append=on_record)
+    device = accelerator.device
+    return TrainingRun(task, config, run_dir, accelerator, display, model, groups, optimizer, scheduler, train_data,
+                       eval_data, train_loader, eval_loader, sampler, steps_per_epoch, total_steps, state, history,
+                       cache, guard, best_entry=history.find_step("eval", state.best_step),
+                       running_loss=torch.tensor(state.running_loss, device=device),
+                       window_loss=torch.zeros((), device=device))
 
-    def record(phase: str, results: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        entry = {"phase": phase, "step": state.global_step, "epoch": round(state.global_step / steps_per_epoch, 4),
-                 **extra, **results}
-        history.append(entry)
-        if phase != "train":
-            display.note(_summary(phase, entry, config))
-        return entry
 
-    def checkpoint() -> Path:
-        state.train_seconds += time.perf_counter() - clock[0]
-        clock[0] = time.perf_counter()
-        state.running_loss = float(running_loss)
-        saved = {**asdict(state), "steps_per_epoch": steps_per_epoch, "rng": capture_rng()}
-        path = run_dir / "checkpoints" / f"step-{state.global_step}"
-        weights = gather_weights(accelerator, model)  # every process: a collective when the weights are sharded
-        if main:
-            path = save_checkpoint(run_dir / "checkpoints", accelerator.unwrap_model(model), optimizer, scheduler,
-                                   saved, t.save_total_limit, weights)
-        return path
+@contextlib.contextmanager
+def _accumulating(accelerator: Accelerator, model, last: bool) -> Iterator[None]:
+    """Around a micro-batch that is not its step's last: DDP keeps its gradients local (`no_sync`), and
+    Accelerate's `sync_gradients` is off, which under DeepSpeed holds back the engine's step in `backward`.
 
-    baseline = history.find("baseline") or record(
-        "baseline", baseline_scores(model, eval_loader, eval_data, task, accelerator, config))
-    best_entry = history.find_step("eval", state.best_step)
-    running_loss = torch.tensor(state.running_loss, device=accelerator.device)
-    window_loss = torch.zeros((), device=accelerator.device)
-    display.start(total_steps)
-    display.update(state.global_step, state.global_step / steps_per_epoch)
-    clock = [time.perf_counter()]
-    with graceful_stop() as stop_request:
-        while state.global_step < total_steps and not state.stopped_early:
-            state.lowest_trainable = trainable_from(len(groups), s.freeze, s.gradual_unfreezing, state.epoch)
-            apply_freezing(model, groups, state.lowest_trainable)
-            sampler.start_epoch(state.epoch, skip=state.batch_in_epoch)
-            if isinstance(train_data, EpochDataset):
-                train_data.set_epoch(state.epoch)
-            cache_mode = _begin_cache_epoch(cache, state.lowest_trainable, train_data)
-            for batch in train_loader:
-                oom.at_micro_batch(state)
-                state.batch_in_epoch += 1
-                indices = batch.pop("_index")
-                with accelerator.accumulate(model):
-                    loss = oom.run(state, lambda: _forward_backward(task, model, batch, accelerator, cache, cache_mode,
-                                                                    indices))
-                    if loss is None:  # out of memory: this step's rows again, in smaller micro-batches
-                        window_loss.zero_()
-                        break
-                    window_loss += loss.detach()
-                    if accelerator.sync_gradients:
-                        # One host-device sync per optimizer step: is this update finite? Under fp16 the
-                        # grad scaler owns overflowing gradients (it skips those steps itself).
-                        norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-                        finite = torch.isfinite(window_loss)
-                        if accelerator.mixed_precision != "fp16":
-                            finite = finite & finite_norm(norm)  # DeepSpeed's norm is a float or None
-                        if not bool(finite):
-                            _non_finite(state, config, run_dir, sampler, task, checkpoint_path=_latest(run_dir))
-                            optimizer.zero_grad(set_to_none=True)  # skip this update entirely
-                        else:
-                            running_loss += window_loss / state.accumulation
-                            state.running_count += 1
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.samples += len(indices)  # rows, also when packing makes the batch one row
-                if not accelerator.sync_gradients:
-                    continue
-                window_loss.zero_()
-                state.global_step += 1
-                epoch_done = state.batch_in_epoch == sampler.num_batches
-                due = (t.eval_strategy == "steps" and t.eval_steps is not None and state.global_step % t.eval_steps == 0) or (
-                    t.eval_strategy == "epoch" and epoch_done) or state.global_step == total_steps
-                log_due = state.global_step % t.logging_steps == 0 or state.global_step == total_steps
-                train_loss = None
-                if (log_due or due) and state.running_count:
-                    # One host-device sync per logging interval, not per step.
-                    mean = running_loss / state.running_count
-                    train_loss = (accelerator.reduce(mean, "mean") if world > 1 else mean).item()
-                    running_loss.zero_()
-                    state.running_count = 0
-                if log_due:
-                    record("train", {"train_loss": train_loss, "lr": scheduler.get_last_lr()[-1],
-                                     "lrs": _group_rates(optimizer)})
-                    display.update(state.global_step, state.global_step / steps_per_epoch, train_loss,
-                                   scheduler.get_last_lr()[-1])
-                if due:
-                    entry = record("eval", evaluate(model, eval_loader, task, accelerator), train_loss=train_loss,
-                                   lr=scheduler.get_last_lr()[-1],
-                                   trainable_groups=[g.name for g in groups[state.lowest_trainable:]],
-                                   trainable_params=sum(g.num_params for g in groups[state.lowest_trainable:]))
-                    if _improved(entry, state, metric, greater, t.early_stopping_threshold):
-                        best_entry = entry
-                        save_best(task, accelerator, model, run_dir)  # every process: it gathers sharded weights
-                    if t.early_stopping_patience is not None and state.evals_without_improvement >= t.early_stopping_patience:
-                        state.stopped_early = True
-                        display.note(f"early stopping: {metric} has not improved for {state.evals_without_improvement} "
-                                     f"evaluations (best {state.best_metric:.4f} at step {state.best_step})")
-                if epoch_done:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                stop_request.agree(accelerator)  # one all-reduce per step, only under DDP
-                if due or (t.save_steps and state.global_step % t.save_steps == 0) or stop_request:
-                    path = checkpoint()
-                if stop_request:
-                    display.stop()
-                    raise TrainingInterrupted(_stopped(stop_request.name, state.global_step, path, run_dir),
-                                              stop_request.exit_code)
-                if state.global_step >= total_steps or state.stopped_early:
-                    break
-    display.stop()
-    state.train_seconds += time.perf_counter() - clock[0]
-    accelerator.wait_for_everyone()  # the main process has finished writing best/
-    if best_entry is not None and (run_dir / "best").exists():
-        restore_best(accelerator, model, run_dir)
-    predictions = run_dir / "predictions_validation.jsonl" if main else None
-    final = record("final", evaluate(model, eval_loader, task, accelerator, predictions), best_step=state.best_step,
-                   nan_skips=state.nan_skips)
-    return FitResult(baseline, best_entry, final, state, steps_per_epoch)
+    The loop counts micro-batches itself rather than through `accelerator.accumulate`: Accelerate's count
+    cannot be set back when out of memory abandons a step. `sync_gradients` is a public setter of the
+    Accelerator (huggingface/accelerate#1233); it is True again once the micro-batch is done or failed.
+    """
+    if last:
+        yield
+        return
+    accelerator.sync_gradients = False
+    try:
+        with accelerator.no_sync(model):
+            yield
+    finally:
+        accelerator.sync_gradients = True
 
 
 def _loaders(task: Task, config: RunConfig, world: int):
@@ -237,54 +368,6 @@ def _loaders(task: Task, config: RunConfig, world: int):
     return train_data, eval_data, train_loader, eval_loader
 
 
-def _activation_cache(config: RunConfig, task: Task, model, groups, train_data, world: int, run_dir: Path,
-                      epochs: int) -> ActivationCache | None:
-    s = config.strategy
-    depths = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
-    depth = plan_cache(config, task, groups, train_data, world, depths)
-    if not depth:
-        return None
-    return ActivationCache(groups, depth, len(train_data), task.lengths(train_data),
-                           config.training.activation_cache_max_gb * 2**30, run_dir / ".activation_cache")
-
-
-def _forward_backward(task: Task, model, batch, accelerator: Accelerator, cache: ActivationCache | None, mode: str | None,
-                      indices: torch.Tensor) -> torch.Tensor:
-    with _cached(cache, mode, indices, batch, accelerator.device):
-        loss, _ = task.loss(model, batch)
-    accelerator.backward(loss)
-    if mode == "record" and cache is not None and cache.usable and not cache.checked:
-        cache.check(indices, _seq_len(batch), accelerator.device, lambda: task.forward(model, batch))
-    return loss
-
-
-def _begin_cache_epoch(cache: ActivationCache | None, lowest_trainable: int, train_data) -> str | None:
-    """The epoch's cache mode: `replay` when the cache is full for this epoch's frozen prefix,
-    `record` while it fills; tells the dataset whether it must load inputs this epoch."""
-    if cache is None or not cache.usable or lowest_trainable != cache.depth:
-        mode = None
-    else:
-        mode = "replay" if cache.complete else "record"
-    if cache is not None:
-        cache.prepare_epoch(train_data, mode)
-    return mode
-
-
-def _cached(cache: ActivationCache | None, mode: str | None, indices: torch.Tensor, batch, device):
-    if cache is None or not cache.usable:  # also when its check turned it off during this epoch
-        return contextlib.nullcontext()
-    if mode == "record":
-        return cache.record(indices)
-    if mode == "replay":
-        return cache.replay(indices, _seq_len(batch), device)
-    return contextlib.nullcontext()
-
-
-def _seq_len(batch: dict[str, Any]) -> int | None:
-    """Padded length of a batch of token rows; None for fixed-shape inputs (images)."""
-    return batch["input_ids"].shape[1] if "input_ids" in batch else None
-
-
 def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
     """AdamW over the layer groups with their discriminative rates (also used by `tunesmith lr-find`)."""
     t = config.training
@@ -299,86 +382,8 @@ def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
 def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
     ratio, steps = config.warmup
     warmup = steps if steps is not None else int((ratio or 0.0) * total_steps)
-    # With split batches (engine/accelerator.py) Accelerate steps the scheduler once per step.
     return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                          num_training_steps=total_steps)
-
-
-def _resume(path: Path, model, optimizer, scheduler, fresh: LoopState) -> LoopState:
-    """Loads a verified checkpoint into the model, optimizer and scheduler; returns its loop state."""
-    saved = load_checkpoint(path)
-    check_state_keys(path, saved["state"], STATE_KEYS)
-    model.load_state_dict(saved["weights"], strict=False)
-    configured = [g["initial_lr"] for g in optimizer.param_groups]
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if configured != list(scheduler.base_lrs):
-        # The config's learning rate changed since the checkpoint: the new one applies from here.
-        scheduler.base_lrs = configured
-        for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
-            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
-    restore_rng(saved["state"].pop("rng"))
-    saved["state"].pop("steps_per_epoch", None)
-    return LoopState(**{**asdict(fresh), **saved["state"]})
-
-
-def _stopped(signal_name: str, step: int, path: Path, run_dir: Path) -> str:
-    """The interrupt message; it names a checkpoint only if that checkpoint is on disk."""
-    latest = path if path.is_dir() else _latest(run_dir)
-    saved = f"saved {path}" if latest == path else (
-        f"the newest checkpoint is {latest}" if latest else "no checkpoint is on disk, so a resume starts from the beginning")
-    return (f"{signal_name} received: stopped after step {step}; {saved}. "
-            f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume")
-
-
-def _non_finite(state: LoopState, config: RunConfig, run_dir: Path, sampler, task: Task, checkpoint_path: Path | None) -> None:
-    """Records the rows of a non-finite step; raises under `nan_policy: stop` or past `max_nan_skips`."""
-    t = config.training
-    batches = sampler.epoch_batches()[state.batch_in_epoch - state.accumulation: state.batch_in_epoch]
-    train_rows = read_rows(task.train_rows, "training")
-    rows = sorted({train_rows.lines[i] for b in batches for i in b})
-    report = {"step": state.global_step + 1, "epoch": state.epoch, "source": train_rows.source, "lines": rows}
-    with (run_dir / "bad_batches.json").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(report) + "\n")
-    state.nan_skips += 1
-    if t.nan_policy == "skip" and state.nan_skips <= t.max_nan_skips:
-        return
-    last = f"last good checkpoint: {checkpoint_path.name}" if checkpoint_path else "no checkpoint was saved yet"
-    limit = f" ({state.nan_skips} non-finite steps, more than max_nan_skips={t.max_nan_skips})" if t.nan_policy == "skip" else ""
-    raise NonFiniteLossError(
-        f"loss or gradients became NaN/inf at step {state.global_step + 1} (epoch {state.epoch + 1}){limit}; the update "
-        f"was not applied. Rows of that batch: {train_rows.source} lines {rows[:20]} (all in "
-        f"{run_dir / 'bad_batches.json'}); {last}. Lower training.learning_rate, check those rows, "
-        "or set training.nan_policy: skip")
-
-
-def _latest(run_dir: Path) -> Path | None:
-    from tunesmith.engine.checkpoint import checkpoints
-
-    found = checkpoints(run_dir / "checkpoints")
-    return found[0] if found else None
-
-
-def _improved(entry: dict[str, Any], state: LoopState, metric: str, greater: bool, threshold: float) -> bool:
-    value, loss = entry.get(metric), entry.get("loss")
-    if value is None or not math.isfinite(value) or not math.isfinite(loss or 0.0):
-        state.evals_without_improvement += 1
-        return False  # a diverged model is never kept as the best
-    better = state.best_metric is None or (
-        value > state.best_metric + threshold if greater else value < state.best_metric - threshold)
-    # A tie is common where the metric moves in coarse steps (accuracy: 1/n on n validation rows), and
-    # counting every tie as a stall would stop a run that is still learning. A tie with a lower
-    # validation loss is the same score, more confidently right, so it counts as an improvement (and
-    # becomes the best); a tie with an equal or higher loss does not, so a real plateau still stops.
-    # Only an exact tie: a change smaller than a non-zero early_stopping_threshold is the user's no.
-    tie = (not better and value == state.best_metric and loss is not None and state.best_loss is not None
-           and loss < state.best_loss)
-    if better or tie:
-        state.best_metric, state.best_step, state.evals_without_improvement = value, entry["step"], 0
-        state.best_loss = loss
-    else:
-        state.evals_without_improvement += 1
-    return better or tie
 
 
 def _group_rates(optimizer) -> dict[str, float]:

@@ -2,16 +2,19 @@
 
 When a training micro-batch runs out of memory (`torch.OutOfMemoryError`, or a `RuntimeError`
 saying "out of memory"), the optimizer step it belongs to is abandoned before its update: its
-gradients are dropped, memory is freed, and the torch random generators go back to where the step
-began. The micro-batch shrinks to the largest divisor of the effective batch that is at most half
-of it (32 -> 16 -> 8 for an effective batch of 32) and gradient accumulation grows to match, so
-the effective batch is unchanged. The batch sampler orders rows by optimizer step
-(engine/batching.py), so the redone step holds exactly the rows of the abandoned one: nothing is
-skipped or counted twice, `global_step` carries on, and from there the run is the run it would
-have been had it started at the smaller size. One log line says so once the smaller size works;
-the size is kept in the loop state (so in every checkpoint) and in the run's `config.yaml`, and
-a resume uses it. Evaluation has no optimizer state: out of memory there halves only the
-evaluation batch and evaluates again.
+gradients are dropped, memory is freed, and the torch random generators and the loop's position
+go back to where the step began. The micro-batch shrinks to the largest divisor of the effective
+batch that is at most half of it (32 -> 16 -> 8 for an effective batch of 32) and gradient
+accumulation grows to match, so the effective batch is unchanged. `TrainStepGuard.run` returns
+this as its result (`OutOfMemory` in place of the loss), and the loop answers by starting the
+epoch's batches again at the abandoned step; the loop counts micro-batches itself
+(engine/loop.py), so no count inside Accelerate has to be set back. The batch sampler orders rows
+by optimizer step (engine/batching.py), so the redone step holds exactly the rows of the abandoned
+one: nothing is skipped or counted twice, `global_step` carries on, and from there the run is the
+run it would have been had it started at the smaller size. One log line says so once the smaller
+size works; the size is kept in the loop state (so in every checkpoint) and in the run's
+`config.yaml`, and a resume uses it. Evaluation has no optimizer state: out of memory there halves
+only the evaluation batch and evaluates again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gc
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +53,22 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class OutOfMemory:
+    """`TrainStepGuard.run`'s result when the micro-batch ran out of memory: optimizer step `step` was
+    abandoned at micro-batches of `failed_at`, and the loop is set back to redo it at `micro_batch`."""
+
+    step: int
+    failed_at: int
+    micro_batch: int
+
+
 class TrainStepGuard:
     """Runs each micro-batch's forward and backward; on out of memory, sets the loop up to redo the step.
 
     The loop calls `at_micro_batch` before each micro-batch and `run` for its forward and backward;
-    `run` returns None when the step must be redone, and the loop then restarts its epoch iterator
-    (the sampler skips the steps already done).
+    `run` returns `OutOfMemory` when the step must be redone, and the loop then starts its epoch's
+    batches again (the sampler skips the steps already done).
     """
 
     def __init__(self, accelerator, sampler, optimizer, run_dir: Path, world: int):
@@ -85,8 +99,8 @@ class TrainStepGuard:
             rng = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(self.accelerator.device)] if cuda else [])
             self.step_start = (state.batch_in_epoch, state.samples, rng)
 
-    def run(self, state, forward_backward: Callable[[], torch.Tensor]) -> torch.Tensor | None:
-        """The micro-batch's loss, or None after out of memory (the step is then set up to be redone).
+    def run(self, state, forward_backward: Callable[[], torch.Tensor]) -> torch.Tensor | OutOfMemory:
+        """The micro-batch's loss, or `OutOfMemory` (the step is then set up to be redone).
 
         Raises:
             GPUMemoryError: out of memory at a micro-batch of 1, or with several processes.
@@ -100,8 +114,7 @@ class TrainStepGuard:
         else:
             failed = False
         if failed:
-            self._shrink(state)
-            return None
+            return self._shrink(state)
         if self.note is not None:
             log.warning("out of memory in step %d at a micro-batch of %d: continuing with micro-batches of %d and "
                         "gradient accumulation x%d (effective batch %d unchanged); saved in %s", self.note[0],
@@ -110,7 +123,7 @@ class TrainStepGuard:
             self.note = None
         return loss
 
-    def _shrink(self, state) -> None:
+    def _shrink(self, state) -> OutOfMemory:
         micro, effective = state.micro_batch, state.micro_batch * state.accumulation
         smaller = smaller_micro_batch(micro, effective)
         where = f"out of memory in training step {state.global_step + 1} at a micro-batch of {micro}"
@@ -131,16 +144,15 @@ class TrainStepGuard:
         steps_done = batch_in_epoch // state.accumulation
         self._use(state, smaller, effective // smaller)
         state.batch_in_epoch, state.samples = steps_done * state.accumulation, samples
-        self.accelerator.step = 0  # Accelerate's count of micro-batches towards the next sync
         self.note = self.note or (state.global_step + 1, micro)
         state.shrunk_from = state.shrunk_from or micro
         if self.accelerator.is_main_process:
             _save_sizes(self.run_dir / "config.yaml", state.micro_batch, state.accumulation)
+        return OutOfMemory(state.global_step + 1, micro, state.micro_batch)
 
     def _use(self, state, micro: int, accumulation: int) -> None:
         state.micro_batch, state.accumulation = micro, accumulation
         self.sampler.resize(micro * self.world, accumulation)
-        self.accelerator.gradient_accumulation_steps = accumulation
 
 
 def _save_sizes(path: Path, micro: int, accumulation: int) -> None:

@@ -10,6 +10,9 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+
+from tunesmith.engine.checkpoint import latest
 
 
 class StopRequest:
@@ -35,6 +38,15 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal else ""
+
+    def message(self, step: int, path: Path, run_dir: Path) -> str:
+        """What stopped the run and how to resume it; names the checkpoint `path` only if it is on disk."""
+        newest = path if path.is_dir() else latest(run_dir / "checkpoints")
+        saved = f"saved {path}" if newest == path else (
+            f"the newest checkpoint is {newest}" if newest else "no checkpoint is on disk, so a resume starts from the "
+            "beginning")
+        return (f"{self.name} received: stopped after step {step}; {saved}. "
+                f"Resume with: tunesmith train {run_dir / 'config.yaml'} --resume")
 
 
 @contextlib.contextmanager

@@ -123,7 +123,7 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
     t, s = config.training, config.strategy
     config, task = prepared(config)
     model = built(task, config)  # the model the fine-tune trains: LoRA adapters included when lora.enabled
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config, accumulation=config.training.gradient_accumulation_steps)  # for `_step`
     groups = task.layer_groups(model)
     lowest = freeze_floor(len(groups), s.freeze)
     apply_freezing(model, groups, lowest)
