@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -84,6 +85,20 @@ def test_step_evaluation_and_accumulation(tiny_config):
     steps = [r["step"] for r in records(result.run_dir) if r["phase"] == "eval"]
     # 96 rows / 16 per micro-batch / 2 accumulated = 3 optimizer steps per epoch, 6 in all
     assert steps == [2, 4, 6]
+
+
+def test_accumulated_micro_batches_train_as_one_batch_also_in_a_short_last_step(tiny_config, tmp_path):
+    # 96 rows: at 16 x 4 a step of 64 rows, then one of 32 in two micro-batches (not four).
+    tiny_config["model"]["dropout"] = 0.0
+    tiny_config["training"].update(num_train_epochs=1, per_device_train_batch_size=16, gradient_accumulation_steps=4)
+    accumulated = tunesmith.finetune(tiny_config, quiet=True)
+    tiny_config["output_dir"] = str(tmp_path / "one-batch")
+    tiny_config["training"].update(per_device_train_batch_size=64, gradient_accumulation_steps=1)
+    whole = tunesmith.finetune(tiny_config, quiet=True)
+    losses = [[r["train_loss"] for r in records(run) if r["phase"] == "train"]
+              for run in (accumulated.run_dir, whole.run_dir)]
+    assert len(losses[0]) == 2
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
 
 
 def test_same_seed_gives_identical_losses(tiny_config, tmp_path):

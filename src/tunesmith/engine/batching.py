@@ -87,7 +87,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
             order = [i for s in range(0, n, span) for i in sorted(order[s : s + span], key=lambda j: -self.lengths[j])]
         batches = [order[i : i + size] for i in range(0, n, size)]
         if self.group_by_length:
-            batch_order = torch.randperm(len(batches), generator=generator).tolist()
+            # Shuffle the full steps only: a short one stays the epoch's last, where the loop (and the
+            # redo after out of memory) expects it; anywhere else accumulation would mix two steps.
+            full = n // size
+            batch_order = torch.randperm(full, generator=generator).tolist() + list(range(full, len(batches)))
             batches = [batches[i] for i in batch_order]
         return batches
 

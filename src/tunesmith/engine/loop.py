@@ -142,7 +142,7 @@ class TrainingRun:
         if isinstance(loss, OutOfMemory):  # the guard has rewound the state to the step's start
             self.window_loss.zero_()
             return StepOutcome.REDO_STEP
-        self.window_loss += loss.detach()
+        self.window_loss += loss.detach() * self._share(s)
         if last:
             self.optimizer_step()
         s.samples += len(indices)  # rows, also when packing makes the batch one row
@@ -154,11 +154,23 @@ class TrainingRun:
         with _accumulating(self.accelerator, self.model, last):
             with cached(cache, cache_mode, indices, batch, device):
                 loss, _ = self.task.loss(self.model, batch)
-            # The step's gradient is the mean of its micro-batches' gradients.
-            self.accelerator.backward(loss / self.state.accumulation)
+            # The step's gradient is the mean over its rows: each micro-batch's mean weighted by its share.
+            self.accelerator.backward(loss * self._share(self.state))
             if cache_mode == "record" and cache is not None and cache.usable and not cache.checked:
                 cache.check(indices, seq_len(batch), device, partial(self.task.forward, self.model, batch))
         return loss
+
+    def _share(self, s: LoopState) -> float:
+        """The current micro-batch's share of its step's rows: 1/accumulation, except in an epoch's
+        last step, which may hold fewer micro-batches or a smaller last one (96 rows at 16 x 4: a
+        step of 64, then one of 32). Weighting by rows there gives the gradient a step of one
+        micro-batch holding the same rows would give, so a run at 16 x 4 is the run at 64 x 1."""
+        current = s.batch_in_epoch - 1
+        start = current - current % s.accumulation
+        if start + s.accumulation < self.sampler.num_batches:  # a full step: equal micro-batches
+            return 1 / s.accumulation
+        step = self.sampler.epoch_batches()[start:]
+        return len(step[current - start]) / sum(len(b) for b in step)
 
     def optimizer_step(self) -> None:
         """Clips the step's gradients and applies them, unless they are not finite (`training.nan_policy`)."""
@@ -173,7 +185,7 @@ class TrainingRun:
             non_finite_step(s, self.config, self.run_dir, self.sampler, self.task, latest(self.run_dir / "checkpoints"))
             self.optimizer.zero_grad(set_to_none=True)  # skip this update entirely
         else:
-            self.running_loss += self.window_loss / s.accumulation
+            self.running_loss += self.window_loss
             s.running_count += 1
         self.optimizer.step()
         self.scheduler.step()  # Accelerate steps it once per call: batches are split (engine/accelerator.py)
