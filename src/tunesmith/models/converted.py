@@ -10,8 +10,8 @@ Conversion takes seconds on each load (a 75 MB float16 file parsed and mapped); 
 loads in a fraction of that and is shared by every later run.
 
 The cache is `$TUNESMITH_CACHE`, else `$XDG_CACHE_HOME/tunesmith`, else `~/.cache/tunesmith`. Each
-folder is keyed on the source file's path, size and modification time, so a changed file is
-converted afresh; it is written under a temporary name and renamed into place, so concurrent runs
+folder is keyed on the source file's path, size and modification time (and `VERSION`), so a changed
+file is converted afresh; it is written under a temporary name and renamed into place, so concurrent runs
 never read a half-written folder.
 """
 
@@ -29,6 +29,7 @@ from tunesmith.errors import ModelSourceError
 log = logging.getLogger("tunesmith")
 
 MARKER = "tunesmith-converted.json"  # written last: a folder without it is incomplete
+VERSION = 2  # of what a converted folder holds; part of its key, so a fix reaches cached folders
 
 
 def cache_root() -> Path:
@@ -61,7 +62,7 @@ def transformers_whisper(source: str) -> Path:
 
     weights = whisper_folder(source) / "model.bin"
     stat = weights.stat()
-    key = hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{VERSION}:{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     name = source.removeprefix("demo:") if source.startswith("demo:") else weights.parent.name
     target = cache_root() / "ctranslate2" / f"{name}-{key}"
     if (target / MARKER).is_file():

@@ -374,6 +374,9 @@ def _set_generation_config(model: WhisperForConditionalGeneration, tokenizer: Wh
         fields["task_to_id"] = {task: _token_id(tokenizer, f"<|{task}|>") for task in ("transcribe", "translate")}
     for name, value in fields.items():
         setattr(model.generation_config, name, value)
+    # No longer the plain copy of the model config it started as: a config marked so is read back
+    # without the fields above (transformers drops what the model config does not have).
+    model.generation_config._from_model_config = False
 
 
 def _read_json(path: Path) -> dict[str, Any]:
