@@ -11,16 +11,12 @@ the mean of its states; for wav2vec2, HuBERT or WavLM their own classification h
 Whisper is converted once into a cached transformers folder (`models/converted.py`): one loading
 path for every source, and later runs skip the conversion. `best/` loads with plain transformers.
 
-Whisper's encoder, as transformers runs it, takes exactly 30 s of log-mel frames (3,000), so a 0.5 s
-digit would cost the encoder sixty times its length. Under `audio_classification.whisper_input:
-crop` (the default) the encoder runs over the batch's longest clip instead: the task calls the
-encoder's own modules in their order (convolutions, the first T position embeddings, the blocks,
-the final norm) with the padding masked out of attention and of the second convolution's input,
-and the head averages each clip's own frames, so a clip scores as it would alone, whatever else
-is in its batch. transformers' forward (and `pipeline("audio-classification")`) pads to 30 s, which
-such a model never saw (a crop-trained FSDD digit model scores 0.52 that way, 0.99 cropped): the
-model card shows the lines of plain transformers that run it as trained. `whisper_input: pad`
-trains and scores exactly as transformers' forward does, at 30 s of compute per clip.
+Whisper's encoder runs over the batch's longest clip, not 30 s, with the padding masked
+(`audio_classification.whisper_input: crop`, tasks/_audio.py), and the head averages each clip's own
+states, so a clip scores as it would alone. transformers' forward (and `pipeline("audio-classification")`)
+pads to 30 s, which such a model never saw (a crop-trained FSDD digit model scores 0.52 that way,
+0.99 cropped): the model card shows the lines of plain transformers that run it as trained.
+`whisper_input: pad` trains and scores exactly as transformers' forward does, at 30 s of compute per clip.
 """
 
 from __future__ import annotations
@@ -28,45 +24,31 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from tunesmith.config import RunConfig, Section
-from tunesmith.data.audio import AudioClips, audio_seconds, check_audio, read_audio_rows
+from tunesmith.data.audio import AudioClips, audio_seconds, read_audio_rows
 from tunesmith.data.file_rows import split_folders
 from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of, sample, stratified_split
 from tunesmith.errors import DataError
-from tunesmith.models.converted import is_ctranslate2_whisper, transformers_whisper
 from tunesmith.models.demos import check_task
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import ResolvedSource, source_label_names
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
+from tunesmith.tasks._audio import AudioModel, AudioSettings, checked_clips, masked_mean, whisper_features, whisper_states
 
 log = logging.getLogger("tunesmith")
 
-WHISPER_SECONDS = 30.0  # the encoder's fixed window: 3,000 mel frames of 10 ms
 
-
-class AudioClassificationConfig(Section):
-    audio_column: str = "audio"
-    """Column holding the audio file path in a CSV/JSONL file."""
-    audio_root: str | None = None
-    """Folder that relative paths in `audio_column` start from (default: the file's own folder)."""
-    max_seconds: float = Field(30.0, gt=0)
-    """Longest clip; longer ones are bad rows (skipped or an error, as `data.bad_rows` says). Whisper
-    reads at most 30 s."""
-    whisper_input: Literal["crop", "pad"] = "crop"
-    """Whisper: `crop` runs the encoder over the batch's longest clip with the padding masked out
-    (a clip scores as it would alone; ~30x less compute on 1 s clips); `pad` pads every clip to 30 s as
-    transformers' `WhisperForAudioClassification` and `pipeline("audio-classification")` do (a model
-    trained under `crop` runs in plain transformers with the lines its model card shows)."""
+class AudioClassificationConfig(AudioSettings):
+    """`audio_classification`: only the keys every audio task has (tasks/_audio.py)."""
 
 
 def feature_extractor(resolved: ResolvedSource, kwargs: dict[str, Any]) -> Any:
@@ -96,9 +78,7 @@ class AudioClassificationTask(OneOutputPerRow):
         check_task(config.model.source, self.name)
         self.config = config
         self.audio_key = self.options.audio_column
-        self.converted = is_ctranslate2_whisper(config.model.source)
-        # A CTranslate2 Whisper gets its HFModel once converted (`hf`), which only build/load do.
-        self._hf = None if self.converted else HFModel("AutoModelForAudioClassification", config.model, feature_extractor)
+        self.source = AudioModel("AutoModelForAudioClassification", config.model, feature_extractor)
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
@@ -106,22 +86,14 @@ class AudioClassificationTask(OneOutputPerRow):
         self.extractor: Any = None  # the source's feature extractor, read with the model
         self.truncated = 0  # clips are never cut: too-long ones are refused in the preflight
         self.fresh_head = False  # build_model: the head starts untrained, so the baseline also probes the features
-        self._whisper: bool | None = None
 
     @property
     def hf(self) -> HFModel:
-        if self._hf is None:
-            folder = transformers_whisper(self.config.model.source)
-            self._hf = HFModel("AutoModelForAudioClassification",
-                               self.config.model.model_copy(update={"source": str(folder)}), feature_extractor)
-        return self._hf
+        return self.source.hf
 
     @property
     def whisper(self) -> bool:
-        """Whether the model is a Whisper encoder (its source's config says so; read once)."""
-        if self._whisper is None:
-            self._whisper = self.converted or getattr(self.hf.model_config(), "model_type", None) == "whisper"
-        return self._whisper
+        return self.source.whisper
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -153,11 +125,8 @@ class AudioClassificationTask(OneOutputPerRow):
                                d.bad_rows, labelled=labelled)
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
-        limit, key = self.options.max_seconds, "audio_classification.max_seconds"
-        if self.whisper and limit > WHISPER_SECONDS:
-            limit, key = WHISPER_SECONDS, "Whisper's encoder reads 30 s"
-        kept, self.bad_clips[split] = check_audio(self.name.replace("-", "_"), rows, self.audio_key,
-                                                  self.config.data.bad_rows, limit, key)
+        kept, self.bad_clips[split] = checked_clips(self.name.replace("-", "_"), rows, self.audio_key,
+                                                    self.config.data.bad_rows, self.options.max_seconds, self.whisper)
         return kept
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
@@ -258,24 +227,11 @@ class AudioClassificationTask(OneOutputPerRow):
         if not self.whisper:
             inputs = self.extractor(clips, sampling_rate=self.rate, padding="longest", return_tensors="pt")
             batch = {k: v for k, v in inputs.items() if k in ("input_values", "attention_mask")}
-        elif self.options.whisper_input == "pad":
-            batch = {"input_features": self.extractor(clips, sampling_rate=self.rate, return_tensors="pt").input_features}
         else:
-            batch = self._cropped(clips)
+            batch = whisper_features(self.extractor, clips, self.rate, self.options.whisper_input)
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch
-
-    def _cropped(self, clips: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        # Each clip's frames are computed alone (the last ones would change if its waveform were
-        # padded first), then zero-padded: zeros are what the first convolution pads with itself.
-        mels = [self.extractor(c, sampling_rate=self.rate, padding="longest", return_tensors="np").input_features[0]
-                for c in clips]  # each (mels, frames)
-        frames = torch.tensor([m.shape[-1] for m in mels], dtype=torch.long)
-        features = torch.zeros((len(mels), mels[0].shape[0], int(frames.max())), dtype=torch.float32)
-        for i, m in enumerate(mels):
-            features[i, :, : m.shape[-1]] = torch.from_numpy(m)
-        return {"input_features": features, "frames": frames}
 
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
@@ -323,33 +279,3 @@ class AudioClassificationTask(OneOutputPerRow):
             records.append(record)
         return records
 
-
-def whisper_states(encoder: nn.Module, features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whisper's encoder over T frames, not 30 s: (B, T', D) states, T' = ceil(T / 2), and the (B, T')
-    mask of each clip's own positions. transformers' `WhisperEncoder.forward` step by step, with the
-    padding zeroed before the strided convolution and masked out of attention.
-
-    Args:
-        features: (B, mels, T) log-mel frames, zero after each clip's end.
-        frames: (B,) each clip's frame count.
-    """
-    steps = features.shape[-1]
-    real = torch.arange(steps, device=features.device) < frames[:, None]  # (B, T)
-    hidden = F.gelu(encoder.conv1(features)) * real[:, None, :].to(features.dtype)  # type: ignore[operator]  # (B, D, T)
-    hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)  # type: ignore[operator]  # (B, T', D)
-    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]  # type: ignore[union-attr, index]
-    hidden = F.dropout(hidden, p=float(encoder.dropout), training=encoder.training)  # type: ignore[arg-type]
-    keep = torch.arange(hidden.shape[1], device=hidden.device) < (frames[:, None] + 1) // 2  # (B, T')
-    blocked = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~keep, torch.finfo(hidden.dtype).min)
-    mask = blocked[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)  # (B, 1, T', T'): no query attends to padding
-    for layer in encoder.layers:  # type: ignore[union-attr]
-        if encoder.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:  # type: ignore[operator]
-            continue  # LayerDrop, as transformers applies it
-        hidden = layer(hidden, mask)
-    return encoder.layer_norm(hidden), keep  # type: ignore[operator]
-
-
-def masked_mean(states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(B, D) the mean of (B, T, D) states over the positions where the (B, T) `keep` is true."""
-    weights = keep.unsqueeze(-1).to(states.dtype)
-    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
