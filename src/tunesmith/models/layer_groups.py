@@ -9,7 +9,8 @@ encoder in front of the blocks (Whisper's two convolutions and position table; w
 and WavLM's convolutional feature extractor, its projection and convolutional position embedding).
 For decoder-only language models that is [embeddings (with a tied lm_head), each decoder layer,
 final norm + lm_head]; for encoder-decoder models [embeddings (both sides'), each encoder block,
-each decoder block (with its cross-attention), head (final norms, lm_head)]. A peft model (LoRA)
+each decoder block (with its cross-attention), head (final norms, lm_head)], with a speech
+encoder's stem first (Whisper: [stem, decoder embeddings, encoder blocks, decoder blocks, head]). A peft model (LoRA)
 is grouped as the model it wraps, keeping only the adapters and trained head modules: each adapter
 sits in the group of the layer it adapts.
 """
@@ -102,9 +103,14 @@ def _encoder_decoder_groups(model: nn.Module) -> list[LayerGroup]:
     stacks = [(side, _main_stack(getattr(stack, "base_model", stack))[1])
               for side, stack in (("encoder", model.get_encoder()), ("decoder", model.get_decoder()))]  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
     in_blocks = {id(p) for _, blocks in stacks for p in blocks.parameters()}
+    # A speech encoder-decoder (Whisper) reads audio through a convolutional stem, the lowest group.
+    stem = [m for n, m in model.get_encoder().named_modules()  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
+            if n.rsplit(".", 1)[-1] in _FEATURE_ENCODER_NAMES and not any(id(p) in in_blocks for p in m.parameters())]
+    stem = stem if any(isinstance(m, nn.Conv1d) for m in stem) else []  # BART's positions alone are embeddings
+    groups = [group("stem", stem)] if stem else []
     embedding_modules = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in _EMBEDDING_NAMES
-                         and not any(id(p) in in_blocks for p in m.parameters())]
-    groups = [group("embeddings", embedding_modules)]
+                         and not any(id(p) in in_blocks for p in m.parameters()) and not any(m is s for s in stem)]
+    groups.append(group("embeddings", embedding_modules))
     groups += [group(f"{side}.block.{i}", [block]) for side, blocks in stacks for i, block in enumerate(blocks)]
     head = [(n, p) for n, p in model.named_parameters() if id(p) not in claimed]
     if head:  # BART's lm_head is its tied input embedding: then the last decoder block is the top group
