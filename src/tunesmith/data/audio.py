@@ -34,13 +34,16 @@ def audio_kind(section: str) -> FileKind:
 
 
 def read_audio_rows(section: str, path: str | Path, audio_column: str, label_column: str | None,
-                    audio_root: str | None, bad_rows: str, labelled: bool = True) -> LabelledRows:
-    """Reads a folder of clips or a table of paths (labels are folder names or `label_column`).
+                    audio_root: str | None, bad_rows: str, labelled: bool = True,
+                    label_key: str = "data.label_column") -> LabelledRows:
+    """Reads a folder of clips or a table of paths (labels are folder names or `label_column`, the
+    config key `label_key`: a transcript column for speech recognition).
 
     Raises:
         DataError: as `file_rows.read_file_rows`.
     """
-    return read_file_rows(audio_kind(section), path, audio_column, label_column, audio_root, bad_rows, labelled)
+    return read_file_rows(audio_kind(section), path, audio_column, label_column, audio_root, bad_rows, labelled,
+                          label_key)
 
 
 def audio_problem(path: str, max_seconds: float, limit_key: str) -> str | None:

@@ -70,8 +70,9 @@ def split_folders(folder: Path) -> tuple[Path, Path] | None:
 
 
 def read_file_rows(kind: FileKind, path: str | Path, column: str, label_column: str | None, root: str | None,
-                   bad_rows: str, labelled: bool = True) -> LabelledRows:
-    """Reads a folder of `kind` files or a table of paths (labels are folder names or `label_column`).
+                   bad_rows: str, labelled: bool = True, label_key: str = "data.label_column") -> LabelledRows:
+    """Reads a folder of `kind` files or a table of paths (labels are folder names or `label_column`,
+    which messages call `label_key`).
 
     Raises:
         DataError: the path is missing, a folder has no class folders or files, a table lacks
@@ -82,7 +83,7 @@ def read_file_rows(kind: FileKind, path: str | Path, column: str, label_column: 
         raise DataError(not_found(path, "data"))
     if path.is_dir():
         return _read_class_folders(kind, path, column) if labelled else _read_loose_files(kind, path, column)
-    return _read_path_table(kind, path, column, label_column if labelled else None, root, bad_rows)
+    return _read_path_table(kind, path, column, label_column if labelled else None, root, bad_rows, label_key)
 
 
 def _files(kind: FileKind, folder: Path) -> tuple[list[Path], list[Path]]:
@@ -158,9 +159,9 @@ def _note_ignored(kind: FileKind, folder: Path, ignored: list[Path]) -> None:
 
 
 def _read_path_table(kind: FileKind, path: Path, column: str, label_column: str | None, root_key: str | None,
-                     bad_rows: str) -> LabelledRows:
+                     bad_rows: str, label_key: str) -> LabelledRows:
     frame = read_table(path)
-    wanted = {column: f"{kind.section}.{kind.column}"} | ({label_column: "data.label_column"} if label_column else {})
+    wanted = {column: f"{kind.section}.{kind.column}"} | ({label_column: label_key} if label_column else {})
     for name, key in wanted.items():
         if name not in frame.columns:
             found = ", ".join(repr(c) for c in frame.columns)
