@@ -84,7 +84,7 @@ def test_a_clip_scores_as_it_would_alone_whatever_its_batch(tiny_whisper, tones)
         alone = task.forward(model, task.collate([data[short]]))
         together = task.forward(model, task.collate([data[short], data[long]]))
         features = task.pooled_features(model, task.collate([data[short], data[long]]))
-    assert task.collate([data[short], data[long]])["input_features"].shape[-1] == lengths[long]  # not 3,000 frames
+    assert abs(task.collate([data[short], data[long]])["input_features"].shape[-1] - lengths[long]) <= 3  # not 3,000 frames (the clip and 25 ms of silence)
     torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-5)
     assert features.shape == (2, 16) and torch.isfinite(features).all()
 

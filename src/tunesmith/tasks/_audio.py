@@ -87,15 +87,27 @@ def whisper_features(extractor: Any, clips: list[np.ndarray], rate: int, mode: s
     clip's frames, zero after each clip's end, with each clip's frame count, `frames` (B,)."""
     if mode == "pad":
         return {"input_features": extractor(clips, sampling_rate=rate, return_tensors="pt").input_features}
-    # Each clip's frames are computed alone (the last ones would change if its waveform were
-    # padded first), then zero-padded: zeros are what the first convolution pads with itself.
-    mels = [extractor(c, sampling_rate=rate, padding="longest", return_tensors="np").input_features[0]
-            for c in clips]  # each (mels, frames)
+    # Each clip's frames are computed alone, from the clip and one STFT window of silence after it, so
+    # its last frames hold what they hold when the clip is padded to 30 s (`padded_features`), and
+    # then zero-padded: zeros are what the first convolution pads with itself.
+    mels = [extractor(np.pad(c, (0, max(0, min(extractor.n_fft, extractor.n_samples - len(c))))), sampling_rate=rate,
+                      padding="longest", return_tensors="np").input_features[0] for c in clips]  # each (mels, frames)
     frames = torch.tensor([m.shape[-1] for m in mels], dtype=torch.long)
     features = torch.zeros((len(mels), mels[0].shape[0], int(frames.max())), dtype=torch.float32)
     for i, m in enumerate(mels):
         features[i, :, : m.shape[-1]] = torch.from_numpy(m)
     return {"input_features": features, "frames": frames}
+
+
+def padded_features(features: torch.Tensor, frames: torch.Tensor, extractor: Any) -> torch.Tensor:
+    """(B, mels, 3000) cropped log-mel frames as the extractor pads them to 30 s: each clip's frames, then
+    the value its normalisation gives silence, the clip's highest value less 2 (log10 power floored at
+    8 below the clip's peak, then scaled by 1/4)."""
+    real = torch.arange(features.shape[-1], device=features.device) < frames[:, None]  # (B, T)
+    peak = features.masked_fill(~real[:, None, :], float("-inf")).amax(dim=(1, 2))  # (B,)
+    out = (peak - 2.0)[:, None, None].expand(-1, features.shape[1], extractor.nb_max_frames).clone()
+    out[:, :, : features.shape[-1]] = torch.where(real[:, None, :], features, out[:, :, : features.shape[-1]])
+    return out
 
 
 def whisper_states(encoder: nn.Module, features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -178,7 +178,7 @@ class AudioClassificationTask(OneOutputPerRow):
         return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
-        load = ("```python\nimport torch\nfrom transformers import AutoFeatureExtractor, AutoModelForAudioClassification\n"
+        load = ("```python\nimport numpy, torch\nfrom transformers import AutoFeatureExtractor, AutoModelForAudioClassification\n"
                 'model = AutoModelForAudioClassification.from_pretrained("path/to/best").eval()\n'
                 'extractor = AutoFeatureExtractor.from_pretrained("path/to/best")\n')
         if not (self.whisper and self.options.whisper_input == "crop"):
@@ -191,7 +191,8 @@ class AudioClassificationTask(OneOutputPerRow):
             "Trained on clips at their own length (`audio_classification.whisper_input: crop`), not padded to 30 s "
             "as transformers' own forward and `pipeline` pad them, so run the encoder over the clip's frames:\n\n"
             + load
-            + 'features = extractor(samples_16khz_mono, sampling_rate=16000, padding="longest", return_tensors="pt").input_features\n'
+            + "clip = numpy.pad(samples_16khz_mono, (0, 400))  # and 25 ms of silence after it, as in training\n"
+            'features = extractor(clip, sampling_rate=16000, padding="longest", return_tensors="pt").input_features\n'
             "encoder, gelu = model.encoder, torch.nn.functional.gelu\n"
             "with torch.no_grad():\n"
             "    states = gelu(encoder.conv2(gelu(encoder.conv1(features)))).transpose(1, 2)\n"
