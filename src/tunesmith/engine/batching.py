@@ -67,6 +67,17 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.epoch_batches()[self.skip :]
 
+    def share(self, batch: int) -> float:
+        """The share of its optimizer step's rows that micro-batch `batch` (0-based, in the epoch) holds:
+        1/accumulation, except in the epoch's last step, which may hold fewer micro-batches or a smaller
+        last one (96 rows at 16 x 4: a step of 64, then one of 32). The loop weights each micro-batch's
+        mean loss by it, so a step's gradient is the mean over its rows and 16 x 4 trains as 64 x 1."""
+        start = batch - batch % self.accumulation
+        if start + self.accumulation < self.num_batches:  # a full step: equal micro-batches
+            return 1 / self.accumulation
+        step = self.epoch_batches()[start:]
+        return len(step[batch - start]) / sum(len(b) for b in step)
+
     def epoch_batches(self) -> list[list[int]]:
         """All batches of the current epoch, in order, regardless of `skip`."""
         return list(self._batches())

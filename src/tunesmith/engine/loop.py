@@ -142,7 +142,7 @@ class TrainingRun:
         if isinstance(loss, OutOfMemory):  # the guard has rewound the state to the step's start
             self.window_loss.zero_()
             return StepOutcome.REDO_STEP
-        self.window_loss += loss.detach() * self._share(s)
+        self.window_loss += loss.detach() * self.sampler.share(s.batch_in_epoch - 1)
         if last:
             self.optimizer_step()
         s.samples += len(indices)  # rows, also when packing makes the batch one row
@@ -155,22 +155,10 @@ class TrainingRun:
             with cached(cache, cache_mode, indices, batch, device):
                 loss, _ = self.task.loss(self.model, batch)
             # The step's gradient is the mean over its rows: each micro-batch's mean weighted by its share.
-            self.accelerator.backward(loss * self._share(self.state))
+            self.accelerator.backward(loss * self.sampler.share(self.state.batch_in_epoch - 1))
             if cache_mode == "record" and cache is not None and cache.usable and not cache.checked:
                 cache.check(indices, seq_len(batch), device, partial(self.task.forward, self.model, batch))
         return loss
-
-    def _share(self, s: LoopState) -> float:
-        """The current micro-batch's share of its step's rows: 1/accumulation, except in an epoch's
-        last step, which may hold fewer micro-batches or a smaller last one (96 rows at 16 x 4: a
-        step of 64, then one of 32). Weighting by rows there gives the gradient a step of one
-        micro-batch holding the same rows would give, so a run at 16 x 4 is the run at 64 x 1."""
-        current = s.batch_in_epoch - 1
-        start = current - current % s.accumulation
-        if start + s.accumulation < self.sampler.num_batches:  # a full step: equal micro-batches
-            return 1 / s.accumulation
-        step = self.sampler.epoch_batches()[start:]
-        return len(step[current - start]) / sum(len(b) for b in step)
 
     def optimizer_step(self) -> None:
         """Clips the step's gradients and applies them, unless they are not finite (`training.nan_policy`)."""
