@@ -161,6 +161,15 @@ def stacked(outputs: list[Any], width: int) -> np.ndarray:
     return np.stack(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
 
 
+def label_probabilities(outputs: list[Any], names: list[str]) -> list[dict[str, Any]]:
+    """Per row of single-label logits: `predicted_label`, its `score` and `prob_<label>` for each label."""
+    import torch
+
+    probs = torch.softmax(torch.from_numpy(stacked(outputs, len(names))), dim=-1).numpy()
+    return [{"predicted_label": names[int(p.argmax())], "score": round(float(p.max()), 6),
+             **{f"prob_{n}": round(float(v), 6) for n, v in zip(names, p)}} for p in probs]
+
+
 def label_ids(rows: LabelledRows, names: list[str]) -> np.ndarray:
     """(N,) the index in `names` of each row's label (preflight has checked that all are known)."""
     index = {n: i for i, n in enumerate(names)}

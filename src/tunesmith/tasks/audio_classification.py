@@ -41,7 +41,7 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import ResolvedSource, source_label_names
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
+from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 from tunesmith.tasks._audio import AudioModel, AudioSettings, checked_clips, masked_mean, whisper_features, whisper_states
 
 log = logging.getLogger("tunesmith")
@@ -272,11 +272,6 @@ class AudioClassificationTask(OneOutputPerRow):
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per clip: its path, the predicted label and the probability of each label."""
-        probs = torch.softmax(torch.from_numpy(stacked(outputs, len(self.label_names))), dim=-1).numpy()
-        records = []
-        for path, p in zip(rows.inputs[self.audio_key], probs):
-            record = {self.audio_key: path, "predicted_label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}
-            record.update({f"prob_{n}": round(float(v), 6) for n, v in zip(self.label_names, p)})
-            records.append(record)
-        return records
+        return [{self.audio_key: path, **record}
+                for path, record in zip(rows.inputs[self.audio_key], label_probabilities(outputs, self.label_names))]
 

@@ -30,7 +30,7 @@ from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.strategies.augmentation import eval_transform, is_random, key_seed, mix_batch, mixes, train_transform
-from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
+from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
@@ -253,10 +253,5 @@ class ImageClassificationTask(OneOutputPerRow):
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per image: its path, the predicted label and the probability of each label."""
-        probs = torch.softmax(torch.from_numpy(stacked(outputs, len(self.label_names))), dim=-1).numpy()
-        records = []
-        for path, p in zip(rows.inputs[self.image_key], probs):
-            record = {self.image_key: path, "predicted_label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 6)}
-            record.update({f"prob_{n}": round(float(v), 6) for n, v in zip(self.label_names, p)})
-            records.append(record)
-        return records
+        return [{self.image_key: path, **record}
+                for path, record in zip(rows.inputs[self.image_key], label_probabilities(outputs, self.label_names))]

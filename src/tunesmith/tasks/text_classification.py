@@ -33,7 +33,7 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import source_label_names, token_limit
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.tasks import OneOutputPerRow, label_ids, register_task, stacked
+from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
@@ -240,12 +240,5 @@ class TextClassificationTask(OneOutputPerRow):
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per row: the inputs, the predicted label and the probability of each label."""
-        probs = torch.softmax(torch.from_numpy(stacked(outputs, len(self.label_names))), dim=-1).numpy()
-        records = []
-        for i in range(len(rows)):
-            record = {c: rows.inputs[c][i] for c in self.input_columns}
-            record["predicted_label"] = self.label_names[int(probs[i].argmax())]
-            record["score"] = round(float(probs[i].max()), 6)
-            record.update({f"prob_{n}": round(float(p), 6) for n, p in zip(self.label_names, probs[i])})
-            records.append(record)
-        return records
+        return [{**{c: rows.inputs[c][i] for c in self.input_columns}, **record}
+                for i, record in enumerate(label_probabilities(outputs, self.label_names))]
