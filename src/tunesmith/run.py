@@ -307,11 +307,13 @@ def _saved_task(model: str) -> str:
 
 
 def _saved_config(model: str) -> dict[str, Any]:
-    """The resolved config a run directory (or its `best/`) was trained with; empty for other sources."""
+    """The resolved config a run directory (or its `best/`, or `best/merged/`) was trained with; empty
+    for other sources."""
     import yaml
 
     path = Path(model).expanduser()
-    for saved in (path / "config.yaml", path.parent / "config.yaml" if path.name == "best" else None):
+    run = path.parent.parent if path.name == "merged" and path.parent.name == "best" else path.parent
+    for saved in (path / "config.yaml", run / "config.yaml" if path.name in ("best", "merged") else None):
         if saved is not None and saved.is_file():
             with contextlib.suppress(yaml.YAMLError, OSError, AttributeError):
                 loaded = yaml.safe_load(saved.read_text(encoding="utf-8"))

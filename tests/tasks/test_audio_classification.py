@@ -201,6 +201,23 @@ def test_run_trains_saves_predicts_and_evaluates(tiny_whisper, tones, tmp_path):
     assert sum(map(sum, metrics["confusion_matrix"])) == 12
 
 
+def test_lora_adapts_the_attention_trains_the_new_head_and_merges(tiny_whisper, tones, tmp_path):
+    result = tunesmith.finetune({"task": "audio-classification", "output_dir": str(tmp_path / "run"),
+                                 "model": {"source": str(tiny_whisper)}, "lora": {"enabled": True, "r": 4},
+                                 "data": {"train": str(tones), "validation": str(tones)},
+                                 "training": {"num_train_epochs": 2, "per_device_train_batch_size": 4,
+                                              "learning_rate": 1e-3}}, quiet=True)
+    best = result.run_dir / "best"
+    adapter = json.loads((best / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert set(adapter["modules_to_save"]) == {"projector", "classifier"}  # the new head trains in full
+    check = json.loads((best / "merged" / "merge_check.json").read_text())
+    assert check["passed"] and check["rows"] == 8
+    merged = tunesmith.evaluate(str(best / "merged"), str(tones))
+    adapted = tunesmith.evaluate(str(result.run_dir), str(tones))
+    assert merged["accuracy"] == adapted["accuracy"] and merged["loss"] == pytest.approx(adapted["loss"], rel=1e-4)
+
+
 @pytest.mark.slow
 def test_whisper_tiny_learns_spoken_digits_well_beyond_its_baseline(shared_data, tmp_path, monkeypatch):
     """The real Whisper tiny.en encoder on FSDD (240 train / 120 test clips, 8 kHz, six speakers), two
@@ -216,3 +233,21 @@ def test_whisper_tiny_learns_spoken_digits_well_beyond_its_baseline(shared_data,
     assert result.baseline["accuracy"] <= 0.25  # a new head: chance (0.1) plus noise
     assert result.baseline["features"]["accuracy"] >= 0.8  # the pre-trained encoder already tells digits apart
     assert result.final["accuracy"] >= 0.9 and result.final["accuracy"] - result.baseline["accuracy"] >= 0.6
+
+
+@pytest.mark.slow  # the dynamo export takes a minute on two cores
+def test_onnx_export_runs_clips_of_every_length_cropped(tiny_whisper, tones, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra: pip install 'tunesmith[onnx]'")
+    import onnxruntime
+
+    result = tunesmith.finetune({"task": "audio-classification", "output_dir": str(tmp_path / "run"),
+                                 "model": {"source": str(tiny_whisper)},
+                                 "data": {"train": str(tones), "validation": str(tones)},
+                                 "training": {"num_train_epochs": 1, "per_device_train_batch_size": 4}}, quiet=True)
+    report = tunesmith.export_onnx(str(result.run_dir), str(tones), str(tmp_path / "model.onnx"),
+                                   ["training.per_device_eval_batch_size=4"])
+    # 12 clips of 0.2-0.6 s in batches of 4 (three frame counts) and the first batch two frames longer
+    assert report["rows"] == 12 and report["max_abs_diff"] < 1e-3 and report["top1_agreement"] == 1.0
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    features, frames = session.get_inputs()
+    assert (features.name, frames.name) == ("input_features", "frames") and isinstance(features.shape[2], str)

@@ -17,7 +17,7 @@ import torch
 
 import tunesmith
 from tunesmith.config import load_config
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError, ExportError
 from tunesmith.tasks import get_task
 from tunesmith.tasks.speech_recognition import CROPPED, normalized, trained_cropped
 
@@ -225,6 +225,9 @@ def test_run_trains_saves_predicts_and_evaluates_by_speaker(tiny_whisper, clips,
     assert len(rows) == 12 and {"path", "predicted_text", "speaker"} <= set(rows[0])
     metrics = tunesmith.run.evaluate(str(result.run_dir / "best"), str(clips), by="speaker")
     assert set(metrics["by"]["speaker"]) == {"s0", "s1"} and "wer" in metrics["by"]["speaker"]["s0"]
+    with pytest.raises(ExportError, match="speech-recognition task generates .*optimum-cli export onnx"):
+        tunesmith.export_onnx(str(result.run_dir), str(clips), str(tmp_path / "model.onnx"))
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def speech_commands_tables(shared_data: Path, folder: Path) -> tuple[Path, Path]:
@@ -258,3 +261,15 @@ def test_whisper_tiny_transcribes_unseen_speakers_better_after_a_short_fine_tune
     baseline, final = result.baseline["wer"], result.final["wer"]
     assert 0.05 <= baseline <= 0.4  # the pre-trained model, scored padded to 30 s: mostly right already (0.16)
     assert final <= baseline / 2 and result.final["empty_predictions"] == 0.0, (baseline, final)
+
+
+def test_lora_on_the_attention_projections_trains_merges_and_transcribes_from_best(tiny_whisper, clips, tmp_path):
+    result = tunesmith.finetune({"task": "speech-recognition", "output_dir": str(tmp_path / "run"),
+                                 "model": {"source": str(tiny_whisper)}, "data": {"train": str(clips)},
+                                 "speech_recognition": settings(), "lora": {"enabled": True, "r": 4},
+                                 "training": {"num_train_epochs": 1, "per_device_train_batch_size": 4}}, quiet=True)
+    best = result.run_dir / "best"
+    assert (best / "adapter_model.safetensors").is_file() and (best / "merged" / "config.json").is_file()
+    adapted = tunesmith.run.evaluate(str(result.run_dir), str(clips))
+    merged = tunesmith.run.evaluate(str(best / "merged"), str(clips))
+    assert adapted["loss"] == pytest.approx(merged["loss"], rel=1e-4) and adapted["wer"] == merged["wer"]

@@ -2,15 +2,18 @@
 
 The model is traced through the task's own `forward` (so preprocessing tensors go in, the task's
 outputs come out) with torch's dynamo exporter. The batch dimension is dynamic, and so is the
-sequence dimension of token inputs (2-D integer tensors: ids, masks, token types), so one file
-serves texts of any length. The file is then run with onnxruntime on every batch of the given
-data, plus the first batch padded one position longer (so a sequence axis that was fixed by the
-trace is caught even when every batch has the same length), and compared with PyTorch's outputs:
+sequence dimension of token inputs (2-D integer tensors: ids, masks, token types) and the time
+dimension of frame inputs (3-D float tensors: Whisper's cropped log-mel frames, with each clip's
+frame count beside them), so one file serves texts and clips of any length. The file is then run
+with onnxruntime on every batch of the given data, plus the first batch padded a little longer
+(so a sequence axis that was fixed by the trace is caught even when every batch has the same
+length), and compared with PyTorch's outputs:
 the largest absolute difference and the share of rows whose top class agrees are returned, and
 an export whose outputs differ by more than `atol` is an error. The file is written under a
 temporary name and moved into place only once it passes, so a failed export leaves nothing
-behind (and an earlier good file at `output` is kept). Needs the `onnx` extra
-(`pip install 'tunesmith[onnx]'`: onnx, onnxscript, onnxruntime).
+behind (and an earlier good file at `output` is kept). Tasks that generate text (their `forward`
+runs `generate`, a loop one graph of this kind does not hold) are refused with what to use instead.
+Needs the `onnx` extra (`pip install 'tunesmith[onnx]'`: onnx, onnxscript, onnxruntime).
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def export_and_check(task: Task, model: nn.Module, loader: DataLoader, output: P
     model = model.eval()
     first = next(iter(loader))
     names = [k for k in first if k not in SKIPPED_KEYS]
+    with torch.no_grad():
+        if not isinstance(task.forward(model, first), torch.Tensor):
+            raise ExportError(f"the {task.name} task generates its outputs (a decoding loop), which this export does not "
+                              "write as one graph; export best/ with Hugging Face Optimum (optimum-cli export onnx "
+                              "--model runs/x/best out/), which splits it into encoder and decoder graphs")
     partial = _partial_path(output)
     try:
         _export(_TaskForward(task, model, names).eval(), first, names, partial)
@@ -87,12 +95,13 @@ def _partial_path(output: Path) -> Path:
 
 
 def _dynamic_shapes(first: dict[str, torch.Tensor], names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
-    """Batch axis dynamic everywhere; axis 1 of 2-D integer inputs (token positions) dynamic too."""
+    """Batch axis dynamic everywhere; axis 1 of token inputs and axis 2 of frame inputs too."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim.DYNAMIC  # the exporter finds the range (e.g. up to the position embeddings)
     shapes = []
     for name in names:
-        shapes.append({0: batch, 1: sequence} if _is_tokens(first[name]) else {0: batch})
+        axis = _length_axis(first[name])
+        shapes.append({0: batch} if axis is None else {0: batch, axis: sequence})
     return (tuple(shapes),)  # one entry: the *tensors of forward
 
 
@@ -108,18 +117,29 @@ def _export(module: nn.Module, first: dict[str, torch.Tensor], names: list[str],
                           "no file was written") from None
 
 
-def _is_tokens(tensor: torch.Tensor) -> bool:
-    """(B, T) integer inputs: token ids, attention masks, token types."""
-    return tensor.dim() == 2 and not tensor.dtype.is_floating_point
+def _length_axis(tensor: torch.Tensor) -> int | None:
+    """The axis whose length varies by batch: 1 of (B, T) integer inputs (token ids, attention masks,
+    token types), 2 of (B, C, T) float inputs (frames: cropped log-mel features); None otherwise."""
+    if tensor.dim() == 2 and not tensor.dtype.is_floating_point:
+        return 1
+    if tensor.dim() == 3 and tensor.dtype.is_floating_point:
+        return 2
+    return None
 
 
 def _longer(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor] | None:
-    """The batch with one more position of zeros on its token inputs (mask 0: padding), to probe the
-    sequence axis with a length the trace did not see; None when there are no token inputs."""
-    if not any(_is_tokens(batch[k]) for k in names):
-        return None
-    return {k: torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=1) if k in names and _is_tokens(v) else v
-            for k, v in batch.items()}
+    """The batch with zeros after the end of its length axes (padding: mask 0, silence past each
+    clip's frame count), one token or two frames, to probe that axis with a length the trace did
+    not see; None when no input has one."""
+    grown = {}
+    for name, value in batch.items():
+        axis = _length_axis(value) if name in names else None
+        if axis is not None:
+            shape = list(value.shape)
+            shape[axis] = 1 if axis == 1 else 2  # a token; two frames (Whisper's stride-2 convolution halves them)
+            value = torch.cat([value, value.new_zeros(shape)], dim=axis)
+            grown[name] = value
+    return {**batch, **grown} if grown else None
 
 
 def _compare(task: Task, model: nn.Module, loader: DataLoader, first: dict[str, torch.Tensor], names: list[str],

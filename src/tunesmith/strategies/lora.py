@@ -39,13 +39,18 @@ DEFAULT_TARGETS = {
 # The peft task type from the class name of the model the task built.
 TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
               "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM",
-              "ForConditionalGeneration": "SEQ_2_SEQ_LM", "EncoderDecoderModel": "SEQ_2_SEQ_LM"}
+              "ForConditionalGeneration": "SEQ_2_SEQ_LM", "EncoderDecoderModel": "SEQ_2_SEQ_LM",
+              "ForAudioClassification": "SEQ_CLS", "ForCTC": "CTC"}
 # peft 0.21's PeftModelForQuestionAnswering does not pass `token_type_ids` on to the model, so a BERT-like
 # reader would train blind to which tokens are the question (and its merged model would answer differently);
 # these task types get the generic PeftModel, which passes every input through.
-GENERIC_PEFT = {"QUESTION_ANS"}
-# A new head's module names: trained in full next to the adapters (and saved with them).
-HEAD_MODULES = ("classifier", "score", "qa_outputs")
+GENERIC_PEFT = {"QUESTION_ANS", "CTC"}
+# peft's task wrappers pass `input_ids` on to the model, which audio models (Whisper's log-mel
+# `input_features`, wav2vec2's `input_values`) do not take: they get the generic PeftModel too.
+AUDIO_INPUTS = {"input_features", "input_values"}
+# A new head's module names: trained in full next to the adapters (and saved with them). A CTC head
+# (`lm_head`, sized to the new vocabulary) is one too.
+HEAD_MODULES = ("classifier", "score", "qa_outputs", "projector")
 
 
 def check_lora(config: RunConfig) -> None:
@@ -106,13 +111,14 @@ def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
     if not set(targets) & names:
         raise ConfigError([f"lora.target_modules: none of {targets} is a layer of {type(model).__name__}; "
                            f"linear layers found: {', '.join(sorted(_linear_names(model)))}"])
-    heads = [n for n in HEAD_MODULES if task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM")
-             and isinstance(getattr(model, n, None), nn.Module)]
+    heads = [n for n in HEAD_MODULES + (("lm_head",) if task_type == "CTC" else ())
+             if task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM") and isinstance(getattr(model, n, None), nn.Module)]
+    generic = task_type in GENERIC_PEFT or getattr(model, "main_input_name", None) in AUDIO_INPUTS
     if type(model).__name__ == "EncoderDecoderModel":  # warm-started: its cross-attention is new, so it trains in full
         heads.append("crossattention")
     if lora.quantization != "none":
         model = prepare_model_for_kbit_training(model)
-    peft_config = LoraConfig(task_type=None if task_type in GENERIC_PEFT else task_type, r=lora.r,
+    peft_config = LoraConfig(task_type=None if generic else task_type, r=lora.r,
                              lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft hints int; it only divides by r
                              lora_dropout=lora.dropout, target_modules=targets, use_dora=lora.method == "dora",
                              modules_to_save=heads or None)
@@ -136,7 +142,9 @@ def default_targets(model: nn.Module) -> list[str]:
     if model_type in DEFAULT_TARGETS:
         return DEFAULT_TARGETS[model_type]
     names = _linear_names(model)
-    for candidates in (["q_proj", "k_proj", "v_proj", "o_proj"], ["query", "value"]):
+    # Llama-style blocks; fairseq-style ones (Whisper, wav2vec2, BART: q/k/v_proj and out_proj), as
+    # their LoRA recipes adapt them; BERT-style ones.
+    for candidates in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "v_proj"], ["query", "value"]):
         if set(candidates) <= names:
             return candidates
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
@@ -178,25 +186,26 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
 def merge_best(model: nn.Module, task: Task, batch: dict[str, torch.Tensor], folder: Path, tolerance: float = 1e-4) -> dict[str, Any]:
     """Writes `folder/merged`: the adapter folded into the weights, saved as the task saves a model.
 
-    The merged and the adapter model run on `batch` (real validation rows) first; the largest
-    absolute difference of their outputs is returned, logged and stored in `merge_check.json`.
+    The merged and the adapter model are scored by the task on `batch` (real validation rows) first,
+    as its evaluation scores them (an audio model's cropped encoder included): the loss and every
+    float output (logits, per-row loss sums). The largest absolute difference is returned, logged
+    and stored in `merge_check.json`.
 
     Raises:
         ExportError: the outputs differ by more than `tolerance` (nothing is written then).
     """
     from tunesmith.engine.checkpoint import atomic_folder
 
-    inputs = {k: v for k, v in batch.items()
-              if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")}
     model.eval()
     device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    adapter_out = _scores(model(**inputs))
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    adapter_out = _scores(*task.loss(model, batch))
     merged = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]  # torch types Module.__getattr__ as Tensor | Module
-    merged_out = _scores(merged(**inputs))
+    merged_out = _scores(*task.loss(merged, batch))
     diff = float((adapter_out - merged_out).abs().max())
     scale = float(adapter_out.abs().max())
-    check = {"max_abs_diff": diff, "max_abs_output": scale, "rows": int(inputs["input_ids"].shape[0]),
+    rows = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    check = {"max_abs_diff": diff, "max_abs_output": scale, "rows": int(rows),
              "tolerance": tolerance, "passed": diff <= tolerance * max(1.0, scale)}
     if not check["passed"]:
         raise ExportError(f"merged model differs from the adapter model by {diff:.3g} (tolerance {tolerance:g}); "
@@ -209,8 +218,8 @@ def merge_best(model: nn.Module, task: Task, batch: dict[str, torch.Tensor], fol
     return check
 
 
-def _scores(output) -> torch.Tensor:
-    """A model output's scores: `logits`, or a question-answering head's start and end logits, (B, T, 2)."""
-    if getattr(output, "logits", None) is not None:
-        return output.logits.float()
-    return torch.stack([output.start_logits, output.end_logits], dim=-1).float()
+def _scores(loss: torch.Tensor, outputs: Any) -> torch.Tensor:
+    """The loss and every float tensor among a task's evaluation outputs (a tensor or a dict of them), flat."""
+    found = outputs.values() if isinstance(outputs, dict) else [outputs]
+    tensors = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return torch.cat([loss.detach().float().reshape(1)] + [t.detach().float().flatten() for t in tensors])

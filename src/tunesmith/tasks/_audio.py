@@ -14,12 +14,13 @@ transformers folder (`models/converted.py`), so every source loads through the o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from tunesmith.config import ModelConfig, Section
@@ -46,6 +47,20 @@ class AudioSettings(Section):
     (a clip scores as it would alone; ~30x less compute on 1 s clips); `pad` pads every clip to 30 s as
     transformers' own forward and `pipeline` do (a model trained under `crop` runs in plain
     transformers with the lines its model card shows)."""
+    spec_augment: Literal["none", "light", "strong"] | None = None
+    """SpecAugment (Park et al., 2019; no time warping) of training clips. Whisper: `light` zeroes one
+    band of up to 15 of its 80 mel bins and one span of up to 10% of the clip's frames, `strong` two
+    bands of up to 27 bins and two spans; evaluation never masks. wav2vec2-style models mask their own
+    feature-encoder outputs: `light` sets their config's `mask_time_prob` to 0.05, `strong` to 0.1
+    with `mask_feature_prob` 0.05, `none` turns both off. Unset (the default): as the model's config
+    has it (Whisper: none; wav2vec2: 5% of time steps)."""
+
+    @model_validator(mode="after")
+    def _masks_need_clip_lengths(self) -> AudioSettings:
+        if self.spec_augment in ("light", "strong") and self.whisper_input == "pad":
+            raise ValueError("spec_augment masks spans of each clip's own frames, which whisper_input: pad does "
+                             "not keep; use whisper_input: crop (the default) or spec_augment: none")
+        return self
 
 
 class AudioModel:
@@ -71,6 +86,56 @@ class AudioModel:
         if self._whisper is None:
             self._whisper = getattr(self.hf.model_config(), "model_type", None) == "whisper"
         return self._whisper
+
+
+@dataclass(frozen=True)
+class SpecAugment:
+    """A preset's masks: for Whisper's log-mel frames, and for a wav2vec2-style config."""
+
+    bands: int  # frequency masks per clip
+    band_share: float  # widest band, as a share of the mel bins (15 / 80)
+    spans: int  # time masks per clip
+    span_share: float  # widest span, as a share of the clip's own frames
+    mask_time_prob: float  # wav2vec2-style configs
+    mask_feature_prob: float
+
+
+SPEC_AUGMENT = {"none": SpecAugment(0, 0.0, 0, 0.0, 0.0, 0.0), "light": SpecAugment(1, 15 / 80, 1, 0.1, 0.05, 0.0),
+                "strong": SpecAugment(2, 27 / 80, 2, 0.1, 0.1, 0.05)}
+
+
+def spec_augmented(features: torch.Tensor, frames: torch.Tensor, preset: str | None) -> torch.Tensor:
+    """(B, mels, T) cropped log-mel frames with the preset's bands and spans of each clip set to zero
+    (what the padding after a clip holds), drawn from torch's generator, so a seeded run repeats.
+
+    Args:
+        frames: (B,) each clip's own frame count; spans fall inside it.
+    """
+    masks = SPEC_AUGMENT[preset or "none"]
+    if not (masks.bands or masks.spans):
+        return features
+    batch, mels, steps = features.shape
+    keep = torch.ones_like(features, dtype=torch.bool)
+    bins = torch.arange(mels, device=features.device)[None, :]  # (1, mels)
+    times = torch.arange(steps, device=features.device)[None, :]  # (1, T)
+    for count, size, axis, limit in ((masks.bands, torch.full((batch,), mels), bins, masks.band_share),
+                                     (masks.spans, frames, times, masks.span_share)):
+        for _ in range(count):
+            width = (torch.rand(batch) * (size * limit).floor().clamp(min=1)).long()  # (B,) in [0, widest)
+            start = (torch.rand(batch) * (size - width + 1)).long()  # (B,)
+            hit = (axis >= start[:, None].to(axis.device)) & (axis < (start + width)[:, None].to(axis.device))
+            keep &= ~hit[:, :, None] if axis is bins else ~hit[:, None, :]
+    return features * keep.to(features.dtype)
+
+
+def set_model_spec_augment(model: nn.Module, preset: str | None) -> None:
+    """A wav2vec2-style model's own SpecAugment, set in its config as the preset says (unset: left as is)."""
+    config = getattr(model, "config", None)
+    if preset is None or config is None or not hasattr(config, "mask_time_prob"):
+        return
+    masks = SPEC_AUGMENT[preset]
+    config.mask_time_prob, config.mask_feature_prob = masks.mask_time_prob, masks.mask_feature_prob
+    config.apply_spec_augment = bool(masks.mask_time_prob or masks.mask_feature_prob)
 
 
 def checked_clips(section: str, rows: LabelledRows, key: str, bad_rows: str, max_seconds: float,

@@ -42,7 +42,16 @@ from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import ResolvedSource, source_label_names
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
-from tunesmith.tasks._audio import AudioModel, AudioSettings, checked_clips, masked_mean, whisper_features, whisper_states
+from tunesmith.tasks._audio import (
+    AudioModel,
+    AudioSettings,
+    checked_clips,
+    masked_mean,
+    set_model_spec_augment,
+    spec_augmented,
+    whisper_features,
+    whisper_states,
+)
 
 log = logging.getLogger("tunesmith")
 
@@ -165,6 +174,8 @@ class AudioClassificationTask(OneOutputPerRow):
                                "label2id": {n: i for i, n in enumerate(names)}})
         self.extractor = self.hf.tokenizer
         self.fresh_head = self.hf.fresh_head
+        if not self.whisper:
+            set_model_spec_augment(model, self.options.spec_augment)
         return model
 
     def load_trained(self) -> nn.Module:
@@ -239,7 +250,10 @@ class AudioClassificationTask(OneOutputPerRow):
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "frames" not in batch:  # the model's own forward: Whisper padded to 30 s, or a waveform encoder
             return model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, num_labels)
-        states, keep = whisper_states(model.encoder, batch["input_features"], batch["frames"])  # type: ignore[arg-type]  # torch types Module.__getattr__ as Tensor | Module
+        features = batch["input_features"]
+        if model.training:
+            features = spec_augmented(features, batch["frames"], self.options.spec_augment)
+        states, keep = whisper_states(model.encoder, features, batch["frames"])  # type: ignore[arg-type]  # torch types Module.__getattr__ as Tensor | Module
         projected = model.projector(states)  # type: ignore[operator]  # (B, T, P)
         return model.classifier(masked_mean(projected, keep))  # type: ignore[operator]  # (B, num_labels)
 

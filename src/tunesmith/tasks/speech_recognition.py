@@ -52,6 +52,7 @@ from tunesmith.tasks._audio import (
     blocked,
     checked_clips,
     padded_features,
+    spec_augmented,
     whisper_features,
     whisper_states,
 )
@@ -291,6 +292,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
         counts, and the generated transcripts (tasks/_generation.py)."""
         if model.training and "frames" in batch:
             setattr(getattr(model, "module", model).config, CROPPED, "crop")
+            batch = {**batch, "input_features": spec_augmented(batch["input_features"], batch["frames"],
+                                                               self.options.spec_augment)}
         encoded, keep = self._encoded(model, batch)
         with cross_attention_mask(model, keep):
             logits = model(**encoded, decoder_input_ids=batch["decoder_input_ids"]).logits.float()  # (B, T, V)
