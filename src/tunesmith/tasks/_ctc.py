@@ -75,7 +75,7 @@ class CTCPath:
         encoder by default (`strategy.freeze: 1`, the stem group) when the source is pre-trained.
 
         Raises:
-            ConfigError: the source is no CTC speech encoder, or `language` / `num_beams` are set.
+            ConfigError: the source is no CTC encoder of the waveform, or `language` / `num_beams` are set.
         """
         from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
 
@@ -84,6 +84,10 @@ class CTCPath:
             raise ConfigError([f"model.source: {self.config.model.source} ({kind}) is neither a Whisper (fine-tuned as "
                                "seq2seq) nor a speech encoder that transformers' AutoModelForCTC takes (wav2vec2, "
                                "HuBERT, WavLM, data2vec-audio, ...)"])
+        found = self.hf.load_tokenizer()
+        if "input_values" not in getattr(found, "feature_extractor", found).model_input_names:
+            raise ConfigError([f"model.source: {self.config.model.source} ({kind}) reads log-mel features; CTC here "
+                               "fine-tunes encoders of the waveform (wav2vec2, HuBERT, WavLM, data2vec-audio, ...)"])
         o = self.config.task_settings
         errors = [f"speech_recognition.{key}: only Whisper uses it; {self.config.model.source} is fine-tuned with CTC, "
                   f"decoded greedily, with no language prompt: remove it" for key, off in
