@@ -138,6 +138,9 @@ def test_the_feature_encoder_is_the_stem_and_frozen_by_default(tiny_wav2vec2, cl
     loss, _ = task.loss(model, task.collate([data[i] for i in range(4)]))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    shown = tunesmith.run.inspect(task.config.model_dump(exclude_unset=True) | {"task": "speech-recognition"})
+    assert [(g["group"], g["trains_in_epoch"][0]) for g in shown] == [("stem", False), ("block.0", True),
+                                                                     ("block.1", True), ("head", True)]
     trained = task_for(tiny_wav2vec2, clips, strategy={"freeze": "none"})
     assert trained.config.strategy.freeze == "none"
     groups = frozen_as_configured(trained, trained.build_model(), trained.config)

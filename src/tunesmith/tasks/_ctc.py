@@ -110,6 +110,7 @@ class CTCPath:
         Raises:
             ConfigError: the source has no vocabulary of its own and there are no training transcripts.
         """
+        self.processor = None  # the source's own, read afresh
         found = self.hf.load_tokenizer()
         keep = any(a.endswith("ForCTC") for a in getattr(self.hf.model_config(), "architectures", None) or [])
         if keep and getattr(found, "tokenizer", None) is not None:
