@@ -199,13 +199,9 @@ def test_a_transcript_column_that_is_missing_names_the_key_to_set(tiny_whisper, 
         task_for(tiny_whisper, clips, text_column="text")
 
 
-def test_a_model_that_is_not_whisper_is_refused_before_loading(tmp_path, clips):
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    Wav2Vec2ForCTC(Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                  conv_dim=(8,), conv_stride=(5,), conv_kernel=(10,))).save_pretrained(tmp_path / "ctc")
-    with pytest.raises(ConfigError, match="is not a Whisper model; speech-recognition fine-tunes Whisper"):
-        task_for(tmp_path / "ctc", clips)
+def test_a_model_that_is_no_speech_model_is_refused_before_loading(tiny_bert, clips):
+    with pytest.raises(ConfigError, match=r"\(bert\) is neither a Whisper \(fine-tuned as seq2seq\) nor a speech encoder"):
+        task_for(tiny_bert, clips)  # wav2vec2-style encoders train with CTC: test_speech_recognition_ctc.py
 
 
 def test_run_trains_saves_predicts_and_evaluates_by_speaker(tiny_whisper, clips, tmp_path):

@@ -1,4 +1,4 @@
-"""Speech recognition (new speakers, accents, vocabularies): Whisper fine-tuned on clips and their transcripts.
+"""Speech recognition (new speakers, accents, vocabularies): Whisper or wav2vec2-style CTC on transcribed clips.
 
 Rows are audio clips with a transcript: a CSV/JSONL with a path column and a text column
 (`speech_recognition.audio_column`, `text_column`; any other column, such as a speaker, is kept
@@ -19,7 +19,7 @@ Evaluation generates every validation transcript (greedy, or `num_beams`) and sc
 character error rates (jiwer) on lower-cased text without punctuation (`normalize`), plus the loss
 per target token. A model that has learned to stop at once, the known failure of a too-high learning
 rate, writes empty transcripts and a WER stuck near 1.0: evaluation counts them (`empty_predictions`)
-and says so in the log.
+and says so in the log. A source that is not a Whisper (wav2vec2, HuBERT, WavLM) trains with CTC: tasks/_ctc.py.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from tunesmith.tasks._audio import (
     whisper_features,
     whisper_states,
 )
+from tunesmith.tasks._ctc import CTCPath
 from tunesmith.tasks._generation import cut_at_stop, generated_rows, stop_ids, token_loss
 
 if TYPE_CHECKING:
@@ -124,19 +125,18 @@ class SpeechRecognitionTask(OneOutputPerRow):
         self.bad_clips: dict[str, list[dict[str, Any]]] = {}
         self.truncated = 0  # transcripts cut to max_target_length
         self.data_checks: dict[str, int] = {}
+        self.ctc = CTCPath(self.source, config, normalized)  # active for a source that is not a Whisper
 
     @property
     def hf(self) -> HFModel:
-        return self.source.hf
+        return self.ctc.hf if self.ctc.active else self.source.hf
 
     # ---- data -------------------------------------------------------------------------------
 
     def preflight(self) -> None:
         """Reads the rows, splits them, and opens every clip that will be used."""
-        if not self.source.whisper:
-            raise ConfigError([f"model.source: {self.config.model.source} is not a Whisper model; speech-recognition "
-                               "fine-tunes Whisper (demo:whisper-tiny-en, openai/whisper-small, ...) as seq2seq. "
-                               "CTC models such as wav2vec2 are not supported yet"])
+        if self.ctc.active:
+            self.ctc.check()
         d = self.config.data
         pair = split_folders(Path(d.train)) if d.train and d.validation is None and Path(d.train).is_dir() else None
         if pair:
@@ -151,8 +151,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
                                self.config.data.bad_rows, labelled=labelled, label_key="speech_recognition.text_column")
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
-        kept, self.bad_clips[split] = checked_clips("speech_recognition", rows, self.audio_key,
-                                                    self.config.data.bad_rows, self.options.max_seconds, True)
+        kept, self.bad_clips[split] = checked_clips("speech_recognition", rows, self.audio_key, self.config.data.bad_rows,
+                                                    self.options.max_seconds, self.source.whisper)
         return kept
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
@@ -167,7 +167,7 @@ class SpeechRecognitionTask(OneOutputPerRow):
                 facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
                                 "seconds": {"mean": round(float(np.mean(seconds)), 3), "max": round(max(seconds), 3)},
                                 "mean_words": round(float(np.mean([len(t.split()) for t in rows.labels])), 2)}
-        facts.update(self.data_checks)
+        facts.update(self.data_checks, **self.ctc.facts(self.eval_rows))
         return facts
 
     # ---- model ------------------------------------------------------------------------------
@@ -175,6 +175,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
     def build_model(self) -> nn.Module:
         """The source's Whisper; under `model.pretrained: false` the same architecture from random
         initialization, with the source's processor and generation settings."""
+        if self.ctc.active:
+            return self._ready(self.ctc.build(self.train_rows))
         model = self.hf.build(new_head=False)
         if not self.config.model.pretrained:
             from transformers import GenerationConfig
@@ -192,6 +194,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
     def _ready(self, model: nn.Module) -> nn.Module:
         """Reads the processor and the decoder's prompt for this model."""
         self.processor = self.hf.tokenizer
+        if self.ctc.active:
+            return self.ctc.ready(model)
         tokenizer, language = self.processor.tokenizer, self.options.language
         if getattr(model.generation_config, "is_multilingual", False) and language is None:
             raise ConfigError(["speech_recognition.language: this Whisper is multilingual; name the language spoken "
@@ -204,6 +208,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
         return self.hf.layer_groups(model)
 
     def card_usage(self) -> str:
+        if self.ctc.active:
+            return self.ctc.card_usage()
         load = ("```python\nimport numpy, torch\nfrom transformers import AutoModelForSpeechSeq2Seq, AutoProcessor\n"
                 'model = AutoModelForSpeechSeq2Seq.from_pretrained("path/to/best").eval()\n'
                 'processor = AutoProcessor.from_pretrained("path/to/best")\n')
@@ -235,7 +241,9 @@ class SpeechRecognitionTask(OneOutputPerRow):
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> AudioClips:
         """Clips decoded on access at 16 kHz, with their transcripts' token ids (no augmentation)."""
         targets = None
-        if labelled:
+        if labelled and self.ctc.active:
+            targets = self.ctc.targets(rows)
+        elif labelled:
             limit = self.options.max_target_length - 1  # room for <|endoftext|>
             # A leading space, as Whisper writes text after its prompt (" Yes." is one token, "Yes." two).
             ids = self.processor.tokenizer([" " + t.strip() for t in rows.labels], add_special_tokens=False).input_ids
@@ -253,6 +261,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Log-mel inputs (tasks/_audio.py `whisper_features`), and for labelled clips the decoder's
         inputs, prompt + transcript (B, T), and labels, transcript + end, -100 under the prompt and padding."""
+        if self.ctc.active:
+            return self.ctc.collate(features)
         extractor = self.processor.feature_extractor
         batch = whisper_features(extractor, [f["audio"] for f in features], extractor.sampling_rate,
                                  self.options.whisper_input)
@@ -285,11 +295,15 @@ class SpeechRecognitionTask(OneOutputPerRow):
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The generated transcripts of an unlabelled batch (see tasks/_generation.py)."""
+        if self.ctc.active:
+            return self.ctc.forward(model, batch)
         return {"generated": self._generate(model, batch)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy over transcript tokens; in evaluation also per-row loss sums and token
         counts, and the generated transcripts (tasks/_generation.py)."""
+        if self.ctc.active:
+            return self.ctc.loss(model, batch)
         if model.training and "frames" in batch:
             setattr(getattr(model, "module", model).config, CROPPED, "crop")
             batch = {**batch, "input_features": spec_augmented(batch["input_features"], batch["frames"],
@@ -320,6 +334,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
         return cut_at_stop(out, stop_ids(model, self.processor.tokenizer))
 
     def batch_outputs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[Any]:
+        if self.ctc.active:
+            return self.ctc.batch_outputs(outputs)
         return generated_rows(outputs, self.processor.tokenizer)
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
