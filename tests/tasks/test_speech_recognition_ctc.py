@@ -112,6 +112,12 @@ def test_the_vocabulary_is_the_training_transcripts_characters_and_is_saved_with
     assert AutoModelForCTC.from_pretrained(tmp_path / "best").lm_head.out_features == 10
 
 
+@pytest.mark.parametrize(("preset", "masks"), [(None, (0.05, 0.0)), ("strong", (0.1, 0.05)), ("none", (0.0, 0.0))])
+def test_spec_augment_sets_the_models_own_masking(tiny_wav2vec2, clips, preset, masks):
+    config = task_for(tiny_wav2vec2, clips, spec_augment=preset).build_model().config
+    assert (config.mask_time_prob, config.mask_feature_prob) == masks
+
+
 def test_greedy_decoding_collapses_repeats_then_drops_blanks_as_the_processor_does(tiny_wav2vec2, clips):
     task = task_for(tiny_wav2vec2, clips)
     task.build_model()

@@ -3,7 +3,8 @@
 `read_audio` reads any format libsndfile knows (WAV, FLAC, OGG, ...) with soundfile, averages the
 channels to mono and resamples with a polyphase filter (8 kHz recordings become Whisper's 16 kHz).
 An unreadable or empty file is a `DataError` naming it. Rows of clips are read in the layouts images
-use (`tunesmith.data.file_rows`: class folders, `train/` + `val/` folders, a table of paths), and
+use (`tunesmith.data.file_rows`: class folders, `train/` + `val/` folders, a table of paths), or
+for speech a folder with a transcripts file (`tunesmith.data.transcripts`), and
 `check_audio` opens every clip in the preflight, before any weights load: missing, empty, not
 audio, silent or longer than the task's limit are named by path and skipped or refused as
 `data.bad_rows` says. `AudioClips` decodes clips on access, so a large set never sits in memory.
@@ -21,6 +22,7 @@ import numpy as np
 from tunesmith.data.file_rows import FileKind, check_files, read_file_rows
 from tunesmith.data.labelled import LabelledRows
 from tunesmith.data.readers import not_found
+from tunesmith.data.transcripts import read_transcribed_folder, transcript_files
 from tunesmith.errors import DataError
 
 _INSTALL = "pip install 'tunesmith[audio]'"
@@ -35,13 +37,17 @@ def audio_kind(section: str) -> FileKind:
 
 def read_audio_rows(section: str, path: str | Path, audio_column: str, label_column: str | None,
                     audio_root: str | None, bad_rows: str, labelled: bool = True,
-                    label_key: str = "data.label_column") -> LabelledRows:
+                    label_key: str = "data.label_column", transcripts: bool = False) -> LabelledRows:
     """Reads a folder of clips or a table of paths (labels are folder names or `label_column`, the
-    config key `label_key`: a transcript column for speech recognition).
+    config key `label_key`: a transcript column for speech recognition); with `transcripts`, a folder
+    holding a transcripts file is read by it (`data.transcripts`).
 
     Raises:
-        DataError: as `file_rows.read_file_rows`.
+        DataError: as `file_rows.read_file_rows` or `transcripts.read_transcribed_folder`.
     """
+    files = transcript_files(Path(path)) if transcripts and labelled and Path(path).is_dir() else []
+    if files:
+        return read_transcribed_folder(Path(path), files, audio_column, AUDIO_EXTENSIONS, bad_rows)
     return read_file_rows(audio_kind(section), path, audio_column, label_column, audio_root, bad_rows, labelled,
                           label_key)
 

@@ -2,10 +2,11 @@
 
 Rows are audio clips with a transcript: a CSV/JSONL with a path column and a text column
 (`speech_recognition.audio_column`, `text_column`; any other column, such as a speaker, is kept
-for `tunesmith evaluate --by speaker`), or class folders whose names are the transcripts (keyword
-sets). Every clip is opened in the preflight, before any weights load (`tunesmith.data.audio`). The
-model is the source's `AutoModelForSpeechSeq2Seq` (Whisper: `demo:whisper-tiny-en`,
-`openai/whisper-small`); its encoder runs over the batch's longest clip, not 30 s, with the padding
+for `tunesmith evaluate --by speaker`), a folder with a transcripts file (LibriSpeech, Kaldi or
+Sphinx style: `tunesmith.data.transcripts`), or class folders whose names are the transcripts. Every
+clip is opened in the preflight, before any weights load (`tunesmith.data.audio`). The model is the
+source's `AutoModelForSpeechSeq2Seq` (Whisper), or `AutoModelForCTC` for wav2vec2-style encoders
+(tasks/_ctc.py). Whisper's encoder runs over the batch's longest clip, not 30 s, with the padding
 masked out of its attention and of the decoder's cross-attention (`whisper_input: crop`,
 tasks/_audio.py), so a clip is transcribed as it would be alone. A Whisper that has never trained on
 cropped clips repeats itself on them ("yes yes yes yes", no end of text), so until its first training
@@ -147,8 +148,8 @@ class SpeechRecognitionTask(OneOutputPerRow):
 
     def _read(self, path: str, labelled: bool = True) -> LabelledRows:
         o = self.options
-        return read_audio_rows("speech_recognition", path, self.audio_key, o.text_column, o.audio_root,
-                               self.config.data.bad_rows, labelled=labelled, label_key="speech_recognition.text_column")
+        return read_audio_rows("speech_recognition", path, self.audio_key, o.text_column, o.audio_root, self.config.data.bad_rows,
+                               labelled, "speech_recognition.text_column", transcripts=True)
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
         kept, self.bad_clips[split] = checked_clips("speech_recognition", rows, self.audio_key, self.config.data.bad_rows,
