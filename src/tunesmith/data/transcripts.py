@@ -41,8 +41,7 @@ def parse_line(line: str) -> tuple[str, str] | None:
         return None
     sphinx = _SPHINX.fullmatch(line)
     if sphinx:
-        words = [w for w in sphinx["words"].split() if w not in ("<s>", "</s>")]
-        return sphinx["id"], " ".join(words)
+        return sphinx["id"], " ".join(w for w in sphinx["words"].split() if w not in ("<s>", "</s>"))
     clip, _, words = line.partition(" ")
     return clip, " ".join(words.split())
 
