@@ -74,6 +74,19 @@ def task_for(source: Path | str, train: Path, **section) -> object:
     return task
 
 
+@pytest.mark.parametrize("task", ["audio-classification", "speech-recognition"])
+def test_cropped_whisper_is_refused_under_several_processes_with_the_key_to_set(tiny_whisper, tones, monkeypatch, task):
+    from tunesmith.errors import ConfigError
+
+    section = task.replace("-", "_")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch --num_processes 2 sets it
+    config = {"task": task, "model": {"source": str(tiny_whisper)}, "data": {"train": str(tones)}}
+    with pytest.raises(ConfigError, match=f"{section}.whisper_input: crop .* set {section}.whisper_input: pad"):
+        get_task(load_config(config)).preflight()
+    if task == "audio-classification":  # the model's own forward, 30 s per clip, runs under DDP
+        get_task(load_config({**config, section: {"whisper_input": "pad"}})).preflight()
+
+
 def test_a_clip_scores_as_it_would_alone_whatever_its_batch(tiny_whisper, tones):
     task = task_for(tiny_whisper, tones)
     model = task.build_model().eval()

@@ -14,6 +14,7 @@ transformers folder (`models/converted.py`), so every source loads through the o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from torch import nn
 from tunesmith.config import ModelConfig, Section
 from tunesmith.data.audio import check_audio
 from tunesmith.data.labelled import LabelledRows
+from tunesmith.errors import ConfigError
 from tunesmith.models.converted import is_ctranslate2_whisper, transformers_whisper
 from tunesmith.models.hf_family import HFModel, TokenizerLoader
 
@@ -138,13 +140,36 @@ def set_model_spec_augment(model: nn.Module, preset: str | None) -> None:
     config.apply_spec_augment = bool(masks.mask_time_prob or masks.mask_feature_prob)
 
 
-def checked_clips(section: str, rows: LabelledRows, key: str, bad_rows: str, max_seconds: float,
+def checked_clips(section: str, rows: LabelledRows, key: str, bad_rows: str, settings: AudioSettings,
                   whisper: bool) -> tuple[LabelledRows, list[dict[str, Any]]]:
-    """`data.audio.check_audio` with the task's limit, or Whisper's 30 s where that is lower."""
-    limit, why = max_seconds, f"{section}.max_seconds"
+    """`data.audio.check_audio` with the task's limit, or Whisper's 30 s where that is lower; first
+    refuses cropped Whisper input under several processes (`refuse_crop_across_processes`).
+
+    Raises:
+        ConfigError: as `refuse_crop_across_processes`.
+        DataError: as `check_audio`.
+    """
+    if whisper:
+        refuse_crop_across_processes(section, settings)
+    limit, why = settings.max_seconds, f"{section}.max_seconds"
     if whisper and limit > WHISPER_SECONDS:
         limit, why = WHISPER_SECONDS, "Whisper's encoder reads 30 s"
     return check_audio(section, rows, key, bad_rows, limit, why)
+
+
+def refuse_crop_across_processes(section: str, settings: AudioSettings) -> None:
+    """`whisper_input: crop` runs Whisper's encoder module by module, outside the model's own forward,
+    which is where DDP and FSDP synchronise gradients and gather shards: under several processes
+    the replicas would silently drift apart, so it is refused (`pad` runs the model's own forward).
+
+    Raises:
+        ConfigError: crop under a launch of more than one process.
+    """
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if settings.whisper_input == "crop" and processes > 1:
+        raise ConfigError([f"{section}.whisper_input: crop runs Whisper's encoder outside the model's forward, which "
+                           f"DDP/FSDP cannot synchronise across these {processes} processes; set {section}.whisper_input: "
+                           "pad (every clip padded to 30 s, as transformers runs it) or train in one process"])
 
 
 def whisper_features(extractor: Any, clips: list[np.ndarray], rate: int, mode: str) -> dict[str, torch.Tensor]:

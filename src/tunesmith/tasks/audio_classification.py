@@ -135,7 +135,7 @@ class AudioClassificationTask(OneOutputPerRow):
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
         kept, self.bad_clips[split] = checked_clips(self.name.replace("-", "_"), rows, self.audio_key,
-                                                    self.config.data.bad_rows, self.options.max_seconds, self.whisper)
+                                                    self.config.data.bad_rows, self.options, self.whisper)
         return kept
 
     def unlabelled_rows(self, path: str) -> LabelledRows:

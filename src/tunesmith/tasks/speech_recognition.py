@@ -153,7 +153,7 @@ class SpeechRecognitionTask(OneOutputPerRow):
 
     def _checked(self, split: str, rows: LabelledRows) -> LabelledRows:
         kept, self.bad_clips[split] = checked_clips("speech_recognition", rows, self.audio_key, self.config.data.bad_rows,
-                                                    self.options.max_seconds, self.source.whisper)
+                                                    self.options, self.source.whisper)
         return kept
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
