@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import tunesmith
+from _clips import write_clips  # tests/tasks/_clips.py, beside this file
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
 from tunesmith.recipe import frozen_as_configured
@@ -25,7 +26,6 @@ from tunesmith.tasks import get_task
 from tunesmith.tasks._ctc import greedy
 
 soundfile = pytest.importorskip("soundfile", reason="the audio extra is not installed: pip install 'tunesmith[audio]'")
-WORDS = {"yes": 400.0, "no": 900.0, "stop": 1500.0}
 
 
 # Convolutions of stride 5 * 4 * 8: 100 frames a second (wav2vec2-base: 50), room for CTC on short tones;
@@ -49,23 +49,6 @@ def save_tiny_wav2vec2(folder: Path) -> Path:
     Wav2Vec2Model(tiny_wav2vec2_config()).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(folder)
     return folder
-
-
-def write_clips(folder: Path, words: dict[str, float] = WORDS, per_word: int = 4, rate: int = 16_000) -> Path:
-    """A CSV of tones named by a word (`path,transcript,speaker`), 0.3-0.8 s each, beside the clips."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for word, hertz in words.items():
-        for i in range(per_word):
-            t = np.arange(int(rate * rng.uniform(0.3, 0.8))) / rate
-            soundfile.write(folder / f"{word}{i}.wav", 0.3 * np.sin(2 * np.pi * hertz * t), rate, subtype="PCM_16")
-            rows.append({"path": f"{word}{i}.wav", "transcript": word.capitalize() + ".", "speaker": f"s{i % 2}"})
-    with (folder / "clips.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "transcript", "speaker"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / "clips.csv"
 
 
 @pytest.fixture(scope="session")
