@@ -46,6 +46,7 @@ def time_loop_extras() -> dict[str, list[float]]:
 
 
 def in_loop_seconds(spent: dict[str, list[float]]) -> float:
-    """Seconds of evaluations and saves inside the loop clock: the baseline evaluation runs before it
-    and the final one after it."""
-    return sum(spent["evaluate"][1:-1]) + sum(spent["save"])
+    """Seconds of evaluations and saves inside the loop clock: every `loop.evaluate` but the last (the
+    final record, after the clock). The baseline goes through `evaluation.baseline_scores`, which calls
+    `evaluation.evaluate` itself, so it is not in `spent`."""
+    return sum(spent["evaluate"][:-1]) + sum(spent["save"])
