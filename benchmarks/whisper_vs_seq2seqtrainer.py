@@ -198,23 +198,30 @@ def run_trainer(args: argparse.Namespace) -> dict:
             "predictions_sample": predictions[:10], **load_between(probes["begin"], probes["end"])}
 
 
+def cpu_per_clip(r: dict) -> float:
+    """CPU seconds per training clip: the loop's seconds at its CPU utilization, which a busy core
+    leaves less changed than clips per second of wall clock (an estimate: the utilization is the
+    whole loop's, tunesmith's last-step evaluation included)."""
+    return r["train_seconds"] * r["loop_cpu_utilization"] / r["samples"]
+
+
 def table(runs: dict[str, dict], args: argparse.Namespace) -> str:
     before = next((r["wer_before"] for r in runs.values() if "wer_before" in r), None)
     lines = [f"{args.train_rows} training clips, {args.steps} steps of {BATCH} ({args.warmup_steps} warm-up), "
              f"{args.eval_rows} test clips by other speakers; pre-trained WER "
              + (f"{before:.4f}" if before is not None else "not measured (no tunesmith arm)") + "\n",
-             "| | WER | CER | clips/s (training loop) | loop seconds | peak RSS | other processes' share of its core |",
-             "|---|---|---|---|---|---|---|"]
+             "| | WER | CER | clips/s (training loop) | loop seconds | CPU s per clip | peak RSS "
+             "| other processes' share of its core |", "|---|---|---|---|---|---|---|---|"]
     for arm, r in runs.items():
         lines.append(f"| {NAMES[arm]} | {r['wer']:.4f} | {r['cer']:.4f} | {r['samples_per_second']:.2f} | "
-                     f"{r['train_seconds']:.0f} | {r['peak_rss_mib']} MiB | "
+                     f"{r['train_seconds']:.0f} | {cpu_per_clip(r):.3f} | {r['peak_rss_mib']} MiB | "
                      f"{r['other_processes_share_of_its_cores']:.0%} |")
     for ours, theirs in (("tunesmith", "trainer"), ("tunesmith-bf16", "trainer-bf16"), ("tunesmith", "trainer-bf16")):
         if ours in runs and theirs in runs:
             a, b = runs[ours], runs[theirs]
             lines.append(f"| **{NAMES[ours]} / {NAMES[theirs]}** | {a['wer'] - b['wer']:+.4f} | "
                          f"{a['cer'] - b['cer']:+.4f} | **{a['samples_per_second'] / b['samples_per_second']:.2f}x** "
-                         f"| | {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x | |")
+                         f"| | {cpu_per_clip(a) / cpu_per_clip(b):.2f}x | {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x | |")
     return "\n".join(lines)
 
 
@@ -226,6 +233,7 @@ def main() -> None:
     parser.add_argument("--arms", default="tunesmith,trainer-bf16",
                         help=f"comma-separated, run in this order (default %(default)s; all: {','.join(ARMS)})")
     parser.add_argument("--smoke", action="store_true", help="32 training clips, 16 test clips, 2 steps")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the last run's raw numbers again")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
@@ -251,7 +259,8 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         sys.exit(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    runs = run_arms(__file__, OUT / f"whisper_vs_seq2seqtrainer{'-smoke' if args.smoke else ''}.json", arms)
+    out_file = OUT / f"whisper_vs_seq2seqtrainer{'-smoke' if args.smoke else ''}.json"
+    runs = json.loads(out_file.read_text()) if args.table_only else run_arms(__file__, out_file, arms)
     print(table(runs, args))
 
 
