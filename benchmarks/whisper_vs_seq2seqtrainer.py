@@ -87,6 +87,7 @@ def read_clips(path: Path) -> tuple[list[str], list[str]]:
 def run_tunesmith(args: argparse.Namespace) -> dict:
     import tunesmith
     from tunesmith.engine.progress import ProgressDisplay
+    from tunesmith.tasks.speech_recognition import normalized
 
     spent = time_loop_extras()
     probes: dict[str, dict] = {}
@@ -113,10 +114,15 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
               "speech_recognition": {"max_new_tokens": MAX_NEW_TOKENS, "whisper_input": "crop"}}
     result = tunesmith.finetune(config, quiet=True)
     extras = in_loop_seconds(spent)
+    reference = dict(zip(*read_clips(args.eval_file)))
+    with (result.run_dir / "predictions_validation.jsonl").open() as f:
+        predicted = [json.loads(line) for line in f]
+    pairs = [(normalized(reference[p["audio"]]), normalized(p["predicted_text"] or "")) for p in predicted]
     return {"train_seconds": result.train_seconds - extras, "in_loop_eval_and_save_seconds": extras,
             "samples": round(result.samples_per_second * result.train_seconds),
             "wer": result.final["wer"], "cer": result.final["cer"], "wer_before": result.baseline["wer"],
-            "eval_seconds": spent["evaluate"][-1], **load_between(probes["begin"], probes["end"])}
+            "eval_seconds": spent["evaluate"][-1], "errors": [(r, p) for r, p in pairs if r != p],
+            **load_between(probes["begin"], probes["end"])}
 
 
 def run_trainer(args: argparse.Namespace) -> dict:
@@ -195,7 +201,8 @@ def run_trainer(args: argparse.Namespace) -> dict:
     return {"train_seconds": out.metrics["train_runtime"], "samples": args.steps * BATCH,
             "wer": float(jiwer.wer(references, predictions)), "cer": float(jiwer.cer(references, predictions)),
             "feature_seconds": feature_seconds, "eval_seconds": eval_seconds, "train_loss": out.metrics["train_loss"],
-            "predictions_sample": predictions[:10], **load_between(probes["begin"], probes["end"])}
+            "errors": [(r, p) for r, p in zip(references, predictions) if r != p],
+            **load_between(probes["begin"], probes["end"])}
 
 
 def cpu_per_clip(r: dict) -> float:
