@@ -2,7 +2,7 @@
 
 Run by hand (not a test), from the repository root, with ../shared/data/speech_commands_subset beside it:
 
-    .venv/bin/python benchmarks/whisper_vs_seq2seqtrainer.py                  # 240 clips, 30 steps, ~17 min on one core
+    .venv/bin/python benchmarks/whisper_vs_seq2seqtrainer.py                  # 240 clips, 30 steps, ~20 min on one core
     .venv/bin/python benchmarks/whisper_vs_seq2seqtrainer.py --smoke          # 32 clips, 2 steps, ~5 min
     .venv/bin/python benchmarks/whisper_vs_seq2seqtrainer.py --arms tunesmith,trainer-bf16,tunesmith-bf16,trainer  # ~40 min
 
