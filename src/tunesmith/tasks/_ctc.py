@@ -121,7 +121,7 @@ class CTCPath:
                 raise ConfigError([f"model.source: {self.config.model.source} has no CTC vocabulary of its own; set "
                                    "data.train, whose transcripts make one"])
             self.processor = new_processor(getattr(found, "feature_extractor", found),
-                                           [self.clean(t) for t in train_rows.labels])
+                                           self.cleaned(train_rows.labels))
             tokenizer = self.processor.tokenizer
             head = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
         model = self.hf.build({**head, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True}, new_head=bool(head))
@@ -160,17 +160,18 @@ class CTCPath:
 
     # ---- data -------------------------------------------------------------------------------
 
-    def clean(self, text: str) -> str:
-        """A transcript as the vocabulary spells it: normalized under `normalize`, cased to a kept vocabulary."""
-        text = self.normalized(text) if self.config.task_settings.normalize else " ".join(text.split())
+    def cleaned(self, texts: list[str]) -> list[str]:
+        """Transcripts as the vocabulary spells them: normalized under `normalize`, cased to a kept vocabulary."""
         vocab = self.processor.tokenizer.get_vocab() if self.processor is not None else {}
-        upper = any(c.isupper() for c in vocab if len(c) == 1) and not any(c.islower() for c in vocab if len(c) == 1)
-        return text.upper() if upper else text  # the LibriSpeech models spell in capitals
+        letters = [c for c in vocab if len(c) == 1]
+        upper = any(c.isupper() for c in letters) and not any(c.islower() for c in letters)  # LibriSpeech models
+        clean = self.normalized if self.config.task_settings.normalize else lambda t: " ".join(t.split())
+        return [clean(t).upper() if upper else clean(t) for t in texts]
 
     def targets(self, rows: LabelledRows) -> list[list[int]]:
         """Each transcript's character ids (spaces as `|`, unknown characters as `[UNK]`); counts the
         clips with fewer frames than CTC needs for their transcript."""
-        ids = self.processor.tokenizer([self.clean(t) for t in rows.labels]).input_ids
+        ids = self.processor.tokenizer(self.cleaned(rows.labels)).input_ids
         rate = self.processor.feature_extractor.sampling_rate
         samples = torch.tensor([round(audio_seconds(p) * rate) for p in rows.inputs[self.config.task_settings.audio_column]])
         frames = self.frame_counts(samples).tolist()
@@ -187,7 +188,7 @@ class CTCPath:
         if not self.active or self.processor is None:
             return {}
         vocab = self.processor.tokenizer.get_vocab()
-        texts = [self.clean(t) for t in eval_rows.labels] if eval_rows is not None else []
+        texts = self.cleaned(eval_rows.labels) if eval_rows is not None else []
         unknown = Counter(c for t in texts for c in t if c != " " and c not in vocab)
         return {"ctc": {"vocabulary_size": len(vocab), "unknown_characters": dict(unknown.most_common()),
                         "clips_too_short_for_transcript": self.too_short}}
