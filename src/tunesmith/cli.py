@@ -308,7 +308,8 @@ def _print_before_after(result) -> None:
     from tunesmith.report.before_after import before_after_table, features_note
 
     metrics = [k for k in result.config.task_schema.shown(result.final) if result.baseline.get(k) is not None]
-    headers, rows = before_after_table(result.baseline, result.final, metrics)
+    headers, rows = before_after_table(result.baseline, result.final, metrics,
+                                        lower_is_better=result.config.task_schema.minimize)
     print_table(f"validation results ({result.run_dir})", headers, rows)
     note = features_note(result.baseline)
     if note:

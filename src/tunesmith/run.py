@@ -279,13 +279,19 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:
-    """The config to score or predict with: the run's task and that task's own section as trained
-    (its column names, input settings), then `overrides`."""
+    """The config to score or predict with: the run's task, that task's own section as trained (its
+    column names, input settings) and the data section's column names and length, then `overrides`."""
     task = _saved_task(model)
-    trained = _saved_config(model).get(task.replace("-", "_"))  # None for a source that is no run directory
+    saved = _saved_config(model)
+    trained = saved.get(task.replace("-", "_"))  # None for a source that is no run directory
     own = {task.replace("-", "_"): trained} if isinstance(trained, dict) else {}
-    return with_inferred_task(load_config({"task": task, "model": {"source": model}, "data": {"validation": validation},
-                                           **own}, overrides))
+    data = {k: v for k, v in (saved.get("data") or {}).items() if k in _TRAINED_DATA_KEYS}
+    return with_inferred_task(load_config({"task": task, "model": {"source": model},
+                                           "data": {**data, "validation": validation}, **own}, overrides))
+
+
+# The data keys that describe the model's input as trained, carried to evaluate/predict/export.
+_TRAINED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "max_length")
 
 
 def with_inferred_task(config: RunConfig) -> RunConfig:

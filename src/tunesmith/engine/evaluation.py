@@ -175,6 +175,9 @@ def baseline_scores(model: nn.Module, loader: DataLoader, eval_data, task: Task,
     """The `baseline` record: `evaluate` of the model before training, plus `features`
     (`feature_probe`) where the task's head starts untrained."""
     results = evaluate(model, loader, task, accelerator)
+    start = getattr(task, "starting_point", None)  # optional: what "before" is when not a pre-trained model
+    if start:
+        results["starting_point"] = start
     features = feature_probe(accelerator.unwrap_model(model), task, eval_data, accelerator, config)
     return {**results, "features": features} if features is not None else results
 

@@ -1,6 +1,7 @@
 """The before/after table of a run, one definition for the CLI, `report.html` and the model card.
 
-"Before" is the `baseline` record: the model as it is, before any training. Where the head starts
+"Before" is the `baseline` record: the model as it is, before any training (named by the record's
+`starting_point` where the task gives one: a new tabular network is untrained, not pre-trained). Where the head starts
 untrained (a new head for these labels), that score is chance by construction, so the table says
 so in its header and adds the `features` score of the same record (engine/evaluation.py
 `feature_probe`): a logistic regression on the frozen pre-trained features, what the backbone
@@ -9,7 +10,7 @@ already knows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 FEATURES_COLUMN = "pre-trained features (linear probe)"
@@ -20,20 +21,27 @@ def plain_change(delta: float, higher_is_better: bool) -> str:
 
 
 def before_after_table(baseline: dict[str, Any], final: dict[str, Any], metrics: list[str],
-                       change: Callable[[float, bool], Any] = plain_change) -> tuple[list[str], list[list[Any]]]:
+                       change: Callable[[float, bool], Any] = plain_change,
+                       lower_is_better: Collection[str] = ("loss",)) -> tuple[list[str], list[list[Any]]]:
     """(headers, rows): a metric per row, its baseline, linear-probe (if any) and fine-tuned values and
-    the change from the baseline; `change(delta, higher_is_better)` formats the change cell.
+    the change from the baseline; `change(delta, higher_is_better)` formats the change cell, with
+    `lower_is_better` the metrics that improve downwards (the task's `minimize`).
     A value the record does not have is an empty cell."""
     features = baseline.get("features") or {}
-    headers = ["metric", "pre-trained, untrained head" if features else "pre-trained",
+    headers = ["metric", starting_point(baseline),
                *([FEATURES_COLUMN] if features else []), "fine-tuned", "change"]
     rows = []
     for name in metrics:
         before, after = _number(baseline.get(name)), _number(final.get(name))
         probe = [_cell(_number(features.get(name)))] if features else []
-        delta = change(after - before, name != "loss") if before is not None and after is not None else ""
+        delta = change(after - before, name not in lower_is_better) if before is not None and after is not None else ""
         rows.append([name, _cell(before), *probe, _cell(after), delta])
     return headers, rows
+
+
+def starting_point(baseline: dict[str, Any]) -> str:
+    """The name of the "before" column: the task's `starting_point`, else the pre-trained model (with a new head)."""
+    return baseline.get("starting_point") or ("pre-trained, untrained head" if baseline.get("features") else "pre-trained")
 
 
 def features_note(baseline: dict[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
                      final: dict[str, Any], facts: dict[str, Any], usage: str) -> None:
     t, s = config.training, config.strategy
     metrics = [m for m in config.task_schema.shown(final) if baseline.get(m) is not None]
-    headers, cells = before_after_table(baseline, final, metrics)
+    headers, cells = before_after_table(baseline, final, metrics, lower_is_better=config.task_schema.minimize)
     rows = "\n".join(f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *cells])
     note = features_note(baseline)
     note = f"\n{note}\n" if note else ""

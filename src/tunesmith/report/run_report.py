@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.report.before_after import before_after_table, features_note
+from tunesmith.report.before_after import before_after_table, features_note, starting_point
 from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
@@ -92,10 +92,10 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
 def _results_section(baseline: dict[str, Any], final: dict[str, Any], metrics: list[str], config: RunConfig) -> str:
     if not final:
         return "<p>The run has no final evaluation.</p>"
-    headers, rows = before_after_table(baseline, final, metrics, signed)
+    headers, rows = before_after_table(baseline, final, metrics, signed, config.task_schema.minimize)
     note = (f"<p>Validation split, {config.training.metric_for_best_model} selects the best model. "
-            "<i>Pre-trained</i> is the model before any training (with a new, untrained head where the "
-            "source has none for these labels); <i>fine-tuned</i> is the best checkpoint, kept in best/.</p>")
+            f"<i>{esc(starting_point(baseline))}</i> is the model before any training (with a new, untrained head "
+            "where the source has none for these labels); <i>fine-tuned</i> is the best checkpoint, kept in best/.</p>")
     features = features_note(baseline)
     return note + (f"<p>{esc(features)}</p>" if features else "") + table(headers, rows)
 

@@ -1,0 +1,167 @@
+"""Tables of numeric and categorical columns for the tabular tasks: read, type, fit and check.
+
+Rows are read as text by the shared readers (CSV, TSV, JSONL, Parquet), so a missing cell is "" and
+nothing is guessed. Each feature column is numeric when every present training cell is a finite
+number, categorical otherwise; `categorical` and `numeric` lists override that. The preprocessing
+(means and stds, category lists) is fitted on the training rows only and kept in the model's spec
+(models/tabular_network.py). Cells that a numeric column cannot read are bad rows, named by line and
+skipped or refused as `data.bad_rows` says. Before training, the columns are checked for what
+silently ruins tabular models: an id column, a near-unique category, and a column that alone ranks
+the label almost perfectly (a leak, such as a call's duration known only after its outcome).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from tunesmith.data.labelled import LabelledRows, load_labelled
+from tunesmith.errors import DataError
+from tunesmith.models.tabular_network import is_missing, numbers
+
+log = logging.getLogger("tunesmith")
+
+LEAK_AUC = 0.9  # one column alone ranking the label this well is worth a warning
+ID_ROWS = 50  # below this, distinct values per row say nothing
+
+
+def read_tabular(path: str, label_column: str | None, bad_rows: str, key: str,
+                 features: list[str] | None = None) -> LabelledRows:
+    """Rows of `path` (cells as text, "" where missing) with their label, and `features` as inputs when given.
+
+    Raises:
+        DataError: the file does not read, the label column is absent, no usable rows.
+    """
+    rows = load_labelled(path, [], label_column, bad_rows, settings=(f"{key}.features", "data.label_column"))
+    return rows if features is None else with_features(rows, features, key)
+
+
+def with_features(rows: LabelledRows, features: list[str], key: str) -> LabelledRows:
+    """`rows` with `features` as inputs.
+
+    Raises:
+        DataError: a feature column is not in the file.
+    """
+    absent = [c for c in features if c not in rows.columns]
+    if absent:
+        found = ", ".join(repr(c) for c in rows.columns)
+        raise DataError(f"{rows.source}: feature column {absent[0]!r} not found; columns are {found} "
+                        f"(set {key}.features, or add the column to the file)")
+    rows.inputs = {c: rows.columns[c] for c in features}
+    return rows
+
+
+def feature_columns(rows: LabelledRows, label_column: str, chosen: list[str] | None, drop: list[str], key: str) -> list[str]:
+    """The columns the model reads: `chosen`, or every column but the label and `drop`.
+
+    Raises:
+        DataError: a dropped column is not in the file (a typo would keep a leaking column in), or
+            no column is left.
+    """
+    unknown = [c for c in drop if c not in rows.columns]
+    if unknown:
+        raise DataError(f"{key}.drop: column {unknown[0]!r} is not in {rows.source}; columns are "
+                        f"{', '.join(repr(c) for c in rows.columns)}")
+    names = chosen or [c for c in rows.columns if c != label_column and c not in drop]
+    if label_column in names:
+        raise DataError(f"{key}.features includes the label column {label_column!r}; remove it")
+    if not names:
+        raise DataError(f"{rows.source}: no feature columns left besides the label {label_column!r}")
+    return names
+
+
+def fit_columns(train: LabelledRows, categorical: list[str], numeric: list[str], key: str) -> dict[str, Any]:
+    """The spec's `numeric` and `categorical` column lists, fitted on the training rows.
+
+    Raises:
+        DataError: a column has no value in any training row.
+    """
+    spec: dict[str, Any] = {"numeric": [], "categorical": []}
+    for name, cells in train.inputs.items():
+        present = np.array([not is_missing(c) for c in cells])
+        if not present.any():
+            raise DataError(f"{train.source}: column {name!r} is empty in every training row; drop it with {key}.drop")
+        values = numbers(cells)
+        parsed = ~np.isnan(values)
+        is_numeric = name in numeric or (name not in categorical and bool((parsed == present).all()))
+        if is_numeric:
+            seen = values[parsed]
+            std = float(seen.std()) if seen.size else 1.0
+            spec["numeric"].append({"name": name, "mean": float(seen.mean()) if seen.size else 0.0,
+                                    "std": std if std > 0 else 1.0, "missing": bool((~parsed).any())})
+        else:
+            spec["categorical"].append({"name": name, "categories": sorted({str(c).strip() for c in np.array(cells, dtype=object)[present]})})
+    return spec
+
+
+def unreadable_numbers(rows: LabelledRows, spec: dict[str, Any], bad_rows: str, key: str) -> LabelledRows:
+    """`rows` without those whose numeric cells hold something that is not a number, named by line.
+
+    Raises:
+        DataError: under `data.bad_rows: error`, naming the lines, the column and a value.
+    """
+    bad: dict[int, str] = {}
+    for column in spec["numeric"]:
+        cells = rows.inputs[column["name"]]
+        unread = np.isnan(numbers(cells)) & np.array([not is_missing(c) for c in cells])
+        for i in np.flatnonzero(unread):
+            bad.setdefault(int(i), f"{column['name']}={cells[i]!r}")
+    if not bad:
+        return rows
+    shown = ", ".join(f"line {rows.lines[i]} ({what})" for i, what in list(bad.items())[:5]) + (" ..." if len(bad) > 5 else "")
+    fix = f"fix the cells, list the column in {key}.categorical, or set data.bad_rows: skip"
+    if bad_rows == "error":
+        raise DataError(f"{rows.source}: {len(bad)} rows have a numeric column cell that is not a number: {shown}; {fix}")
+    log.warning("%s: skipping %d rows whose numeric cells are not numbers: %s", rows.source, len(bad), shown)
+    kept = rows.subset([i for i in range(len(rows)) if i not in bad])
+    kept.skipped = rows.skipped + len(bad)
+    if not len(kept):
+        raise DataError(f"{rows.source}: no usable rows left; {fix}")
+    return kept
+
+
+def column_warnings(train: LabelledRows, spec: dict[str, Any], positive: str | None, key: str) -> dict[str, float]:
+    """Warns about id-like columns, near-unique categories and (for two labels) a column that alone ranks
+    the label with ROC AUC >= 0.9; returns each column's single-column ROC AUC (two labels only)."""
+    n = len(train)
+    for column in spec["numeric"]:
+        values = numbers(train.inputs[column["name"]])
+        if n >= ID_ROWS and np.unique(values).size == n and np.all(values == np.round(values)):
+            log.warning("column %r holds a different whole number in every training row, like an id: a model can "
+                        "learn row order from it; drop it with %s.drop", column["name"], key)
+    for column in spec["categorical"]:
+        if n >= ID_ROWS and len(column["categories"]) > max(ID_ROWS, n // 2):
+            log.warning("column %r has %d categories in %d training rows, like an id or free text: most validation "
+                        "values will be unseen; drop it with %s.drop", column["name"], len(column["categories"]), n, key)
+    if positive is None:
+        return {}
+    aucs = single_column_auc(train, spec, positive)
+    for name, auc in aucs.items():
+        if auc >= LEAK_AUC:
+            log.warning("column %r alone ranks the label with ROC AUC %.3f on the training rows: a column known only "
+                        "after the outcome leaks it, and the model will fail where it is not yet known; if so, drop "
+                        "it with %s.drop", name, auc, key)
+    return aucs
+
+
+def single_column_auc(train: LabelledRows, spec: dict[str, Any], positive: str) -> dict[str, float]:
+    """{column: ROC AUC of that column alone} (numbers as they are, categories by their positive rate; a
+    column ranking the label backwards counts as well as forwards), strongest first."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([label == positive for label in train.labels])
+    if y.all() or not y.any():
+        return {}
+    scores = {}
+    for column in spec["numeric"]:
+        values = numbers(train.inputs[column["name"]])
+        scores[column["name"]] = np.where(np.isnan(values), np.nanmean(values), values)
+    for column in spec["categorical"]:
+        cells = np.array([str(c).strip() for c in train.inputs[column["name"]]], dtype=object)
+        _, codes = np.unique(cells, return_inverse=True)
+        rate = np.bincount(codes, weights=y) / np.bincount(codes)
+        scores[column["name"]] = rate[codes]
+    aucs = {name: float(roc_auc_score(y, s)) for name, s in scores.items()}
+    return dict(sorted(((n, round(max(a, 1 - a), 4)) for n, a in aucs.items()), key=lambda t: -t[1]))
