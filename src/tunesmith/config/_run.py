@@ -59,8 +59,8 @@ class TaskSchema:
 
 class RunConfig(Section):
     task: str = "text-classification"
-    """What is being fine-tuned: one of the tasks `tunesmith tasks` lists (`text-classification`,
-    `image-classification`, `token-classification`, `question-answering`, `seq2seq`, `causal-lm`)."""
+    """What is being fine-tuned: one of the tasks `tunesmith tasks` lists with what each does
+    (`text-classification`, `image-classification`, `tabular-classification`, ...)."""
     output_dir: str = "runs/run"
     """The run directory: config, metrics, checkpoints, `best/` and the model card go here."""
     overwrite_output_dir: bool = False

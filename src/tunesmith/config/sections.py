@@ -23,7 +23,8 @@ class ModelConfig(Section):
     """Where the pre-trained weights come from: a hub id (`bert-base-uncased`), a local
     `save_pretrained` directory, or a `demo:` alias (`demo:minilm`). Images: a timm model name
     (`resnet50.a1_in1k`), a tunesmith run or `best/` folder, a weights file (`.pth`,
-    `.safetensors`) with `architecture`, or `demo:efficientnet-lite0`."""
+    `.safetensors`) with `architecture`, or `demo:efficientnet-lite0`. Tables: `mlp` or
+    `ft-transformer` (a new network), or a tabular run directory to fine-tune."""
     architecture: str | None = None
     """Images: the timm architecture a local weights file is mapped onto (`efficientnet_lite0`)."""
     pretrained: bool = True

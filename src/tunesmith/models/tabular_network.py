@@ -45,9 +45,15 @@ WEIGHTS_FILE = "model.safetensors"
 UNSEEN, MISSING = 0, 1  # reserved category indices; training categories start at 2
 
 
+NON_FINITE = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
 def is_missing(cell: Any) -> bool:
-    """A cell with no value: None, NaN, or empty text (tunesmith reads missing cells as "")."""
-    return cell is None or (isinstance(cell, float) and np.isnan(cell)) or (isinstance(cell, str) and not cell.strip())
+    """A cell with no value: None, a NaN or infinity, or empty text (tunesmith reads missing cells as
+    ""), so a column of numbers with "NaN" or "inf" in it stays numeric."""
+    if isinstance(cell, str):
+        return not cell.strip() or cell.strip().lower() in NON_FINITE
+    return cell is None or (isinstance(cell, float) and not np.isfinite(cell))
 
 
 def numbers(cells: Any) -> np.ndarray:

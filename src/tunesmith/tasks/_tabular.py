@@ -176,8 +176,14 @@ class TabularTask:
         for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
             if rows is not None:
                 facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
-                                "unseen_categories": self._unseen(rows)}
+                                "missing_cells": self._missing(rows), "unseen_categories": self._unseen(rows)}
         return facts
+
+    @staticmethod
+    def _missing(rows: LabelledRows) -> dict[str, int]:
+        """{column: missing cells (empty, NaN, infinity)}, for columns that have any: imputed as documented."""
+        counts = {c: sum(map(tabular_network.is_missing, cells)) for c, cells in rows.inputs.items()}
+        return {c: n for c, n in counts.items() if n}
 
     def _unseen(self, rows: LabelledRows) -> dict[str, int]:
         """{column: rows whose category the model never saw in training}, for columns that have any."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.config import Section
-from tunesmith.data.labelled import LabelledRows
+from tunesmith.data.labelled import LabelledRows, random_split
 from tunesmith.data.tables import column_warnings
 from tunesmith.errors import DataError
 from tunesmith.models.tabular_network import numbers
@@ -45,6 +45,9 @@ class TabularRegressionTask(OneOutputPerRow, TabularTask):
     @property
     def options(self) -> TabularRegressionConfig:
         return self.config.task_settings
+
+    def split(self, train: LabelledRows, fraction: float, seed: int) -> tuple[LabelledRows, LabelledRows]:
+        return random_split(train, fraction, seed)  # a number per row: no classes to stratify on
 
     def checked_labels(self, rows: LabelledRows) -> LabelledRows:
         """`rows` without those whose label is not a number.
