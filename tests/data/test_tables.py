@@ -57,3 +57,32 @@ def test_single_column_auc_counts_a_backwards_ranking_and_rates_categories():
 def test_nan_and_infinity_written_as_text_are_missing_numbers_not_categories():
     spec = fit_columns(rows({"x": ["1", "NaN", "inf", "3"]}), [], [], "k")
     assert spec["numeric"] == [{"name": "x", "mean": 2.0, "std": 1.0, "missing": True}]
+
+
+def test_drift_is_zero_on_the_same_rows_and_names_the_column_that_moved():
+    from tunesmith.data.tables import drift, profile
+
+    rng = np.random.default_rng(0)
+    old = rows({"rate": [f"{v:.3f}" for v in rng.normal(4, 1, 500)], "job": list(rng.choice(["a", "b"], 500))})
+    new = rows({"rate": [f"{v:.3f}" for v in rng.normal(1, 1, 500)], "job": list(rng.choice(["a", "b"], 500))})
+    spec = fit_columns(old, [], [], "k")
+    before = profile(old, spec)
+    assert drift(before, old) == {"rate": 0.0, "job": 0.0}
+    moved = drift(before, new)
+    assert list(moved) == ["rate", "job"] and moved["rate"] > 1 and moved["job"] < 0.05
+
+
+def test_only_drift_beyond_sampling_noise_is_named(caplog):
+    import logging
+
+    from tunesmith.data.tables import drift, profile, report_drift
+
+    rng = np.random.default_rng(0)
+    old = rows({"x": [f"{v:.3f}" for v in rng.normal(0, 1, 400)]})
+    same, shifted = (rows({"x": [f"{v:.3f}" for v in rng.normal(mu, 1, 60)]}) for mu in (0, 2))
+    before = profile(old, fit_columns(old, [], [], "k"))
+    with caplog.at_level(logging.INFO, logger="tunesmith"):
+        report_drift(drift(before, same), before, 60, "parent")
+        report_drift(drift(before, shifted), before, 60, "parent")
+    assert "no column moved beyond what 60 rows vary by" in caplog.text
+    assert "1 of 1 columns moved (population stability index, 0.1 moderate, 0.25 major): x " in caplog.text

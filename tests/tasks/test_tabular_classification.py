@@ -83,7 +83,7 @@ def test_patient_records_fine_tune_beats_the_untrained_start_and_best_loads_with
     assert "tabular_model.load" in card and "untrained (mlp)" in card
 
 
-def test_fine_tuning_a_parent_run_starts_from_its_weights_and_keeps_its_preprocessing(tmp_path):
+def test_fine_tuning_a_parent_run_starts_from_its_weights_and_keeps_its_preprocessing(tmp_path, caplog):
     import json
 
     from tunesmith.run import finetune
@@ -93,12 +93,18 @@ def test_fine_tuning_a_parent_run_starts_from_its_weights_and_keeps_its_preproce
     child_raw = config(tmp_path, test, None, model={"source": str(parent.run_dir)},
                        training={"num_train_epochs": 2}, data={"validation_split": 0.3})
     child_raw["output_dir"] = str(tmp_path / "child")
-    child = finetune(child_raw, quiet=True)
+    with caplog.at_level(logging.INFO, logger="tunesmith"):
+        child = finetune(child_raw, quiet=True)
     assert child.baseline["starting_point"] == "parent model"
     assert child.baseline["auprc"] > 0.9  # the parent's skill, before any step on the new rows
     saved = json.loads((child.run_dir / "best" / "tabular_model.json").read_text())
     parent_spec = json.loads((parent.run_dir / "best" / "tabular_model.json").read_text())
     assert saved["numeric"] == parent_spec["numeric"] and saved["categorical"] == parent_spec["categorical"]
+    facts = json.loads((child.run_dir / "data.json").read_text())
+    assert set(facts["drift_psi_since_parent"]) == {c["name"] for c in saved["numeric"] + saved["categorical"]}
+    # rows of the same hospital: ~100 rows against 420 give PSI up to ~0.3 by chance alone, so none is named
+    assert "no column moved beyond what" in caplog.text and "columns moved" not in caplog.text
+    assert saved["profile"] != parent_spec["profile"]  # the child's own rows, for the next fine-tune to compare with
 
     scratch = get_task(load_config({**child_raw, "model": {"source": str(parent.run_dir), "pretrained": False}}))
     assert scratch.starting_point == "untrained (random weights)"

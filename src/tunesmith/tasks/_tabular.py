@@ -23,7 +23,16 @@ from torch import nn
 
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, sample, stratified_split
-from tunesmith.data.tables import feature_columns, fit_columns, read_tabular, unreadable_numbers, with_features
+from tunesmith.data.tables import (
+    drift,
+    feature_columns,
+    fit_columns,
+    profile,
+    read_tabular,
+    report_drift,
+    unreadable_numbers,
+    with_features,
+)
 from tunesmith.errors import ConfigError, DataError, ModelSourceError
 from tunesmith.models import tabular_network
 from tunesmith.models.layer_groups import LayerGroup
@@ -83,6 +92,7 @@ class TabularTask:
         self.label_names: list[str] = []
         self.truncated = 0  # nothing is cut
         self.spec: dict[str, Any] = {}
+        self.drift: dict[str, float] = {}  # PSI per column of the training rows against the parent model's
         self.architecture, self.parent = self._source()
         # The "before" column of the results: a new architecture starts untrained, not pre-trained.
         trained = self.parent is not None and config.model.pretrained
@@ -148,6 +158,10 @@ class TabularTask:
         self.spec = {**fitted, "task": self.task_kind}
         if self.train_rows is not None:
             self.train_rows = self.checked_labels(unreadable_numbers(self.train_rows, self.spec, d.bad_rows, self.key))
+            if parent is not None and parent.get("profile"):
+                self.drift = drift(parent["profile"], self.train_rows)
+                report_drift(self.drift, parent["profile"], len(self.train_rows), str(self.parent))
+            self.spec["profile"] = profile(self.train_rows, self.spec)  # what the next fine-tune compares with
         self.eval_rows = self.checked_labels(sample(unreadable_numbers(val, self.spec, d.bad_rows, self.key),
                                               d.max_eval_samples, seed))
         self.set_labels(parent)
@@ -177,6 +191,8 @@ class TabularTask:
             if rows is not None:
                 facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped,
                                 "missing_cells": self._missing(rows), "unseen_categories": self._unseen(rows)}
+        if self.drift:
+            facts["drift_psi_since_parent"] = self.drift
         return facts
 
     @staticmethod

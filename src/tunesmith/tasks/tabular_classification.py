@@ -104,9 +104,21 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
             if rows is not None:
                 check_known_labels(rows, self.label_names)
         self.positive = self._positive(parent)
+        if parent is not None and parent.get("label_shares") and self.train_rows is not None:
+            self._label_drift(parent["label_shares"])
         self.spec["architecture"] = self.architecture_spec(len(self.label_names))
         if self.train_rows is not None:
             self.column_auc = column_warnings(self.train_rows, self.spec, self.positive, self.key)
+
+    def _label_drift(self, before: dict[str, float]) -> None:
+        """Logs how the label shares of the new training rows differ from the parent model's."""
+        now = self._label_shares()
+        moved = ", ".join(f"{n!r} {before.get(n, 0):.1%} -> {now.get(n, 0):.1%}" for n in self.label_names)
+        log.info("label shares since %s: %s", self.parent, moved)
+
+    def _label_shares(self) -> dict[str, float]:
+        counts = Counter(self.train_rows.labels) if self.train_rows is not None else Counter()
+        return {n: counts[n] / max(sum(counts.values()), 1) for n in self.label_names}
 
     def _positive(self, parent: dict[str, Any] | None) -> str | None:
         if len(self.label_names) != 2:
@@ -127,7 +139,9 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         self.fixed_threshold = self.threshold = self.options.threshold or spec.get("threshold")
 
     def saved_spec(self) -> dict[str, Any]:
-        return {**self.spec, "labels": self.label_names, "positive_label": self.positive, "threshold": self.threshold}
+        shares = self._label_shares() if self.train_rows is not None else self.spec.get("label_shares")
+        return {**self.spec, "labels": self.label_names, "positive_label": self.positive, "threshold": self.threshold,
+                "label_shares": shares}
 
     def targets(self, rows: LabelledRows) -> np.ndarray:
         return label_ids(rows, self.label_names)
