@@ -79,6 +79,8 @@ def test_patient_records_fine_tune_beats_the_untrained_start_and_best_loads_with
     scored = evaluate(str(result.run_dir), test)
     assert scored["auprc"] == pytest.approx(result.final["auprc"], abs=1e-6)
     assert scored["threshold"] == pytest.approx(result.final["threshold"])  # the saved one, not chosen again
+    assert (result.run_dir / "plots" / "reliability.png").is_file()
+    assert "Reliability diagram" in (result.run_dir / "report.html").read_text()
     card = (result.run_dir / "best" / "README.md").read_text()
     assert "tabular_model.load" in card and "untrained (mlp)" in card
 

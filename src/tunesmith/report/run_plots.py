@@ -2,7 +2,8 @@
 
 Loss (training per logging step, validation per evaluation), the validation metrics against the
 pre-trained baseline, the learning rate of every layer group, which groups were trainable at
-each evaluation, and the confusion matrix of the final (best) model. The best evaluation is
+each evaluation, the confusion matrix of the final (best) model and, for tasks that score calibration
+(a `reliability` record of confidence bins), its reliability diagram. The best evaluation is
 marked on the curves, since that is the model `best/` holds.
 """
 
@@ -20,7 +21,8 @@ def run_plots(records: Records, folder: Path, metrics: list[str]) -> dict[str, P
     """Draws every plot the records support; returns {name: png path}."""
     drawers = {"loss": lambda: loss_plot(records), "metrics": lambda: metric_plot(records, metrics),
                "learning_rates": lambda: lr_plot(records), "trainable_groups": lambda: trainable_plot(records),
-               "confusion_matrix": lambda: confusion_plot(_phase(records, "final"))}
+               "confusion_matrix": lambda: confusion_plot(_phase(records, "final")),
+               "reliability": lambda: reliability_plot(_phase(records, "baseline"), _phase(records, "final"))}
     plots = {}
     for name, draw in drawers.items():
         fig = draw()
@@ -135,6 +137,22 @@ def confusion_plot(final: dict[str, Any]) -> Any:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
                         color="white" if count > peak / 2 else "black")
     fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def reliability_plot(baseline: dict[str, Any], final: dict[str, Any]) -> Any:
+    """Accuracy against confidence per bin, before and after training: on the diagonal is calibrated."""
+    if not final.get("reliability"):
+        return None
+    fig, ax = new_figure()
+    ax.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="calibrated")
+    for record, name, color in ((baseline, "before", COLORS[1]), (final, "fine-tuned", COLORS[0])):
+        bins = record.get("reliability") or []
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=color,
+                    label=f"{name} (ECE {record.get('ece', float('nan')):.3f})")
+    style(ax, "Reliability (validation)", "confidence of the predicted label", "share correct")
+    ax.legend(frameon=False)
     return fig
 
 

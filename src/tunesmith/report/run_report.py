@@ -119,6 +119,7 @@ def _curves_section(plots: dict[str, Path]) -> str:
         "metrics": ("Validation metrics per evaluation", "epoch 0 is the pre-trained model; the dashed line marks the best"),
         "learning_rates": ("Learning rate of each layer group", "warm-up, decay, and the per-group factors"),
         "trainable_groups": ("Which layer groups trained at each evaluation", "frozen groups stay as pre-trained"),
+        "reliability": ("Reliability diagram", "share of correct predictions per confidence bin; on the diagonal is calibrated"),
     }
     parts = [image(plots[name], alt, caption) for name, (alt, caption) in captions.items() if name in plots]
     if not parts:
