@@ -176,6 +176,26 @@ def label_ids(rows: LabelledRows, names: list[str]) -> np.ndarray:
     return np.array([index[label] for label in rows.labels], dtype=np.int64)
 
 
+class ClassWeights:
+    """`training.class_weights: balanced` for a single-label task: each label weighs n / (labels x count)
+    in the loss, computed once from the training labels; None when the setting is off or there are none."""
+
+    def __init__(self) -> None:
+        self._weights: torch.Tensor | None = None
+
+    def __call__(self, config: RunConfig, train_rows: LabelledRows | None, names: list[str],
+                 device: torch.device) -> torch.Tensor | None:
+        import torch
+
+        from tunesmith.data.labelled import balanced_class_weights
+
+        if config.training.class_weights != "balanced" or train_rows is None:
+            return None
+        if self._weights is None:
+            self._weights = torch.tensor(balanced_class_weights(train_rows.labels, names))
+        return self._weights.to(device)
+
+
 @runtime_checkable
 class ProbesFeatures(Protocol):
     """Opt-in for a task (classification): a linear probe of its backbone's features in the baseline.

@@ -34,14 +34,14 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.audio import AudioClips, audio_seconds, read_audio_rows
 from tunesmith.data.file_rows import split_folders
-from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of, sample, stratified_split
+from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of, sample, stratified_split
 from tunesmith.errors import DataError
 from tunesmith.models.demos import check_task
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import ResolvedSource, source_label_names
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 from tunesmith.tasks._audio import (
     AudioModel,
     AudioSettings,
@@ -89,6 +89,7 @@ class AudioClassificationTask(OneOutputPerRow):
         self.audio_key = self.options.audio_column
         self.source = AudioModel("AutoModelForAudioClassification", config.model, feature_extractor)
         self.train_rows: LabelledRows | None = None
+        self.class_weights = ClassWeights()  # training.class_weights: balanced
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.bad_clips: dict[str, list[dict[str, Any]]] = {}
@@ -268,16 +269,10 @@ class AudioClassificationTask(OneOutputPerRow):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)
-        loss = F.cross_entropy(logits.float(), batch["labels"], weight=self._class_weights(logits.device),
+        loss = F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights(self.config, self.train_rows, self.label_names, logits.device),
                                label_smoothing=self.config.training.label_smoothing_factor)
         return loss, logits
 
-    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
-        if self.config.training.class_weights != "balanced" or self.train_rows is None:
-            return None
-        if not hasattr(self, "_weights"):
-            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
-        return self._weights.to(device)
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Accuracy, macro F1, per-class table and confusion matrix."""

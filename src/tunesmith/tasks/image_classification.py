@@ -24,13 +24,13 @@ from torch import nn
 
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.images import ImageDataset, check_images, read_images, split_folders
-from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of, sample, stratified_split
+from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of, sample, stratified_split
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.strategies.augmentation import eval_transform, is_random, key_seed, mix_batch, mixes, train_transform
-from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
@@ -61,6 +61,7 @@ class ImageClassificationTask(OneOutputPerRow):
         self.config = config
         self.image_key = self.options.image_column
         self.train_rows: LabelledRows | None = None
+        self.class_weights = ClassWeights()  # training.class_weights: balanced
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.bad_images: dict[str, list[dict[str, Any]]] = {}
@@ -228,19 +229,13 @@ class ImageClassificationTask(OneOutputPerRow):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)
-        weight = self._class_weights(logits.device)
+        weight = self.class_weights(self.config, self.train_rows, self.label_names, logits.device)
         if "targets" in batch:  # mixed batch: soft targets already carry the label smoothing
             return F.cross_entropy(logits.float(), batch["targets"], weight=weight), logits
         loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
                                label_smoothing=self.config.training.label_smoothing_factor)
         return loss, logits
 
-    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
-        if self.config.training.class_weights != "balanced" or self.train_rows is None:
-            return None
-        if not hasattr(self, "_weights"):
-            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
-        return self._weights.to(device)
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Top-1 accuracy, macro F1, per-class table, confusion matrix; top-5 with more than 5 classes."""

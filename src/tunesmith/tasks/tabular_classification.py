@@ -26,12 +26,12 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunesmith.config import Section
-from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of
+from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of
 from tunesmith.data.tables import column_warnings
 from tunesmith.errors import DataError
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.report.probability_metrics import choose_threshold, decisions, ranking_and_calibration
-from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 from tunesmith.tasks._tabular import TabularSettings, TabularTask
 
 log = logging.getLogger("tunesmith")
@@ -86,6 +86,7 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         self.positive: str | None = None
         self.threshold: float | None = None  # the one in use: fixed, saved, or chosen at the last full evaluation
         self.fixed_threshold = self.options.threshold
+        self.class_weights = ClassWeights()  # training.class_weights: balanced
         self.column_auc: dict[str, float] = {}
 
     @property
@@ -159,7 +160,7 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch).float()
-        weight = self._class_weights(logits.device)
+        weight = self.class_weights(self.config, self.train_rows, self.label_names, logits.device)
         labels = batch["labels"]
         if self.options.loss == "focal":
             log_p = F.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
@@ -170,12 +171,6 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         smoothing = self.config.training.label_smoothing_factor
         return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing), logits
 
-    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
-        if self.config.training.class_weights != "balanced" or self.train_rows is None:
-            return None
-        if not hasattr(self, "_weights"):
-            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
-        return self._weights.to(device)
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Ranking, calibration and (two labels) the decision metrics at the threshold: the fixed or saved

@@ -19,7 +19,6 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import (
     LabelledRows,
-    balanced_class_weights,
     check_known_labels,
     duplicates_and_leaks,
     label_names_of,
@@ -33,7 +32,7 @@ from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import source_label_names, token_limit
 from tunesmith.report.classification_metrics import classification_metrics
-from tunesmith.tasks import OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 
 log = logging.getLogger("tunesmith")
 
@@ -50,6 +49,7 @@ class TextClassificationTask(OneOutputPerRow):
         self.hf = HFModel("AutoModelForSequenceClassification", config.model)
         self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
+        self.class_weights = ClassWeights()  # training.class_weights: balanced
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
@@ -222,17 +222,11 @@ class TextClassificationTask(OneOutputPerRow):
         loss = F.cross_entropy(
             logits.float(),
             batch["labels"],
-            weight=self._class_weights(logits.device),
+            weight=self.class_weights(self.config, self.train_rows, self.label_names, logits.device),
             label_smoothing=t.label_smoothing_factor,
         )
         return loss, logits
 
-    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
-        if self.config.training.class_weights != "balanced" or self.train_rows is None:
-            return None
-        if not hasattr(self, "_weights"):
-            self._weights = torch.tensor(balanced_class_weights(self.train_rows.labels, self.label_names))
-        return self._weights.to(device)
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         logits = stacked(outputs, len(self.label_names))
