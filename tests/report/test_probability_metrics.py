@@ -45,3 +45,11 @@ def test_ranking_matches_sklearn_and_calibration_bins_weigh_rows():
     perfect = calibration(np.array([0.75] * 4), np.array([True, True, True, False]))
     assert perfect["ece"] == pytest.approx(0.0)
     assert calibration(np.array([0.95, 0.95]), np.array([False, False]))["ece"] == pytest.approx(0.95)
+
+
+def test_two_label_ranking_is_the_positive_labels_wherever_it_sorts():
+    p, y = scores()
+    probs = np.stack([p, 1 - p], 1)  # the positive ("fraud") first, as sorted labels put it before "ok"
+    out = ranking_and_calibration(probs, (~y).astype(int), positive=0)
+    assert out["auprc"] == pytest.approx(average_precision_score(y, p))
+    assert out["roc_auc"] == pytest.approx(roc_auc_score(y, p))

@@ -208,3 +208,18 @@ def test_a_missing_label_column_lists_the_columns(tmp_path):
     with pytest.raises(DataError, match=r"train.csv: column 'outcome' not found; columns are 'mean_radius', .*"
                                         r"\(set data.label_column to the right name\)"):
         get_task(load_config(config(tmp_path, train, None, data={"label_column": "outcome"}))).preflight()
+
+
+def test_auprc_is_the_positive_labels_when_it_sorts_first(tmp_path):
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    from tunesmith.run import finetune, predict
+
+    train, test = breast_cancer(tmp_path)
+    for path in (train, test):  # "cancer" sorts before "no cancer", and is the rarer
+        Path(path).write_text(Path(path).read_text().replace(",malignant", ",cancer").replace(",benign", ",no cancer"))
+    result = finetune(config(tmp_path, train, test, training={"num_train_epochs": 3}), quiet=True)
+    scored = pd.read_csv(predict(str(result.run_dir), test, str(tmp_path / "p.csv")))
+    truth = pd.read_csv(test)["diagnosis"] == "cancer"
+    assert result.final["auprc"] == pytest.approx(average_precision_score(truth, scored["prob_cancer"]), abs=1e-6)

@@ -160,3 +160,7 @@ class StrategyConfig(Section):
     layer_lr_decay: float = Field(1.0, gt=0)
     """Discriminative learning rates: each group going down gets the learning rate of the group
     above times this factor (1.0 = one rate for all; 0.8 is a common choice)."""
+    l2_sp: float = Field(0.0, ge=0)
+    """L2-SP forgetting guard: after each step, pull every weight `lr x l2_sp` of the way back to its
+    starting (pre-trained or parent) value, like weight decay toward the start instead of zero; a new
+    head is not pulled. 0 is off; 0.1 to 10 are usual."""

@@ -33,7 +33,7 @@ from tunesmith.engine.accelerator import refuse_launched_accumulation
 from tunesmith.engine.activation_cache import ActivationCache, begin_epoch, cached, make_cache, seq_len
 from tunesmith.engine.batching import GroupedBatchSampler, make_loader
 from tunesmith.engine.checkpoint import latest, save_checkpoint
-from tunesmith.engine.evaluation import baseline_scores, evaluate
+from tunesmith.engine.evaluation import SHARDED, baseline_scores, evaluate
 from tunesmith.engine.loop_state import STATE_KEYS, LoopState, improved, non_finite_step, resume_state
 from tunesmith.engine.oom import OutOfMemory, TrainStepGuard
 from tunesmith.engine.progress import ProgressDisplay
@@ -43,6 +43,7 @@ from tunesmith.engine.signals import StopRequest, graceful_stop
 from tunesmith.errors import TrainingInterrupted
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.report.history import History
+from tunesmith.strategies.anchor import anchor_weights
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
 from tunesmith.strategies.learning_rates import optimizer_param_groups
 from tunesmith.tasks import EpochDataset, Examples, Task, read_rows
@@ -314,6 +315,7 @@ def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Acce
     scheduler = _make_scheduler(optimizer, config, total_steps)
     state = LoopState(label_names=list(task.label_names))
     cache = make_cache(config, task, groups, train_data, world, run_dir, math.ceil(total_steps / steps_per_epoch))
+    anchor_weights(optimizer, groups, config, task, accelerator.distributed_type in SHARDED)  # before resuming
     if resume_from is not None:
         refuse_sharded_resume(accelerator, resume_from)
         state = resume_state(resume_from, model, optimizer, scheduler, state)

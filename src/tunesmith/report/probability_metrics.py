@@ -18,14 +18,15 @@ import numpy as np
 BINS = 10
 
 
-def ranking_and_calibration(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """AUPRC, ROC AUC, log loss, Brier score, ECE and the reliability bins of (N, K) probabilities."""
+def ranking_and_calibration(probs: np.ndarray, y: np.ndarray, positive: int = 1) -> dict[str, Any]:
+    """AUPRC, ROC AUC, log loss, Brier score, ECE and the reliability bins of (N, K) probabilities; for
+    two labels AUPRC and ROC AUC are the `positive` label's (index), else one-vs-rest macro averages."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     n, k = probs.shape
     onehot = np.eye(k)[y]
     present = [c for c in range(k) if 0 < onehot[:, c].sum() < n]  # a class absent (or alone) has no ranking
-    cols = [1] if k == 2 else present
+    cols = [positive] if k == 2 else present
     scores: dict[str, Any] = {
         "auprc": float(np.mean([average_precision_score(onehot[:, c], probs[:, c]) for c in cols])) if present else float("nan"),
         "roc_auc": float(np.mean([roc_auc_score(onehot[:, c], probs[:, c]) for c in cols])) if present else float("nan"),

@@ -189,7 +189,7 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         top = self.options.top_k
         k = int(top) if top >= 1 else max(1, round(top * len(p)))
         predicted = np.where(p >= self.threshold, pos, 1 - pos)
-        return {**classification_metrics(predicted, y, self.label_names), **ranking_and_calibration(probs, y),
+        return {**classification_metrics(predicted, y, self.label_names), **ranking_and_calibration(probs, y, pos),
                 **decisions(p, is_pos, self.threshold, costs, k)}
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
