@@ -6,6 +6,7 @@
 """
 
 from tunesmith.comparison import CompareResult, compare
+from tunesmith.comparison.update import UpdateResult, update
 from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelSourceError, RunDirError, TunesmithError
 from tunesmith.run import RunResult, evaluate, export_onnx, finetune, inspect, predict
@@ -13,8 +14,8 @@ from tunesmith.tuning import LRFindResult, TuneResult, lr_find, tune
 
 __all__ = [
     "CompareResult", "ConfigError", "DataError", "ModelSourceError", "RunConfig", "RunDirError", "RunResult",
-    "TunesmithError", "LRFindResult", "TuneResult",
-    "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict",
+    "TunesmithError", "LRFindResult", "TuneResult", "UpdateResult",
+    "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict", "update",
 ]
 __version__ = "0.1.0"
 

@@ -217,6 +217,40 @@ def compare(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
     _print_compare(run_compare(config, overrides, quiet=quiet))
 
 
+UPDATE_ARMS = "update,replay,l2sp,wise,retrain,scratch"  # comparison/update.py ARMS, not imported at startup
+
+
+@app.command()
+@_user_errors
+def update(run: Annotated[Path, typer.Argument(help="The run directory to update (its config and best/).")],
+           data: Annotated[Path, typer.Option("--data", "-d", help="The new period's rows.")],
+           output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the arms and the table go.")],
+           validation: Annotated[Path | None, typer.Option(help="The new period's validation rows "
+                                                              "(default: a held-out share of --data).")] = None,
+           old_validation: Annotated[Path | None, typer.Option(help="The old period's validation rows "
+                                                                  "(default: the run's data.validation).")] = None,
+           arms: Annotated[str, typer.Option(help="Arms besides the stale run: update (always), the guards replay, "
+                                                  "l2sp, wise, and retrain (old + new rows), scratch.")] = UPDATE_ARMS,
+           replay_share: Annotated[float, typer.Option(help="Replayed old rows per new training row.")] = 0.25,
+           l2_sp: Annotated[float, typer.Option("--l2-sp", help="strategy.l2_sp of the l2sp arm.")] = 10.0,
+           set_: SetOption = None,
+           overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier update there.")] = False,
+           quiet: QuietOption = False) -> None:
+    """Fine-tune a trained run on newer data; compare stale, updated, guarded and retrained models on both periods."""
+    from tunesmith.comparison.update import update as run_update
+    from tunesmith.comparison.update_summary import table_rows
+
+    _setup_logging(quiet)
+    result = run_update(run, data, output_dir, str(validation) if validation else None,
+                        str(old_validation) if old_validation else None, tuple(a for a in arms.split(",") if a),
+                        replay_share, l2_sp, list(set_ or []), overwrite, quiet)
+    headers, rows = table_rows(result)
+    print_table(f"update of {run} ({result.metric} on each period's validation rows)", headers, rows)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"updated model: {result.best_model_dir}; table: {result.folder / 'summary.md'}", highlight=False)
+
+
 @app.command()
 @_user_errors
 def tune(config: Annotated[Path, typer.Argument(help="Run config (YAML) with a search section.")],
