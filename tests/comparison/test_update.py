@@ -125,3 +125,16 @@ def test_the_cli_prints_the_table_and_where_the_update_went(parent, tmp_path):
     assert out.exit_code == 0, out.output
     assert "forward gain" in out.output and "from scratch on the new rows" in out.output
     assert f"updated model: {tmp_path / 'cli' / 'update' / 'best'}" in out.output.replace("\n", "")
+
+
+def test_a_text_classifier_is_updated_the_same_way(tiny_config, reviews, tmp_path):
+    """update works for every task: the tiny BERT on the shipped reviews, its WiSE-FT weights loaded by transformers."""
+    from tunesmith.run import finetune
+
+    parent = finetune({**tiny_config, "data": {**tiny_config["data"], "max_train_samples": 48}}, quiet=True)
+    result = update(parent.run_dir, reviews, tmp_path / "text", arms=("replay", "wise"),
+                    overrides=["training.num_train_epochs=1", "data.max_train_samples=48"], quiet=True)
+    assert [a.arm for a in result.arms] == ["stale", "update", "replay", "wise"]
+    assert result.metric == "accuracy" and result.row("update").old is None  # the parent split its validation off
+    assert any("old period" in n for n in result.notes)
+    assert (tmp_path / "text" / "wise" / "chosen" / "best" / "config.json").is_file()

@@ -223,3 +223,40 @@ def test_auprc_is_the_positive_labels_when_it_sorts_first(tmp_path):
     scored = pd.read_csv(predict(str(result.run_dir), test, str(tmp_path / "p.csv")))
     truth = pd.read_csv(test)["diagnosis"] == "cancer"
     assert result.final["auprc"] == pytest.approx(average_precision_score(truth, scored["prob_cancer"]), abs=1e-6)
+
+
+def wine(tmp_path: Path) -> tuple[str, str]:
+    """scikit-learn's bundled wine analyses: 178 wines of three cultivars, 13 measurements."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    rows = [{**{n: f"{v:.5g}" for n, v in zip(data.feature_names, x)}, "diagnosis": f"cultivar_{y}"}
+            for x, y in zip(data.data, data.target)]
+    order = np.random.default_rng(0).permutation(len(rows))
+    return (write_csv(tmp_path / "wine_train.csv", [rows[i] for i in order[:130]]),
+            write_csv(tmp_path / "wine_test.csv", [rows[i] for i in order[130:]]))
+
+
+def test_three_labels_are_scored_one_vs_rest_and_decided_by_the_most_probable(tmp_path):
+    import pandas as pd
+
+    from tunesmith.run import finetune, predict
+
+    train, test = wine(tmp_path)
+    result = finetune(config(tmp_path, train, test, training={"per_device_train_batch_size": 32}), quiet=True)
+    assert result.final["accuracy"] > 0.9 and result.final["auprc"] > result.baseline["auprc"]
+    assert "threshold" not in result.final and "precision_at_k" not in result.final
+    assert result.final["cost"] == pytest.approx(1 - result.final["accuracy"])
+    scored = pd.read_csv(predict(str(result.run_dir), test, str(tmp_path / "p.csv")))
+    probs = scored[[f"prob_cultivar_{i}" for i in range(3)]].to_numpy()
+    assert (scored["predicted_label"] == [f"cultivar_{i}" for i in probs.argmax(1)]).all()
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    import tunesmith
+    from tunesmith.run import finetune
+
+    train, test = breast_cancer(tmp_path)
+    result = finetune(config(tmp_path, train, test, training={"num_train_epochs": 1}), quiet=True)
+    report = tunesmith.export_onnx(str(result.run_dir), test, str(tmp_path / "model.onnx"))
+    assert report["max_abs_diff"] < 1e-4 and report["rows"] == 149

@@ -109,6 +109,9 @@ def update(parent: str | Path, data: str | Path, output_dir: str | Path, validat
             raise DataError(f"data not found: {path}")
     scoring = _Scoring(new_val, old_val, overrides)
     result = UpdateResult(folder, "", True, [], _lineage(parent, saved, new_train, new_val, old_val))
+    if old_val is None:
+        result.notes.append("no old period scored: the parent held its validation rows out of its training file; "
+                            "give --old-validation to measure what the update forgets")
     stale = scoring.arm("stale", parent)
     result.metric, result.greater_is_better = scoring.metric, scoring.greater
     result.arms.append(stale)
