@@ -65,6 +65,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batch_size import fit_batch_size
     from tunesmith.engine.memory_estimate import check_memory
+    from tunesmith.engine.fitted import FitsItself, fit_itself
     from tunesmith.engine.loop import fit
     from tunesmith.engine.progress import ProgressDisplay
     from tunesmith.engine.run_dir import prepare_run_dir, run_lock
@@ -99,8 +100,9 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
         warn_small_validation(facts, config.metric)
         with open_trackers(config, run_dir, enabled=main) as trackers:
-            result = fit(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
-                         restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
+            train = fit_itself if isinstance(model, FitsItself) else fit  # boosted trees grow by their own algorithm
+            result = train(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
+                           restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
         state, overfitting = result.state, None
         if main:
             summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,

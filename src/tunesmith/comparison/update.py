@@ -180,7 +180,10 @@ def _arm_configs(parent: Path, saved: dict[str, Any], train: str, val: str, arms
         else:
             notes.append(f"replay skipped: the parent's training rows ({old_train}) and the new ones must both be tables")
     if "l2sp" in arms:
-        runs["l2sp"] = arm(str(parent), train, l2_sp=l2_sp)
+        if any((parent / "best" / f).is_file() for f in ("model.safetensors", "adapter_model.safetensors")):
+            runs["l2sp"] = arm(str(parent), train, l2_sp=l2_sp)
+        else:
+            notes.append("l2sp skipped: the parent has no weights trained by gradient steps (boosted trees)")
     if "retrain" in arms:
         if joinable:
             runs["retrain"] = arm(saved["model"]["source"], joined_rows(train, old_train, None, seed, folder / "data" / "all_train"))

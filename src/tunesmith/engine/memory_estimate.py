@@ -122,9 +122,11 @@ def check_memory(task: Task, model: nn.Module, config, accelerator) -> MemoryEst
     trainable = [p for g in groups[floor:] for _, p in g.params]
     batch = task.collate(longest_examples(task, 1))
 
+    device = next((p.device for p in model.parameters()), accelerator.device)  # boosted trees have no parameters
+
     def forward() -> None:
         with accelerator.autocast():
-            task.forward(model, send_to_device(batch, next(model.parameters()).device))
+            task.forward(model, send_to_device(batch, device))
 
     micro = config.training.per_device_train_batch_size
     estimate = estimate_memory(model, trainable, micro, activation_bytes(model, forward))

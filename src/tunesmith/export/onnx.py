@@ -60,6 +60,9 @@ def export_and_check(task: Task, model: nn.Module, loader: DataLoader, output: P
     missing = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'tunesmith[onnx]'")
+    refusal = getattr(model, "onnx_refusal", None)  # a model that is no PyTorch graph says what to use instead
+    if refusal:
+        raise ExportError(refusal)
     model = model.eval()
     first = next(iter(loader))
     names = [k for k in first if k not in SKIPPED_KEYS]

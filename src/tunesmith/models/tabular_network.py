@@ -1,7 +1,8 @@
 """Tabular networks and their preprocessing, in one file that needs only numpy, pandas, torch and safetensors.
 
 tunesmith trains with this file and copies it into every tabular model folder as `tabular_model.py`,
-so a saved model loads without tunesmith and runs exactly the code it was trained with:
+so a saved model loads without tunesmith and runs exactly the code it was trained with (a boosted-trees
+model also needs lightgbm):
 
     import importlib.util
     spec = importlib.util.spec_from_file_location("tabular_model", "best/tabular_model.py")
@@ -19,14 +20,17 @@ indicator feature says so. A categorical cell becomes its index among the traini
 with 0 for a category never seen in training and 1 for a missing cell, so a new category at predict
 time is scored as "unseen", never a crash.
 
-Architectures, both made of three parts that are tunesmith's layer groups (`embeddings`, each of
-`blocks`, `head`):
+Networks, made of three parts that are tunesmith's layer groups (`embeddings`, each of `blocks`, `head`):
 - `mlp`: a learned per-column scale and shift for numbers and an embedding per categorical
   column, concatenated, then Linear-ReLU-Dropout blocks (the MLP baseline of Gorishniy et al. 2021,
   "Revisiting Deep Learning Models for Tabular Data").
 - `ft-transformer`: every feature becomes a token (a per-column linear map of the number, an
   embedding of the category) after a [CLS] token, then pre-norm transformer blocks; the head
   reads [CLS] (the FT-Transformer of the same paper).
+
+And gradient-boosted trees, `lightgbm`: a LightGBM booster (`model.lgb.txt`, read with lightgbm) on the
+same inputs, numbers as they are encoded and category indices as LightGBM categories; it outputs raw
+scores (log-odds) where the networks output logits.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from torch import nn
 
 SPEC_FILE = "tabular_model.json"
 WEIGHTS_FILE = "model.safetensors"
+BOOSTER_FILE = "model.lgb.txt"
 UNSEEN, MISSING = 0, 1  # reserved category indices; training categories start at 2
 
 
@@ -157,10 +162,32 @@ class TabularNetwork(nn.Module):
         return self.head(x if self.kind == "mlp" else x[:, 0])
 
 
+class BoosterNetwork(nn.Module):
+    """A LightGBM booster as a module: (B, F) numbers and (B, C) category ids -> (B, outputs) raw scores
+    (two labels: [0, log-odds], so a softmax gives the booster's probability). No trees: all zeros."""
+
+    onnx_refusal = ("a LightGBM booster is trees, not a PyTorch graph, so tunesmith export does not write it; "
+                    "convert best/model.lgb.txt with onnxmltools (convert_lightgbm), or run it with lightgbm")
+
+    def __init__(self, spec: dict[str, Any], booster: Any = None):
+        super().__init__()
+        self.outputs, self.booster = spec["architecture"]["outputs"], booster
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        rows = len(numeric)
+        if self.booster is None or self.booster.num_trees() == 0:
+            return torch.zeros((rows, self.outputs))
+        features = np.concatenate([numeric.cpu().numpy(), categorical.cpu().numpy()], axis=1)
+        raw = np.asarray(self.booster.predict(features, raw_score=True), dtype=np.float32).reshape(rows, -1)
+        if self.outputs == 2:  # a binary booster scores the second label's log-odds
+            raw = np.concatenate([np.zeros_like(raw), raw], axis=1)
+        return torch.from_numpy(raw)
+
+
 class TabularModel:
     """A loaded model folder: the network and its spec; `predict` scores a DataFrame of raw columns."""
 
-    def __init__(self, network: TabularNetwork, spec: dict[str, Any]):
+    def __init__(self, network: nn.Module, spec: dict[str, Any]):
         self.network, self.spec = network.eval(), spec
 
     @torch.no_grad()
@@ -193,11 +220,15 @@ def decide(probs: np.ndarray, spec: dict[str, Any]) -> list[str]:
 
 
 def load(folder: str | Path) -> TabularModel:
-    """The model saved in `folder` (`tabular_model.json` + `model.safetensors`)."""
+    """The model saved in `folder` (`tabular_model.json` + `model.safetensors`, or `model.lgb.txt`)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     spec = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
+    if spec["architecture"]["kind"] == "lightgbm":
+        import lightgbm
+
+        return TabularModel(BoosterNetwork(spec, lightgbm.Booster(model_file=str(folder / BOOSTER_FILE))), spec)
     network = TabularNetwork(spec)
     network.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     return TabularModel(network, spec)

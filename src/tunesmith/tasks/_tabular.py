@@ -1,7 +1,7 @@
 """What the tabular tasks (tabular-classification, tabular-regression) share: settings, source, rows, tensors.
 
-The source is an architecture to train anew (`model.source: mlp` or `ft-transformer`) or a tabular
-model folder to fine-tune (a tunesmith run directory or its `best/`): then its preprocessing, columns
+The source is an architecture to train anew (`model.source: mlp`, `ft-transformer`, or `lightgbm`
+for gradient-boosted trees, models/boosted.py) or a tabular model folder to fine-tune (a tunesmith run directory or its `best/`): then its preprocessing, columns
 and architecture are kept, since its weights were learnt on them, and new categories score as unseen.
 `model.pretrained: false` on such a folder starts the same architecture from random weights (the
 from-scratch arm). The rows are typed and checked by data/tables.py; the network and its
@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,11 +36,19 @@ from tunesmith.data.tables import (
 from tunesmith.errors import ConfigError, DataError, ModelSourceError
 from tunesmith.models import tabular_network
 from tunesmith.models.layer_groups import LayerGroup
-from tunesmith.models.tabular_network import SPEC_FILE, WEIGHTS_FILE, TabularNetwork, encode
+from tunesmith.models.boosted import BoostedTrees, booster_params, lightgbm_module
+from tunesmith.models.tabular_network import (
+    BOOSTER_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    BoosterNetwork,
+    TabularNetwork,
+    encode,
+)
 
 log = logging.getLogger("tunesmith")
 
-ARCHITECTURES = ("mlp", "ft-transformer")
+ARCHITECTURES = ("mlp", "ft-transformer", "lightgbm")
 WIDTH = {"mlp": 256, "ft-transformer": 192}  # the paper's defaults (FT-Transformer: 192 = 8 heads x 24)
 STANDALONE = "tabular_model.py"  # the copy of models/tabular_network.py in each best/
 
@@ -62,6 +70,19 @@ class TabularSettings(Section):
     """Number of blocks (Linear-ReLU-Dropout layers, or transformer layers). New architectures only."""
     heads: int = Field(8, ge=1)
     """ft-transformer: attention heads; `hidden_size` must be a multiple of it."""
+    boosting_rounds: int = Field(50, ge=1)
+    """lightgbm: trees grown per round; the model is evaluated after each round (an "epoch"), for
+    early stopping and keeping the best, up to `training.num_train_epochs` rounds."""
+    boosting_learning_rate: float = Field(0.05, gt=0)
+    """lightgbm: shrinkage of each tree (`training.learning_rate` is the networks')."""
+    boosting_leaves: int = Field(31, ge=2)
+    """lightgbm: leaves per tree (`num_leaves`)."""
+    boosting_update: Literal["continue", "refit"] = "continue"
+    """lightgbm, fine-tuning a saved booster: `continue` grows new trees on the new rows after the old
+    ones (LightGBM's `init_model`); `refit` keeps the trees and re-estimates their leaves on the new rows
+    (`Booster.refit`). `model.pretrained: false` retrains from nothing."""
+    refit_decay: float = Field(0.9, ge=0, le=1)
+    """lightgbm `refit`: the share of each leaf's old value kept (LightGBM's `decay_rate`)."""
 
     @model_validator(mode="after")
     def _one_kind_per_column(self) -> TabularSettings:
@@ -214,8 +235,11 @@ class TabularTask:
         dropout = self.config.model.dropout
         if self.parent is not None:
             arch = dict(self._parent_spec()["architecture"])
-            return {**arch, "dropout": arch["dropout"] if dropout is None else dropout}
+            return arch if dropout is None or "dropout" not in arch else {**arch, "dropout": dropout}
         o, kind = self.options, self.architecture or "mlp"  # set whenever there is no parent
+        if kind == "lightgbm":
+            lightgbm_module()  # not installed: one line naming the extra, before any training
+            return {"kind": kind, "outputs": outputs}
         width = o.hidden_size or WIDTH[kind]
         if kind == "ft-transformer" and width % o.heads:
             raise ConfigError([f"{self.key}.hidden_size: {width} is not a multiple of {self.key}.heads ({o.heads})"])
@@ -224,12 +248,29 @@ class TabularTask:
 
     def build_model(self) -> nn.Module:
         """The network for this spec: the parent's weights when fine-tuning one, else random."""
+        if self.spec["architecture"]["kind"] == "lightgbm":
+            return self._booster()
         network = TabularNetwork(self.spec)
         if self.parent is not None and self.config.model.pretrained:
             from safetensors.torch import load_file
 
             network.load_state_dict(load_file(str(self.parent / WEIGHTS_FILE)))
         return network
+
+    def _booster(self) -> BoostedTrees:
+        """The booster to train: a new one, or the parent's to continue or refit."""
+        o, t = self.options, self.config.training
+        params = booster_params(self.task_kind, self.spec["architecture"]["outputs"], o.boosting_learning_rate,
+                                o.boosting_leaves, t.seed, getattr(o, "loss", ""))
+        start = None
+        if self.parent is not None and self.config.model.pretrained:
+            start = tabular_network.load(self.parent).network.booster
+        return BoostedTrees(self.spec, params, o.boosting_rounds, o.boosting_update, o.refit_decay,
+                            self.booster_weights(), start)
+
+    def booster_weights(self) -> np.ndarray | None:
+        """(labels,) a weight per label id for the booster's rows (`training.class_weights`), or None."""
+        return None
 
     def load_trained(self) -> nn.Module:
         """Loads a trained model folder as saved (spec, labels, threshold) for evaluate/predict."""
@@ -244,7 +285,10 @@ class TabularTask:
         """Takes what a saved model knows besides its columns (labels, threshold, target scale)."""
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        """[embeddings, block 0..N-1, head], the network's own three parts."""
+        """[embeddings, block 0..N-1, head], the network's own three parts; none for a booster (no weights
+        to freeze: its trees are grown, not trained by gradient steps)."""
+        if isinstance(model, BoosterNetwork):
+            return []
         assert isinstance(model, TabularNetwork)
         parts = [("embeddings", "embeddings", model.embeddings)]
         parts += [(f"block.{i}", f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
@@ -257,8 +301,11 @@ class TabularTask:
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        state = weights if weights is not None else model.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+        if isinstance(model, BoosterNetwork):
+            model.booster.save_model(str(out / BOOSTER_FILE))
+        else:
+            state = weights if weights is not None else model.state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
         (out / SPEC_FILE).write_text(json.dumps(self.saved_spec(), indent=1), encoding="utf-8")
         shutil.copyfile(tabular_network.__file__, out / STANDALONE)
 

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunesmith.config import Section
-from tunesmith.data.labelled import LabelledRows, check_known_labels, label_names_of
+from tunesmith.data.labelled import LabelledRows, balanced_class_weights, check_known_labels, label_names_of
 from tunesmith.data.tables import column_warnings
 from tunesmith.errors import DataError
 from tunesmith.report.classification_metrics import classification_metrics
@@ -143,6 +143,11 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         shares = self._label_shares() if self.train_rows is not None else self.spec.get("label_shares")
         return {**self.spec, "labels": self.label_names, "positive_label": self.positive, "threshold": self.threshold,
                 "label_shares": shares}
+
+    def booster_weights(self) -> np.ndarray | None:
+        if self.config.training.class_weights != "balanced" or self.train_rows is None:
+            return None
+        return np.array(balanced_class_weights(self.train_rows.labels, self.label_names))
 
     def targets(self, rows: LabelledRows) -> np.ndarray:
         return label_ids(rows, self.label_names)
