@@ -88,7 +88,7 @@ def test_bad_parents_guards_and_files_are_refused(parent, tmp_path):
         update(tmp_path, files["new"], tmp_path / "a")
     with pytest.raises(DataError, match="unknown arm 'ewc'; choose from update, replay, l2sp, wise, retrain, scratch"):
         update(run_dir, files["new"], tmp_path / "b", arms=("ewc",))
-    with pytest.raises(DataError, match="data not found"):
+    with pytest.raises(DataError, match="data file not found: .*nope.csv"):
         update(run_dir, files["new"], tmp_path / "c", validation=str(tmp_path / "nope.csv"))
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from tunesmith.comparison.update_summary import table_markdown, table_rows
 from tunesmith.data.period_files import is_table, joined_rows, sha256, split_rows
+from tunesmith.data.readers import not_found
 from tunesmith.errors import DataError, RunDirError
 from tunesmith.strategies.interpolation import interpolate, mismatch
 
@@ -58,6 +59,8 @@ class UpdateArm:
 
 @dataclass
 class UpdateResult:
+    """What `update` measured: a row per arm (`stale` first), the metric, the lineage and notes."""
+
     folder: Path
     metric: str
     greater_is_better: bool
@@ -94,19 +97,22 @@ def update(parent: str | Path, data: str | Path, output_dir: str | Path, validat
         DataError: a file is missing, or replay/retrain meet data that is not a table.
         ConfigError, ModelSourceError: as `finetune`.
     """
-    parent, folder = Path(parent).expanduser(), _prepare(Path(output_dir).expanduser(), overwrite)
+    parent = Path(parent).expanduser()
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise DataError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
     saved = _parent_config(parent)
+    for path in (data, validation, old_validation):
+        if path is not None and not Path(path).exists():
+            raise DataError(not_found(Path(path)))
+    folder = _prepare(Path(output_dir).expanduser(), overwrite)
     seed, old = saved["training"]["seed"], saved["data"]
     new_train, new_val = str(data), validation
     if new_val is None:
         new_train, new_val = split_rows(str(data), old.get("validation_split", 0.1), seed, folder / "data")
     old_val = old_validation or (old.get("validation") if old.get("validation") else None)
-    for path in (new_train, new_val, old_val):
-        if path is not None and not Path(path).exists():
-            raise DataError(f"data not found: {path}")
+    if old_val is not None and not Path(old_val).exists():
+        raise DataError(not_found(Path(old_val), "the parent's validation file (the old period)"))
     scoring = _Scoring(new_val, old_val, overrides)
     result = UpdateResult(folder, "", True, [], _lineage(parent, saved, new_train, new_val, old_val))
     if old_val is None:

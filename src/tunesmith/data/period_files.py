@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.readers import FORMATS
+from tunesmith.data.readers import FORMATS, not_found
 from tunesmith.errors import DataError
 
 
@@ -42,9 +42,11 @@ def read_rows(path: str | Path, why: str) -> pd.DataFrame:
     """The rows of a table file as pandas reads them back losslessly.
 
     Raises:
-        DataError: `path` is a folder or not a table file, which `why` needs.
+        DataError: `path` is missing, or a folder or other file where `why` needs a table.
     """
     path = Path(path)
+    if not path.exists():
+        raise DataError(not_found(path))
     if not is_table(path):
         raise DataError(f"{path}: {why} needs a CSV, TSV, JSONL or Parquet file, not "
                         f"{'a folder' if path.is_dir() else 'this'}; give the table, or leave out what needs it")
