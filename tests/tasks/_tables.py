@@ -1,4 +1,4 @@
-"""What the tabular task tests share: writing rows as a CSV, and importing a best/ folder's own code."""
+"""What the tabular task tests share: writing rows as CSVs, and importing a best/ folder's own code."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ def write_csv(path: Path, rows: list[dict]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return str(path)
+
+
+def split_csv(folder: Path, name: str, rows: list[dict], train_rows: int) -> tuple[str, str]:
+    """`rows` shuffled (seed 0): the first `train_rows` to `<name>_train.csv`, the rest to `<name>_test.csv`."""
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(len(rows))
+    return (write_csv(folder / f"{name}_train.csv", [rows[i] for i in order[:train_rows]]),
+            write_csv(folder / f"{name}_test.csv", [rows[i] for i in order[train_rows:]]))
 
 
 def standalone(folder: Path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _tables import standalone, write_csv  # tests/tasks/_tables.py, beside this file
+from _tables import split_csv, standalone, write_csv  # tests/tasks/_tables.py, beside this file
 
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, DataError, ModelSourceError
@@ -232,9 +232,7 @@ def wine(tmp_path: Path) -> tuple[str, str]:
     data = load_wine()
     rows = [{**{n: f"{v:.5g}" for n, v in zip(data.feature_names, x)}, "diagnosis": f"cultivar_{y}"}
             for x, y in zip(data.data, data.target)]
-    order = np.random.default_rng(0).permutation(len(rows))
-    return (write_csv(tmp_path / "wine_train.csv", [rows[i] for i in order[:130]]),
-            write_csv(tmp_path / "wine_test.csv", [rows[i] for i in order[130:]]))
+    return split_csv(tmp_path, "wine", rows, 130)
 
 
 def test_three_labels_are_scored_one_vs_rest_and_decided_by_the_most_probable(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tables import standalone, write_csv  # tests/tasks/_tables.py, beside this file
+from _tables import split_csv, standalone  # tests/tasks/_tables.py, beside this file
 
 from tunesmith.config import load_config
 from tunesmith.errors import DataError
@@ -30,9 +30,7 @@ def diabetes(tmp_path: Path) -> tuple[str, str]:
     data = load_diabetes()
     rows = [{**{n: f"{v:.6g}" for n, v in zip(data.feature_names, x)}, "progression": f"{y:g}"}
             for x, y in zip(data.data, data.target)]
-    order = np.random.default_rng(0).permutation(len(rows))
-    return (write_csv(tmp_path / "train.csv", [rows[i] for i in order[:340]]),
-            write_csv(tmp_path / "test.csv", [rows[i] for i in order[340:]]))
+    return split_csv(tmp_path, "diabetes", rows, 340)
 
 
 def raw_config(tmp_path: Path, train: str, test: str, **data) -> dict:
