@@ -22,7 +22,7 @@ from accelerate import Accelerator
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.batching import make_loader
-from tunesmith.engine.evaluation import evaluate
+from tunesmith.engine.evaluation import baseline_scores, evaluate
 from tunesmith.engine.loop import FitResult
 from tunesmith.engine.loop_state import LoopState, improved
 from tunesmith.engine.progress import ProgressDisplay
@@ -75,7 +75,7 @@ def fit_itself(task: Task, model: Any, config: RunConfig, run_dir: Path, acceler
         display.note(f"{phase} round {state.global_step}: {config.metric} {entry.get(config.metric, float('nan')):.4f}")
         return entry
 
-    baseline = record("baseline", evaluate(model, eval_loader, task, accelerator), **_start(task))
+    baseline = record("baseline", baseline_scores(model, eval_loader, eval_data, task, accelerator, config))
     best, more = None, True
     while more and state.global_step < rounds and not state.stopped_early:
         started = time.perf_counter()
@@ -94,8 +94,3 @@ def fit_itself(task: Task, model: Any, config: RunConfig, run_dir: Path, acceler
     final = record("final", evaluate(model, eval_loader, task, accelerator, predictions), best_step=state.best_step,
                    nan_skips=0)
     return FitResult(baseline, best, final, state, 1)
-
-
-def _start(task: Task) -> dict[str, Any]:
-    point = getattr(task, "starting_point", None)
-    return {"starting_point": point} if point else {}

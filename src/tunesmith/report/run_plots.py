@@ -75,7 +75,7 @@ def metric_plot(records: Records, metrics: list[str]) -> Any:
         ax.plot(*zip(*points), color=color, marker="o", label=f"validation {metric}")
     _mark_best(ax, records)
     bound_rate_axis(ax, shown)
-    style(ax, "Validation metrics (epoch 0: the pre-trained model)", "epoch", "score")
+    style(ax, "Validation metrics (epoch 0: the model before training)", "epoch", "score")
     ax.legend(frameon=False)
     return fig
 
