@@ -273,7 +273,6 @@ class AudioClassificationTask(OneOutputPerRow):
                                label_smoothing=self.config.training.label_smoothing_factor)
         return loss, logits
 
-
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Accuracy, macro F1, per-class table and confusion matrix."""
         logits = stacked(outputs, len(self.label_names))

@@ -236,7 +236,6 @@ class ImageClassificationTask(OneOutputPerRow):
                                label_smoothing=self.config.training.label_smoothing_factor)
         return loss, logits
 
-
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Top-1 accuracy, macro F1, per-class table, confusion matrix; top-5 with more than 5 classes."""
         logits, labels = stacked(outputs, len(self.label_names)), label_ids(rows, self.label_names)

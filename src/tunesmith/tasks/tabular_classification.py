@@ -176,7 +176,6 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         smoothing = self.config.training.label_smoothing_factor
         return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing), logits
 
-
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         """Ranking, calibration and (two labels) the decision metrics at the threshold: the fixed or saved
         one, or the best on these rows when they are the validation rows of a training run."""

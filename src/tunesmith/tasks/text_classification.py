@@ -227,7 +227,6 @@ class TextClassificationTask(OneOutputPerRow):
         )
         return loss, logits
 
-
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
         logits = stacked(outputs, len(self.label_names))
         return classification_metrics(logits.argmax(-1), label_ids(rows, self.label_names), self.label_names)
