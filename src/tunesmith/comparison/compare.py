@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from tunesmith.comparison.learning_curve import CurvePoint, labels_saved, learni
 from tunesmith.comparison.reuse import reusable_finetune
 from tunesmith.comparison.summary import row_dict, write_summary
 from tunesmith.config import RunConfig
-from tunesmith.errors import RunDirError
+from tunesmith.engine.run_dir import cleared_outputs
 
 log = logging.getLogger("tunesmith")
 
@@ -64,7 +63,8 @@ def compare(config: str | Path | dict | RunConfig, overrides: list[str] | None =
     extra = [f"compare.{key}={json.dumps(value)}" for key, value in
              (("fractions", fractions), ("seeds", seeds), ("arms", arms)) if value is not None]
     config, task = prepared(config, list(overrides or []) + extra)  # bad data fails here, before any weights load
-    folder = _prepare(Path(config.output_dir) / "compare", config.overwrite_output_dir)
+    folder = cleared_outputs(Path(config.output_dir) / "compare", OUTPUTS, config.overwrite_output_dir, "a comparison",
+                             "choose another output_dir or set overwrite_output_dir: true (--overwrite)")
     metric = config.metric
     table = _run_table(config, folder, quiet, task.describe())
     result = CompareResult(folder, metric, [table[a] for a in ARM_ORDER if a in table])
@@ -74,21 +74,6 @@ def compare(config: str | Path | dict | RunConfig, overrides: list[str] | None =
         result.labels_saved = labels_saved(result.curve, metric, config.greater_is_better)
     _write(result, config)
     return result
-
-
-def _prepare(folder: Path, overwrite: bool) -> Path:
-    earlier = [name for name in OUTPUTS if (folder / name).exists()]
-    if earlier and not overwrite:
-        raise RunDirError(f"{folder} already holds a comparison ({', '.join(earlier)}); choose another output_dir "
-                          "or set overwrite_output_dir: true (--overwrite)")
-    for name in earlier:
-        target = folder / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _run_table(config: RunConfig, folder: Path, quiet: bool, facts: dict[str, Any]) -> dict[str, ArmResult]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import yaml
 from tunesmith.comparison.update_summary import table_markdown, table_rows
 from tunesmith.data.period_files import is_table, joined_rows, sha256, split_rows
 from tunesmith.data.readers import not_found
+from tunesmith.engine.run_dir import cleared_outputs
 from tunesmith.errors import DataError, RunDirError
 from tunesmith.strategies.interpolation import interpolate, mismatch
 
@@ -105,7 +105,8 @@ def update(parent: str | Path, data: str | Path, output_dir: str | Path, validat
     for path in (data, validation, old_validation):
         if path is not None and not Path(path).exists():
             raise DataError(not_found(Path(path)))
-    folder = _prepare(Path(output_dir).expanduser(), overwrite)
+    folder = cleared_outputs(Path(output_dir).expanduser(), OUTPUTS, overwrite, "an update",
+                             "choose another --output-dir or pass --overwrite")
     seed, old = saved["training"]["seed"], saved["data"]
     new_train, new_val = str(data), validation
     if new_val is None:
@@ -131,18 +132,6 @@ def update(parent: str | Path, data: str | Path, output_dir: str | Path, validat
     for row in table_rows(result)[1][1:]:
         log.info("update: %s: forward gain %s, backward transfer %s", row[0], row[3] or "-", row[4] or "- (no old period)")
     return result
-
-
-def _prepare(folder: Path, overwrite: bool) -> Path:
-    earlier = [name for name in OUTPUTS if (folder / name).exists()]
-    if earlier and not overwrite:
-        raise RunDirError(f"{folder} already holds an update ({', '.join(earlier)}); choose another --output-dir "
-                          "or pass --overwrite")
-    for name in earlier:
-        target = folder / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _parent_config(parent: Path) -> dict[str, Any]:

@@ -320,3 +320,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def cleared_outputs(folder: Path, names: tuple[str, ...], overwrite: bool, holds: str, fix: str) -> Path:
+    """`folder`, created, without the earlier outputs `names` (of a comparison, an update) when `overwrite`.
+
+    Raises:
+        RunDirError: `folder` holds some of them and `overwrite` is off; the message says it holds `holds`
+            and ends with `fix`.
+    """
+    earlier = [name for name in names if (folder / name).exists()]
+    if earlier and not overwrite:
+        raise RunDirError(f"{folder} already holds {holds} ({', '.join(earlier)}); {fix}")
+    for name in earlier:
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import ModelSourceError
-from tunesmith.models.tabular_network import BOOSTER_FILE, BoosterNetwork
+from tunesmith.models.tabular_network import BOOSTER_FILE, BoosterNetwork, numeric_width
 from tunesmith.tasks import Examples
 
 
@@ -47,10 +47,17 @@ class BoostedTrees(BoosterNetwork):
         super().__init__(spec, booster)
         self.params, self.rounds, self.update, self.decay = params, rounds, update, decay
         self.class_weights = weights  # (labels,) weight per label id, or None
-        self.categorical = list(range(sum(1 + bool(c["missing"]) for c in spec["numeric"]),
-                                      sum(1 + bool(c["missing"]) for c in spec["numeric"]) + len(spec["categorical"])))
+        first = numeric_width(spec)  # category indices follow the numeric features
+        self.categorical = list(range(first, first + len(spec["categorical"])))
+        self._training: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     def _arrays(self, train_data: Examples) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(features, labels, row weights) of the training examples, stacked once for every round."""
+        if self._training is None:
+            self._training = self._stacked(train_data)
+        return self._training
+
+    def _stacked(self, train_data: Examples) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         rows = [train_data[i] for i in range(len(train_data))]
         x = np.stack([np.concatenate([f["numeric"], f["categorical"].astype(np.float32)]) for f in rows])
         y = np.array([f["labels"] for f in rows])
