@@ -54,7 +54,7 @@ def frozen_as_configured(task: Task, model: nn.Module, config: RunConfig, epoch:
 
     groups = task.layer_groups(model)
     s = config.strategy
-    apply_freezing(model, groups, trainable_from(len(groups), s.freeze, s.gradual_unfreezing, epoch))
+    apply_freezing(model, groups, trainable_from(len(groups), s.freeze, s.gradual_unfreezing, epoch), s.freeze_groups)
     return groups
 
 

@@ -388,6 +388,6 @@ def inspect(config: str | Path | dict | RunConfig | None, overrides: list[str] |
     lowest = [trainable_from(len(groups), s.freeze, s.gradual_unfreezing, e) for e in range(epochs)]
     return [
         {"group": g.name, "parameters": g.num_params, "learning_rate": lr,
-         "trains_in_epoch": [i >= low for low in lowest]}
+         "trains_in_epoch": [i >= low and g.name not in s.freeze_groups for low in lowest]}
         for i, (g, lr) in enumerate(zip(groups, rates))
     ]

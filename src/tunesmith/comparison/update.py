@@ -110,7 +110,8 @@ def update(parent: str | Path, data: str | Path, output_dir: str | Path, validat
     seed, old = saved["training"]["seed"], saved["data"]
     new_train, new_val = str(data), validation
     if new_val is None:
-        new_train, new_val = split_rows(str(data), old.get("validation_split", 0.1), seed, folder / "data")
+        new_train, new_val = split_rows(str(data), old.get("validation_split", 0.1), seed, folder / "data",
+                                        _latest(saved))
     old_val = old_validation or (old.get("validation") if old.get("validation") else None)
     if old_val is not None and not Path(old_val).exists():
         raise DataError(not_found(Path(old_val), "the parent's validation file (the old period)"))
@@ -145,6 +146,17 @@ def _parent_config(parent: Path) -> dict[str, Any]:
         raise RunDirError(f"{parent} is not a tunesmith run directory with a best model (config.yaml and best/); "
                           "give the output_dir of a finished `tunesmith train`")
     return yaml.safe_load(saved.read_text(encoding="utf-8"))
+
+
+def _latest(saved: dict[str, Any]) -> tuple[bool, str | None]:
+    """(whether the new period's held-out rows are its latest, the time column): for a task whose class
+    names, in `ordered_by`, the key of its section that holds the time column (recommendation)."""
+    from tunesmith.tasks import task_class
+
+    key = getattr(task_class(saved["task"]), "ordered_by", None)
+    if key is None:
+        return False, None
+    return True, (saved.get(saved["task"].replace("-", "_")) or {}).get(key)
 
 
 def _lineage(parent: Path, saved: dict[str, Any], *files: str | None) -> dict[str, Any]:

@@ -30,7 +30,8 @@ class TaskSchema:
     name: str
     """The `task:` value (`question-answering`)."""
     metrics: tuple[str, ...]
-    """Metrics `training.metric_for_best_model` may name; the first is the default. `loss` is always allowed."""
+    """Metrics `training.metric_for_best_model` may name; the first is the default, unless the task's
+    section has a `default_metric` (a property reading its other settings). `loss` is always allowed."""
     settings: type[Section] | None = None
     """The task's own section, or None when it reads only the shared ones."""
     minimize: frozenset[str] = frozenset({"loss", "perplexity"})
@@ -112,8 +113,9 @@ class RunConfig(Section):
             section, name = key.split(".")
             _set_default(getattr(self, section), name, value)
         t = self.training
-        if t.metric_for_best_model is None:
-            _set_default(t, "metric_for_best_model", spec.metrics[0])
+        if t.metric_for_best_model is None:  # the task's section may choose by its own settings (`default_metric`)
+            chosen = getattr(getattr(self, spec.section, None), "default_metric", None) if spec.settings else None
+            _set_default(t, "metric_for_best_model", chosen or spec.metrics[0])
         if t.metric_for_best_model not in spec.selectable:
             return [f"training.metric_for_best_model: unknown metric {t.metric_for_best_model!r} for {self.task}; "
                     f"choose one of {', '.join(spec.selectable)}"]

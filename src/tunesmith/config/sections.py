@@ -24,7 +24,8 @@ class ModelConfig(Section):
     `save_pretrained` directory, or a `demo:` alias (`demo:minilm`). Images: a timm model name
     (`resnet50.a1_in1k`), a tunesmith run or `best/` folder, a weights file (`.pth`,
     `.safetensors`) with `architecture`, or `demo:efficientnet-lite0`. Tables: `mlp` or
-    `ft-transformer` (a new network), or a tabular run directory to fine-tune."""
+    `ft-transformer` (a new network), or a tabular run directory to fine-tune. Recommendation: `mf`
+    or `two-tower`, or a recommendation run directory."""
     architecture: str | None = None
     """Images: the timm architecture a local weights file is mapped onto (`efficientnet_lite0`)."""
     pretrained: bool = True
@@ -154,6 +155,9 @@ class StrategyConfig(Section):
     freeze: Literal["none", "head_only"] | Annotated[int, Field(ge=0)] = "none"
     """Which layer groups are frozen: `none`, `head_only` (train only the head), or an integer k
     (freeze the first k groups, counting from the embeddings)."""
+    freeze_groups: list[str] = []
+    """Layer groups frozen by name, besides those `freeze` sets (`tunesmith inspect` lists the names):
+    `[item_embeddings, item_biases]` keeps a recommender's item side fixed while new users fold in."""
     gradual_unfreezing: bool = False
     """ULMFiT-style: start with only the head trainable and unfreeze one more group per epoch,
     from the top down (never below the `freeze` floor)."""

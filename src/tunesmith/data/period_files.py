@@ -73,12 +73,27 @@ def write_rows(frame: pd.DataFrame, like: str | Path, path: Path) -> str:
     return str(path)
 
 
-def split_rows(path: str, fraction: float, seed: int, folder: Path) -> tuple[str, str]:
-    """(train, validation) files: a seeded `fraction` of the rows of `path` held out, written in `folder`."""
+def split_rows(path: str, fraction: float, seed: int, folder: Path, latest: tuple[bool, str | None] = (False, None),
+               ) -> tuple[str, str]:
+    """(train, validation) files: a `fraction` of the rows of `path` held out, written in `folder`.
+
+    The held-out rows are a seeded random draw, or with `latest` = (True, column) the latest rows by
+    that column (Unix seconds or dates; file order when it is None), for a task whose rows are time
+    ordered (a random split would let it learn from the future it is scored on).
+    """
+    from tunesmith.data.interactions import times_of
+
     frame = read_rows(path, "holding out the new period's validation rows")
     if len(frame) < 2:
         raise DataError(f"{path}: {len(frame)} row; an update needs at least 2, or a --validation file")
-    order = np.random.default_rng(seed).permutation(len(frame))
+    by_time, column = latest
+    if column is not None and column not in frame.columns:
+        raise DataError(f"{path}: time column {column!r} not found; columns are {', '.join(map(repr, frame.columns))}")
+    if by_time:
+        order = np.arange(len(frame))[::-1] if column is None else np.argsort(
+            -times_of(frame[column].astype(str).tolist()), kind="stable")
+    else:
+        order = np.random.default_rng(seed).permutation(len(frame))
     held = max(1, round(fraction * len(frame)))
     return (write_rows(frame.iloc[np.sort(order[held:])], path, folder / "new_train"),
             write_rows(frame.iloc[np.sort(order[:held])], path, folder / "new_validation"))

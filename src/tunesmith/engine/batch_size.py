@@ -106,7 +106,7 @@ def probe(task: Task, model, rows: list[Any], accelerator: Accelerator, config: 
     """
     model.to(accelerator.device)
     groups = task.layer_groups(model)
-    apply_freezing(model, groups, freeze_floor(len(groups), config.strategy.freeze))
+    apply_freezing(model, groups, freeze_floor(len(groups), config.strategy.freeze), config.strategy.freeze_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     cuda = accelerator.device.type == "cuda"
     moments = None

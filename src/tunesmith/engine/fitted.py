@@ -56,7 +56,7 @@ def fit_itself(task: Task, model: Any, config: RunConfig, run_dir: Path, acceler
         raise ConfigError(["resume / accelerate launch: a model that trains by its own algorithm (boosted trees) "
                            "runs in one process and starts again instead of resuming; set resume: null"])
     strategy, plain = config.strategy, type(config.strategy)()
-    unused = [f"strategy.{k}" for k in ("freeze", "gradual_unfreezing", "layer_lr_decay", "l2_sp")
+    unused = [f"strategy.{k}" for k in ("freeze", "freeze_groups", "gradual_unfreezing", "layer_lr_decay", "l2_sp")
               if getattr(strategy, k) != getattr(plain, k)] + (["lora.enabled"] if config.lora.enabled else [])
     if unused:
         raise ConfigError([f"{k}: acts on layer groups trained by gradient steps, which this model (boosted trees) "

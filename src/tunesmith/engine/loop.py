@@ -124,7 +124,7 @@ class TrainingRun:
         """The epoch's remaining micro-batches and its activation-cache mode; freezes the epoch's groups."""
         s, strategy = self.state, self.config.strategy
         s.lowest_trainable = trainable_from(len(self.groups), strategy.freeze, strategy.gradual_unfreezing, s.epoch)
-        apply_freezing(self.model, self.groups, s.lowest_trainable)
+        apply_freezing(self.model, self.groups, s.lowest_trainable, strategy.freeze_groups)
         self.sampler.start_epoch(s.epoch, skip=s.batch_in_epoch)
         if isinstance(self.train_data, EpochDataset):
             self.train_data.set_epoch(s.epoch)
@@ -221,7 +221,8 @@ class TrainingRun:
 
     def evaluate_and_keep_best(self, train_loss: float | None) -> None:
         """Evaluates; writes `best/` when the metric improved; stops early when it stalled for the patience."""
-        s, t, trained = self.state, self.config.training, self.groups[self.state.lowest_trainable:]
+        s, t = self.state, self.config.training
+        trained = [g for g in self.groups[s.lowest_trainable:] if g.name not in self.config.strategy.freeze_groups]
         entry = self.record("eval", evaluate(self.model, self.eval_loader, self.task, self.accelerator),
                             train_loss=train_loss, lr=self.scheduler.get_last_lr()[-1],
                             trainable_groups=[g.name for g in trained], trainable_params=sum(g.num_params for g in trained))

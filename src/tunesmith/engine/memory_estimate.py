@@ -119,7 +119,7 @@ def check_memory(task: Task, model: nn.Module, config, accelerator) -> MemoryEst
 
     groups = task.layer_groups(model)
     floor = freeze_floor(len(groups), config.strategy.freeze)
-    trainable = [p for g in groups[floor:] for _, p in g.params]
+    trainable = [p for g in groups[floor:] if g.name not in config.strategy.freeze_groups for _, p in g.params]
     batch = task.collate(longest_examples(task, 1))
 
     device = next((p.device for p in model.parameters()), accelerator.device)  # boosted trees have no parameters

@@ -1,4 +1,5 @@
-"""Which layer groups train, and when: freeze none, the head only, the first k, or unfreeze gradually.
+"""Which layer groups train, and when: freeze none, the head only, the first k, or unfreeze gradually;
+and groups frozen by name (`strategy.freeze_groups`), whatever their place.
 
 Frozen groups get `requires_grad=False` (so autograd never computes their gradients and the
 optimizer skips them, leaving them bit-identical) and are put in eval mode, so dropout does not
@@ -7,8 +8,11 @@ perturb the features they feed upward and normalization statistics stay put.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from torch import nn
 
+from tunesmith.errors import ConfigError
 from tunesmith.models.layer_groups import LayerGroup
 
 
@@ -33,11 +37,25 @@ def trainable_from(num_groups: int, freeze: str | int, gradual: bool, epoch: int
     return max(floor, num_groups - 1 - epoch)
 
 
-def apply_freezing(model: nn.Module, groups: list[LayerGroup], lowest_trainable: int) -> None:
-    """Sets requires_grad and train/eval mode so that groups below `lowest_trainable` are frozen."""
+def trains(groups: list[LayerGroup], lowest_trainable: int, by_name: Collection[str] = ()) -> list[bool]:
+    """Whether each group trains: at or above `lowest_trainable` and not named in `by_name`.
+
+    Raises:
+        ConfigError: a name in `by_name` is no group of this model.
+    """
+    names = [g.name for g in groups]
+    unknown = [n for n in by_name if n not in names]
+    if unknown:
+        raise ConfigError([f"strategy.freeze_groups: {unknown[0]!r} is no layer group of this model; its groups are "
+                           f"{', '.join(names)}"])
+    return [i >= lowest_trainable and g.name not in by_name for i, g in enumerate(groups)]
+
+
+def apply_freezing(model: nn.Module, groups: list[LayerGroup], lowest_trainable: int, by_name: Collection[str] = ()) -> None:
+    """Sets requires_grad and train/eval mode so that groups below `lowest_trainable`, and those
+    named in `by_name`, are frozen."""
     model.train()
-    for index, group in enumerate(groups):
-        trainable = index >= lowest_trainable
+    for group, trainable in zip(groups, trains(groups, lowest_trainable, by_name)):
         for _, param in group.params:
             param.requires_grad_(trainable)
         if not trainable:

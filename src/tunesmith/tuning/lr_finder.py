@@ -126,7 +126,7 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
     accelerator = make_accelerator(config, accumulation=config.training.gradient_accumulation_steps)  # for `_step`
     groups = task.layer_groups(model)
     lowest = freeze_floor(len(groups), s.freeze)
-    apply_freezing(model, groups, lowest)
+    apply_freezing(model, groups, lowest, s.freeze_groups)
     optimizer = make_optimizer(groups, config)
     ratios = [g["lr"] / t.learning_rate for g in optimizer.param_groups]  # per-group share of the head rate
     data = task.dataset(read_rows(task.train_rows, "training"), train=True)

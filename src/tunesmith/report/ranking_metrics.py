@@ -1,0 +1,48 @@
+"""Top-k ranking metrics of a recommender: recall, nDCG, MAP, hit rate and catalogue coverage at k.
+
+Each user's relevant items are their held-out interactions (explicit ratings: those at or above a
+threshold, when one is set); their ranked list is the model's top k among the items they had not
+interacted with in training. A relevant item the model has no row for (an item new in the held-out
+period) still counts in the user's relevant set: it is a miss the model could not avoid, and hiding
+it would flatter every model equally. Users with no relevant item are left out; the metrics are the
+mean over the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def ranking_metrics(users: Sequence[Any], relevant: Sequence[Any], is_relevant: Sequence[bool],
+                    ranked: dict[Any, Sequence[Any]], k: int, catalogue: int) -> dict[str, float]:
+    """`recall_at_k`, `ndcg_at_k`, `map_at_k`, `hit_rate_at_k`, `coverage_at_k` and `ranked_users`.
+
+    Args:
+        users, relevant, is_relevant: per held-out row, its user, its item and whether it counts as relevant.
+        ranked: each user's ranked items (at least k where the catalogue allows).
+        catalogue: the number of items a list can hold, for coverage.
+    """
+    wanted: dict[Any, set[Any]] = {}
+    for user, item, counts in zip(users, relevant, is_relevant):
+        if counts:
+            wanted.setdefault(user, set()).add(item)
+    recall, ndcg, average_precision, hits, shown = [], [], [], [], set()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for user, items in wanted.items():
+        top = list(ranked[user])[:k]
+        shown.update(top)
+        hit = np.array([item in items for item in top], dtype=float)
+        recall.append(hit.sum() / len(items))
+        hits.append(float(hit.any()))
+        ideal = discounts[:min(len(items), k)].sum()
+        ndcg.append(float((hit * discounts[:len(hit)]).sum() / ideal))
+        precision_at = np.cumsum(hit) / np.arange(1, len(hit) + 1)
+        average_precision.append(float((precision_at * hit).sum() / min(len(items), k)))
+    if not wanted:
+        return {"ranked_users": 0}
+    return {"recall_at_k": float(np.mean(recall)), "ndcg_at_k": float(np.mean(ndcg)),
+            "map_at_k": float(np.mean(average_precision)), "hit_rate_at_k": float(np.mean(hits)),
+            "coverage_at_k": len(shown) / max(catalogue, 1), "ranked_users": len(wanted)}
