@@ -235,3 +235,26 @@ def test_an_update_of_a_recommender_holds_out_the_newest_rows_and_grows_the_tabl
     spec = json.loads((tmp_path / "update" / "update" / "best" / "recommender.json").read_text())
     assert spec["parent_rows"] == [5, 7] and len(spec["users"]) == 8 and len(spec["items"]) == 9
     assert {a.arm for a in result.arms} == {"stale", "update"}
+
+
+@needs_data
+def test_new_items_fold_in_with_the_user_side_frozen(tmp_path):
+    from safetensors.torch import load_file
+
+    from tunesmith.run import evaluate, finetune
+
+    frame = pd.read_csv(DATA / "train.csv", dtype=str)
+    old, later = frame.iloc[:20000], frame.iloc[20000:40000]
+    new_items = later[~later["item_id"].isin(set(old["item_id"])) & later["user_id"].isin(set(old["user_id"]))]
+    fold, held = new_items.iloc[:len(new_items) * 2 // 3], new_items.iloc[len(new_items) * 2 // 3:]
+    for name, part in (("old", old), ("fold", fold), ("held", held)):
+        part.to_csv(tmp_path / f"{name}.csv", index=False)
+    parent = finetune(raw_config(tmp_path, "parent", str(tmp_path / "old.csv"), str(tmp_path / "held.csv")), quiet=True)
+    config = raw_config(tmp_path, "items", str(tmp_path / "fold.csv"), str(tmp_path / "held.csv"), update_ids="new")
+    config["model"], config["strategy"] = {"source": str(parent.run_dir)}, {"freeze_groups": ["user_embeddings", "user_biases"]}
+    config["training"].update(per_device_train_batch_size=128, num_train_epochs=5)
+    folded = finetune(config, quiet=True)
+    assert folded.final["rmse"] < evaluate(str(parent.run_dir), str(tmp_path / "held.csv"))["rmse"]
+    before, after = (load_file(str(r.run_dir / "best" / "model.safetensors")) for r in (parent, folded))
+    assert after["user_embeddings.weight"].equal(before["user_embeddings.weight"])  # frozen: not one user row moved
+    assert after["item_biases.weight"].shape[0] > before["item_biases.weight"].shape[0]

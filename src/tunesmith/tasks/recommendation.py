@@ -316,8 +316,9 @@ class RecommendationTask(RecommenderModels):
             return {"score": scores}
         indptr, seen = (t.to(scores.device) for t in self.seen())
         popular = torch.tensor(self.spec["popular"], device=scores.device)
-        order, best = top_items(network(model).score_all(batch["user"]), batch["user"], indptr, seen, popular, self.options.top_k)
-        return {"score": scores, "top": order, "top_scores": best}
+        users, row_of = torch.unique(batch["user"], return_inverse=True)  # a batch repeats its users: rank each once
+        order, best = top_items(network(model).score_all(users), users, indptr, seen, popular, self.options.top_k)
+        return {"score": scores, "top": order[row_of], "top_scores": best[row_of]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Squared error (explicit) or BPR against one random item (implicit), plus L2 on the batch's rows."""
