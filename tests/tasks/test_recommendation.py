@@ -258,3 +258,16 @@ def test_new_items_fold_in_with_the_user_side_frozen(tmp_path):
     before, after = (load_file(str(r.run_dir / "best" / "model.safetensors")) for r in (parent, folded))
     assert after["user_embeddings.weight"].equal(before["user_embeddings.weight"])  # frozen: not one user row moved
     assert after["item_biases.weight"].shape[0] > before["item_biases.weight"].shape[0]
+
+
+def test_a_fine_tune_that_only_makes_the_parent_worse_keeps_the_parent(tmp_path):
+    from tunesmith.run import finetune
+
+    lines = [f"u{n % 6},i{n % 7},{(n * 7) % 5 + 1},{1000 + n}" for n in range(80)]
+    config = {"task": "recommendation", "output_dir": str(tmp_path / "parent"), "data": {"train": _rows(tmp_path, lines)},
+              "training": {"num_train_epochs": 3, "dataloader_num_workers": 0}}
+    parent = finetune(config, quiet=True)
+    wrecked = finetune({**config, "output_dir": str(tmp_path / "worse"), "model": {"source": str(parent.run_dir)},
+                        "training": {"num_train_epochs": 3, "learning_rate": 50.0, "dataloader_num_workers": 0}}, quiet=True)
+    assert wrecked.best_step == 0  # no epoch beat the start: best/ is the parent as it was
+    assert wrecked.final["rmse"] == pytest.approx(wrecked.baseline["rmse"], rel=1e-6)

@@ -2,7 +2,7 @@
 
 `fit` evaluates the pre-trained model (under a new head also its features, engine/evaluation.py), then trains
 with the strategy's frozen groups and per-group learning rates; it evaluates per epoch or every N steps, keeps
-the best model, writes step checkpoints, stops early when the chosen metric stalls, and finally restores the
+the best model (the start among them where the task's `start_competes`: a parent run no epoch beats stays), writes step checkpoints, stops early when the chosen metric stalls, and finally restores the
 best weights. `setup` builds everything it trains with into a `TrainingRun`, whose short methods are the
 loop's parts: an epoch, a micro-batch, an optimizer step, what follows a step (log, evaluation, checkpoint).
 The loop does gradient accumulation itself, counting micro-batches in its state. A checkpoint captures the
@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
-from transformers import get_scheduler
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.accelerator import refuse_launched_accumulation
@@ -36,6 +35,7 @@ from tunesmith.engine.checkpoint import latest, save_checkpoint
 from tunesmith.engine.evaluation import SHARDED, baseline_scores, evaluate
 from tunesmith.engine.loop_state import STATE_KEYS, LoopState, improved, non_finite_step, resume_state
 from tunesmith.engine.oom import OutOfMemory, TrainStepGuard
+from tunesmith.engine.optimizer import make_optimizer, make_scheduler
 from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.seeding import capture_rng
 from tunesmith.engine.sharding import finite_norm, gather_weights, refuse_sharded_resume, restore_best, save_best
@@ -45,7 +45,6 @@ from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.report.history import History
 from tunesmith.strategies.anchor import anchor_weights
 from tunesmith.strategies.freezing import apply_freezing, trainable_from
-from tunesmith.strategies.learning_rates import optimizer_param_groups
 from tunesmith.tasks import EpochDataset, Examples, Task, read_rows
 
 __all__ = ["STATE_KEYS", "FitResult", "LoopState", "StepOutcome", "TrainingRun", "fit", "make_optimizer", "setup"]
@@ -226,13 +225,18 @@ class TrainingRun:
         entry = self.record("eval", evaluate(self.model, self.eval_loader, self.task, self.accelerator),
                             train_loss=train_loss, lr=self.scheduler.get_last_lr()[-1],
                             trainable_groups=[g.name for g in trained], trainable_params=sum(g.num_params for g in trained))
-        if improved(entry, s, self.config.metric, self.config.greater_is_better, t.early_stopping_threshold):
-            self.best_entry = entry
-            save_best(self.task, self.accelerator, self.model, self.run_dir)  # every process: it gathers sharded weights
+        self.keep_if_best(entry)
         if t.early_stopping_patience is not None and s.evals_without_improvement >= t.early_stopping_patience:
             s.stopped_early = True
             self.display.note(f"early stopping: {self.config.metric} has not improved for {s.evals_without_improvement} "
                               f"evaluations (best {s.best_metric:.4f} at step {s.best_step})")
+
+    def keep_if_best(self, entry: dict[str, Any]) -> None:
+        """Writes `best/` (on every process: it gathers sharded weights) when `entry`'s metric is the best so far."""
+        if improved(entry, self.state, self.config.metric, self.config.greater_is_better,
+                    self.config.training.early_stopping_threshold):
+            self.best_entry = entry
+            save_best(self.task, self.accelerator, self.model, self.run_dir)
 
     def checkpoint(self) -> Path:
         """Saves the whole loop (weights, optimizer, schedule, loop state, random generators); its folder."""
@@ -291,8 +295,11 @@ def fit(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Accele
         LaunchError: `accelerate launch` set Accelerate to accumulate micro-batches (the loop does).
     """
     run = setup(task, model, config, run_dir, accelerator, display, resume_from, restart_epoch, on_record)
-    baseline = run.history.find("baseline") or run.record(
-        "baseline", baseline_scores(run.model, run.eval_loader, run.eval_data, task, accelerator, config))
+    baseline = run.history.find("baseline")
+    if baseline is None:
+        baseline = run.record("baseline", baseline_scores(run.model, run.eval_loader, run.eval_data, task, accelerator, config))
+        if getattr(task, "start_competes", False):  # a trained start (a parent run) is kept if no epoch beats it
+            run.keep_if_best(baseline)
     run.start()
     with graceful_stop() as stop_request:
         while not run.done:
@@ -313,7 +320,7 @@ def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Acce
     steps_per_epoch = max(1, math.ceil(len(sampler) / t.gradient_accumulation_steps))
     total_steps = t.max_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
     optimizer = make_optimizer(groups, config)
-    scheduler = _make_scheduler(optimizer, config, total_steps)
+    scheduler = make_scheduler(optimizer, config, total_steps)
     state = LoopState(label_names=list(task.label_names))
     cache = make_cache(config, task, groups, train_data, world, run_dir, math.ceil(total_steps / steps_per_epoch))
     anchor_weights(optimizer, groups, config, task, accelerator.distributed_type in SHARDED)  # before resuming
@@ -332,7 +339,7 @@ def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Acce
     device = accelerator.device
     return TrainingRun(task, config, run_dir, accelerator, display, model, groups, optimizer, scheduler, train_data,
                        eval_data, train_loader, eval_loader, sampler, steps_per_epoch, total_steps, state, history,
-                       cache, guard, best_entry=history.find_step("eval", state.best_step),
+                       cache, guard, best_entry=history.find_step("eval", state.best_step) or history.find_step("baseline", state.best_step),
                        running_loss=torch.tensor(state.running_loss, device=device),
                        window_loss=torch.zeros((), device=device))
 
@@ -369,24 +376,6 @@ def _loaders(task: Task, config: RunConfig, world: int):
     eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
                               lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     return train_data, eval_data, train_loader, eval_loader
-
-
-def make_optimizer(groups, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW over the layer groups with their discriminative rates (also used by `tunesmith lr-find`)."""
-    t = config.training
-    params = optimizer_param_groups(groups, t.learning_rate, config.strategy.layer_lr_decay, t.weight_decay)
-    kwargs: dict[str, Any] = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
-    try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # fused kernels are missing for some devices and dtypes
-        return torch.optim.AdamW(params, foreach=True, **kwargs)
-
-
-def _make_scheduler(optimizer, config: RunConfig, total_steps: int):
-    ratio, steps = config.warmup
-    warmup = steps if steps is not None else int((ratio or 0.0) * total_steps)
-    return get_scheduler(config.training.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                         num_training_steps=total_steps)
 
 
 def _group_rates(optimizer) -> dict[str, float]:

@@ -97,7 +97,11 @@ _FULL_ADVICE = ("lower the learning rate or the epochs, freeze more groups (stra
 
 def strategy_advice(config: RunConfig) -> str:
     """What to change against over-fitting, for the strategy that trained: a head-only probe or a
-    LoRA adapter has nothing left to freeze, so only rate, epochs and regularisation help."""
+    LoRA adapter has nothing left to freeze, so only rate, epochs and regularisation help. A task's
+    section may say what regularises its models (`overfitting_advice`: a recommender's L2 and width)."""
+    own = getattr(config.task_settings, "overfitting_advice", None)
+    if own:
+        return own
     if config.lora.enabled:
         return ("lower the learning rate or the epochs, lower lora.r, or raise lora.dropout, weight decay or "
                 "label smoothing")

@@ -64,6 +64,12 @@ class RecommendationConfig(Section):
     """The sentence encoder that embeds the item texts once, before training (it is not fine-tuned)."""
 
     @property
+    def overfitting_advice(self) -> str:
+        """What the overfitting warning suggests (report/overfitting.py): this task's own regularisers."""
+        return ("lower the learning rate or the epochs, raise recommendation.regularization, lower "
+                "recommendation.factors, or freeze a side (strategy.freeze_groups)")
+
+    @property
     def default_metric(self) -> str:
         """What selects the best model when `training.metric_for_best_model` is unset."""
         return "rmse" if self.feedback == "explicit" else "ndcg_at_k"

@@ -118,6 +118,7 @@ class TabularTask:
         # The "before" column of the results: a new architecture starts untrained, not pre-trained.
         trained = self.parent is not None and config.model.pretrained
         self.starting_point = "parent model" if trained else f"untrained ({self.architecture or 'random weights'})"
+        self.start_competes = trained  # a parent no epoch beats stays the best model
 
     @property
     def options(self) -> Any:

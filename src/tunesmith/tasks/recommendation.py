@@ -91,6 +91,7 @@ class RecommendationTask(RecommenderModels):
                                "training.weight_decay shrinks every row each step; set training.weight_decay: 0 "
                                "(recommendation.regularization is the L2 that leaves unused rows alone)"])
         trained = self.parent is not None and config.model.pretrained
+        self.start_competes = True  # the parent, or the bias baseline: a real model, kept if no epoch beats it
         self.starting_point = "parent model" if trained else "user + item bias baseline" if \
             self.options.feedback == "explicit" else "item popularity"
 

@@ -115,7 +115,7 @@ def _sweep(config: RunConfig, lrs: list[float], diverge: float):
 
     from tunesmith.engine.accelerator import make_accelerator
     from tunesmith.engine.batching import make_loader
-    from tunesmith.engine.loop import make_optimizer
+    from tunesmith.engine.optimizer import make_optimizer
     from tunesmith.recipe import built, prepared
     from tunesmith.strategies.freezing import apply_freezing, freeze_floor
     from tunesmith.tasks import read_rows
