@@ -117,6 +117,8 @@ def test_best_serves_top_k_without_tunesmith_leaving_out_seen_items_and_falling_
     config = raw_config(tmp_path, "run", str(tmp_path / "train.csv"), str(tmp_path / "later.csv"), top_k=5)
     config["training"]["num_train_epochs"] = 2
     result = finetune(config, quiet=True)
+    card = (result.run_dir / "README.md").read_text()
+    assert "recommender_model.load(" in card and "Labels:" not in card and "| class |" not in card  # no labels here
     model = standalone(result.run_dir / "best")
     heavy = frame.iloc[:20000]["user_id"].value_counts().index[0]
     top = model.recommend([heavy, "nobody"], k=5)

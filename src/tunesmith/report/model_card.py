@@ -28,6 +28,10 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for name, v in final.get("per_class", {}).items()
     )
+    if per_class:  # tasks without labels (regression, generation, recommendation) have no per-class table
+        per_class = "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + per_class
+    labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
+    frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
     splits = "\n".join(
         f"- {split}: {info['rows']} rows from `{info['source']}`"
         + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")
@@ -50,15 +54,13 @@ Load it without tunesmith:
 
 ## Data
 
-Labels: {", ".join(data.get("labels", []))}
-
-{splits}
+{labels}{splits}
 
 ## Settings
 
 - learning rate {t.learning_rate}, layer LR decay {s.layer_lr_decay}, weight decay {t.weight_decay}
 - batch size {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation, {t.lr_scheduler_type} schedule
-- freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}
+- freeze: {s.freeze}{frozen}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}
 - label smoothing {t.label_smoothing_factor}, class weights: {t.class_weights}, seed {t.seed}
 - best checkpoint chosen by validation {t.metric_for_best_model}; trained {facts['steps']} steps
   ({facts['epochs']:.2f} epochs) in {facts['train_seconds']:.0f} s{"; stopped early" if facts['stopped_early'] else ""}
@@ -67,9 +69,6 @@ Labels: {", ".join(data.get("labels", []))}
 
 {rows}
 {note}
-
-| class | precision | recall | F1 | support |
-|---|---|---|---|---|
 {per_class}
 """
     path.write_text(text, encoding="utf-8")

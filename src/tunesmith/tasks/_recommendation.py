@@ -104,7 +104,11 @@ class RecommenderModels:
 
 
     def build_model(self) -> nn.Module:
-        """The parent's weights in grown tables when fine-tuning one; else the bias baseline's start."""
+        """The parent's weights in grown tables when fine-tuning one, else the bias baseline's start.
+
+        A new id's vector starts at zero, the fallback's (where its side is frozen it stays there rather
+        than at random noise), and its bias at the bias baseline's estimate from the training rows.
+        """
         from safetensors.torch import load_file
 
         spec = self.spec
@@ -114,8 +118,8 @@ class RecommenderModels:
         if self.parent is not None and self.config.model.pretrained:
             state = network.state_dict()
             for name, value in load_file(str(self.parent / WEIGHTS_FILE)).items():
-                if value.shape != state[name].shape:  # a grown table: the parent's rows, then the new rows as initialised
-                    value = torch.cat([value, state[name][len(value):]])
+                if value.shape != state[name].shape:  # a grown table: the parent's rows, then zeros for the new ids
+                    value = torch.cat([value, torch.zeros_like(state[name][len(value):])])
                 state[name] = value
             network.load_state_dict(state)
             self._bias_start(network, tuple(self.spec["parent_rows"]))  # the new rows only
