@@ -95,7 +95,7 @@ def test_new_users_fold_in_from_three_ratings_each_near_a_full_retrain(tmp_path)
     assert stale["segments"].keys() == {"unknown_users"}
     assert folded.final["segments"].keys() == {"new_users"}
     assert folded.baseline["starting_point"] == "parent model"
-    assert folded.final["rmse"] < stale["rmse"] - 0.05, (folded.final["rmse"], stale["rmse"])  # measured 1.524 vs 1.600
+    assert folded.final["rmse"] < stale["rmse"] - 0.05, (folded.final["rmse"], stale["rmse"])  # measured 1.521 vs 1.600
     assert folded.final["rmse"] < retrained.final["rmse"] * 1.02, (folded.final["rmse"], retrained.final["rmse"])  # 1.526
     assert folded.train_seconds < retrained.train_seconds / 2
 
