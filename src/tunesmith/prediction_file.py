@@ -91,7 +91,9 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
             else:
                 writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
                 writer.writeheader()
-                writer.writerows(records)
+                # a list or record cell (a recommender's top-k items) as JSON, which any reader parses back
+                writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
+                                  for k, v in r.items()} for r in records)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

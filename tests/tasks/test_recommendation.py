@@ -132,6 +132,8 @@ def test_best_serves_top_k_without_tunesmith_leaving_out_seen_items_and_falling_
     records = [json.loads(line) for line in Path(written).read_text().splitlines()]
     assert records[0]["items"] == [item for item, _ in top[0]]
     assert records[1]["fallback"] == "popularity (unknown user)" and records[0]["fallback"] is None
+    table = pd.read_csv(predict(str(result.run_dir), str(tmp_path / "users.csv"), str(tmp_path / "top.csv")))
+    assert json.loads(table["items"][0]) == records[0]["items"]  # a list cell is JSON in a CSV
 
     pairs = frame.iloc[20000:20050][["user_id", "item_id"]]
     pairs.to_csv(tmp_path / "pairs.csv", index=False)

@@ -28,7 +28,8 @@ def mismatch(start: Path, tuned: Path) -> str | None:
     if a.keys() != b.keys():
         return f"{first} and {second} hold different weights ({sorted(a.keys() ^ b.keys())[:3]} ...)"
     shapes = [k for k in a if a[k].shape != b[k].shape]
-    return f"weights of different shapes ({shapes[:3]}), such as a head for other labels" if shapes else None
+    return (f"weights of different shapes ({shapes[:3]}): a head for other labels, or a recommender's tables grown "
+            "for new users or items (no parent value to mix the new rows with)") if shapes else None
 
 
 def interpolate(start: Path, tuned: Path, alpha: float, out: Path) -> Path:
