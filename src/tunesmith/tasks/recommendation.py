@@ -84,6 +84,8 @@ class RecommendationTask(RecommenderModels):
         self.label_names: list[str] = []
         self.truncated = 0
         self.spec: dict[str, Any] = {}
+        self._seen: tuple[torch.Tensor, torch.Tensor] | None = None  # each user row's training items (CSR)
+        self._popular: torch.Tensor | None = None  # item rows by training count, for the unknown-user fallback
         self.parent = self._parent()
         self.architecture = None if self.parent is not None else config.model.source
         if self.options.update_ids == "new" and config.training.weight_decay:
@@ -268,7 +270,7 @@ class RecommendationTask(RecommenderModels):
 
     def seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each user row's training items (CSR): the parent's and this run's training rows."""
-        if getattr(self, "_seen", None) is None:
+        if self._seen is None:
             users, items = self._indices(self.spec, self.train_rows) if self.train_rows is not None else (
                 np.zeros(0, np.int64), np.zeros(0, np.int64))
             if self.parent is not None and (self.parent / SEEN_FILE).is_file():
@@ -316,7 +318,9 @@ class RecommendationTask(RecommenderModels):
         if model.training:
             return {"score": scores}
         indptr, seen = (t.to(scores.device) for t in self.seen())
-        popular = torch.tensor(self.spec["popular"], device=scores.device)
+        if self._popular is None or self._popular.device != scores.device:  # once, not per evaluation batch
+            self._popular = torch.tensor(self.spec["popular"], device=scores.device)
+        popular = self._popular
         users, row_of = torch.unique(batch["user"], return_inverse=True)  # a batch repeats its users: rank each once
         order, best = top_items(network(model).score_all(users), users, indptr, seen, popular, self.options.top_k)
         return {"score": scores, "top": order[row_of], "top_scores": best[row_of]}
