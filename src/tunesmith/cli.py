@@ -202,6 +202,8 @@ def compare(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
             fractions: Annotated[str | None, typer.Option(help="Learning curve: fractions of the training rows, "
                                                                 "e.g. 0.05,0.1,0.25,0.5,1.0.")] = None,
             seeds: Annotated[int | None, typer.Option(help="Learning curve: repeats of every point.")] = None,
+            arm_seeds: Annotated[int | None, typer.Option(help="Training seeds of every trained arm (mean ± std, "
+                                                               "training curve band).")] = None,
             arms: Annotated[str | None, typer.Option(help="Rows: pretrained,probe,finetune,scratch,"
                                                           "probe_then_finetune.")] = None,
             set_: SetOption = None,
@@ -214,7 +216,7 @@ def compare(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
     overrides = list(set_ or []) + (["overwrite_output_dir=true"] if overwrite else [])
     overrides += [f"compare.{key}=[{value}]" for key, value in (("fractions", fractions), ("arms", arms)) if value]
     overrides += [f"compare.seeds={seeds}"] if seeds is not None else []
-    _print_compare(run_compare(config, overrides, quiet=quiet))
+    _print_compare(run_compare(config, overrides, quiet=quiet, arm_seeds=arm_seeds))
 
 
 UPDATE_ARMS = "update,replay,l2sp,wise,retrain,scratch"  # comparison/update.py ARMS, not imported at startup
@@ -356,12 +358,14 @@ def _print_before_after(result) -> None:
 
 
 def _print_compare(result) -> None:
-    from tunesmith.comparison.summary import curve_cells, row_dict, table_cells
-    from tunesmith.report.run_report import scalar_metrics
+    from tunesmith.comparison.summary import curve_cells, curve_summary_cells, row_dict, shown_metrics, table_cells
 
-    metrics = scalar_metrics(result.rows[0].metrics, result.metric)
+    metrics = shown_metrics(result.rows[0].metrics, result.metric)
     print_table(f"compare ({result.folder}), validation split", ["arm", *metrics, "train s", "wall s", "trainable params"],
                 [table_cells(row_dict(row), metrics) for row in result.rows])
+    if result.curve_summary:
+        headers, rows = curve_summary_cells(result.curve_summary, result.threshold)
+        print_table(f"training curve: validation {result.metric} over steps (area: step-weighted mean)", headers, rows)
     if result.curve:
         headers, rows = curve_cells(result.curve)
         print_table(f"learning curve: validation {result.metric}", headers, rows, left=0)

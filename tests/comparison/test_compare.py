@@ -106,11 +106,12 @@ def test_cli_compare(tiny_bert, reviews, tmp_path):
 
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(compare_config(tiny_bert, reviews, tmp_path / "out")))
-    result = CliRunner().invoke(app, ["compare", str(config), "--arms", "pretrained,probe", "--quiet"])
+    result = CliRunner().invoke(app, ["compare", str(config), "--arms", "pretrained,probe", "--arm-seeds", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "pre-trained" in result.output and "probe" in result.output and "report:" in result.output
     summary = json.loads((tmp_path / "out" / "compare" / "compare.json").read_text())
-    assert [a["arm"] for a in summary["arms"]] == ["pretrained", "probe"]
+    assert [a["arm"] for a in summary["arms"]] == ["pretrained", "probe"] and summary["arm_seeds"] == 2
+    assert [r["seed"] for r in summary["arms"][1]["seed_runs"]] == [42, 43] and "accuracy_std" in summary["arms"][1]["metrics"]
     bad = CliRunner().invoke(app, ["compare", str(config), "--fractions", "0.5,2", "--overwrite"])
     assert bad.exit_code == 2 and "compare.fractions.1" in bad.output
 
@@ -140,3 +141,28 @@ def test_the_scratch_arm_trains_every_weight_with_lora_off(tiny_config):
     scratch = load_config(tiny_config, arm_overrides("scratch", config))
     assert not scratch.lora.enabled and not scratch.model.pretrained and scratch.strategy.freeze == "none"
     assert load_config(tiny_config, arm_overrides("probe", config)).lora.enabled  # the other arms keep the config
+
+
+def test_arm_seeds_give_a_mean_row_and_a_training_curve(tiny_bert, reviews, tmp_path):
+    config = compare_config(tiny_bert, reviews, tmp_path / "out", arms=["pretrained", "finetune", "scratch"],
+                            threshold=0.5)
+    config["training"].update(eval_strategy="steps", eval_steps=1, seed=7)  # 3 steps, an evaluation after each
+    result = tunesmith.compare(config, quiet=True, arm_seeds=2)
+    finetune = result.row("finetune")
+    runs = [r.run_dir for r in finetune.seed_runs]
+    assert runs == [result.folder / "finetune", result.folder / "seeds" / "seed8" / "finetune"]
+    assert [tunesmith.load_config(r / "config.yaml").training.seed for r in runs] == [7, 8]
+    accuracies = [r.metrics["accuracy"] for r in finetune.seed_runs]
+    assert finetune.metrics["accuracy"] == pytest.approx(sum(accuracies) / 2) and "accuracy_std" in finetune.metrics
+    summary = json.loads((result.folder / "compare.json").read_text())
+    assert summary["arm_seeds"] == 2 and summary["threshold"] == 0.5
+    assert set(summary["training_curve"]) == set(summary["curve_summary"]) == {"finetune", "scratch"}
+    curve = summary["training_curve"]["finetune"]
+    assert [p["step"] for p in curve] == [0, 1, 2, 3] and all(p["seeds"] == 2 for p in curve)
+    starts = [next(json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if '"baseline"' in x)["accuracy"]
+              for r in runs]  # each seed's new head starts the pre-trained backbone elsewhere
+    assert curve[0]["mean"] == pytest.approx(sum(starts) / 2) and result.row("pretrained").metrics["accuracy"] == starts[0]
+    assert {"area", "area_std", "steps_to_threshold", "reached"} <= set(summary["curve_summary"]["scratch"])
+    assert (result.folder / "plots" / "training_curve.png").stat().st_size > 1000
+    assert "Training curve (validation accuracy, mean ± std over 2 seeds)" in (result.folder / "summary.md").read_text()
+    assert '<section id="training-curve">' in result.report.read_text()

@@ -14,8 +14,9 @@ Every run gets the same data config, so the seeded, stratified held-out split is
 from __future__ import annotations
 
 import json
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class ArmResult:
     run_dir: Path | None = None
     best_epoch: float | None = None
     overfitting: str | None = None
+    seed: int | None = None
+    seed_runs: list[ArmResult] = field(default_factory=list)
+    """With `compare.arm_seeds` > 1, the runs this row is the mean of (the first is the row's run_dir)."""
 
     @property
     def title(self) -> str:
@@ -88,6 +92,27 @@ def run_arm(arm: str, config: RunConfig, folder: Path, quiet: bool, extra: list[
         arm_result.train_seconds = (arm_result.train_seconds or 0) + (start_from.train_seconds or 0)
         arm_result.wall_seconds = (arm_result.wall_seconds or 0) + (start_from.wall_seconds or 0)
     return arm_result
+
+
+def mean_over_seeds(runs: list[ArmResult]) -> ArmResult:
+    """One row for an arm trained with several seeds: the mean of every scalar metric, `<metric>_std`
+    beside it, and the mean time. Lists and tables (per_class, confusion_matrix), the best epoch and
+    the over-fitting note stay the first seed's: a mean confusion matrix is no one's."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    metrics = dict(first.metrics)
+    for key in first.metrics:
+        values = [float(v) for r in runs if isinstance(v := r.metrics.get(key), int | float) and not isinstance(v, bool)]
+        if len(values) == len(runs):
+            metrics[key], metrics[f"{key}_std"] = statistics.fmean(values), statistics.stdev(values)
+    return ArmResult(first.arm, metrics, _mean([r.train_seconds for r in runs]), _mean([r.wall_seconds for r in runs]),
+                     first.trainable_params, first.run_dir, first.best_epoch, first.overfitting, first.seed, list(runs))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
 
 
 def pretrained_row(trained: ArmResult) -> ArmResult:

@@ -2,7 +2,8 @@
 
 `compare` sets up `tunesmith compare`: which arms run (the pre-trained model as it is, a probe
 on the frozen backbone, the configured fine-tune, the same architecture from scratch,
-probe-then-fine-tune) and the learning curve's label fractions and seeds.
+probe-then-fine-tune), their training seeds (`arm_seeds`, for the training curve) and the learning
+curve's label fractions and seeds.
 """
 
 from __future__ import annotations
@@ -50,3 +51,10 @@ class CompareConfig(Section):
     """Learning curve: repeats of every point, each with its own subset and training seed."""
     curve_arms: list[CurveArm] = Field(default=["probe", "finetune", "scratch"], min_length=1)
     """Learning curve: which arms are trained at every fraction."""
+    arm_seeds: int = Field(1, ge=1)
+    """Training seeds of every trained arm (`training.seed + i`): the table shows the mean over
+    them (and `<metric>_std`), the training curve a band of one standard deviation. The first
+    seed runs in `compare/<arm>/`, the others in `compare/seeds/seed<seed>/<arm>/`."""
+    threshold: float | None = None
+    """Training curve: the validation metric to reach (`>=`, or `<=` when lower is better); the
+    summary gives each arm's first eval step at or past it (`steps_to_threshold`). `null`: none."""

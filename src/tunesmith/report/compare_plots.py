@@ -1,9 +1,10 @@
-"""The plots of `tunesmith compare`: the arms side by side, and the learning curve.
+"""The plots of `tunesmith compare`: the arms side by side, the training curve and the learning curve.
 
 `arms_plot` draws the validation metric of every arm (dots) next to its training time (bars,
 with the trainable parameters written on them); `curve_plot` draws the metric against the number of
 labelled rows (log scale) per arm, the mean over seeds with a band of one standard deviation,
-and the pre-trained model as a flat line.
+and the pre-trained model as a flat line; `training_curve_plot` draws the metric against the
+optimizer step per arm, the mean over training seeds with the same band, and the threshold dashed.
 """
 
 from __future__ import annotations
@@ -61,6 +62,27 @@ def curve_plot(curve: dict[str, list[dict[str, Any]]], metric: str, baseline: fl
     ax.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=8)
     ax.minorticks_off()
     style(ax, f"Learning curve: validation {metric} against labelled rows", "labelled training rows (log scale)", metric)
+    ax.legend(frameon=False)
+    return save_png(fig, path)
+
+
+def training_curve_plot(curve: dict[str, list[dict[str, Any]]], metric: str, threshold: float | None,
+                        path: Path) -> Path:
+    """`curve`: {arm: [{step, mean, std, seeds}, ...]} as `training_curve.over_seeds` returns it."""
+    fig, ax = new_figure(width=7.0, height=4.2)
+    for arm, points in curve.items():
+        x = [p["step"] for p in points]
+        mean = [p["mean"] for p in points]
+        std = [p["std"] for p in points]
+        color = ARM_COLORS.get(arm, COLORS[7])
+        ax.plot(x, mean, marker="o", markersize=3, color=color, label=arm.replace("_", " "))
+        if any(std):
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15, linewidth=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="#555555", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    bound_rate_axis(ax, [metric])
+    style(ax, f"Training curve: validation {metric} during training", "optimizer step", metric)
     ax.legend(frameon=False)
     return save_png(fig, path)
 
