@@ -97,7 +97,8 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             manifest.sync()
         facts = task.describe()
         labels = f", labels: {', '.join(task.label_names)}" if task.label_names else ""
-        log.info("training on %d rows, validating on %d rows%s", facts["train"]["rows"], facts["validation"]["rows"], labels)
+        log.info("training on %d %s, validating on %d %s%s", facts["train"]["rows"], facts["train"].get("unit", "rows"),
+                 facts["validation"]["rows"], facts["validation"].get("unit", "rows"), labels)
         warn_small_validation(facts, config.metric)
         with open_trackers(config, run_dir, enabled=main) as trackers:
             train = fit_itself if isinstance(model, FitsItself) else fit  # boosted trees grow by their own algorithm

@@ -68,7 +68,7 @@ def test_gradient_strategies_and_a_missing_lightgbm_are_named(tmp_path, monkeypa
     from tunesmith.run import finetune
 
     train, test = breast_cancer(tmp_path)
-    with pytest.raises(ConfigError, match="strategy.freeze: acts on layer groups trained by gradient steps"):
+    with pytest.raises(ConfigError, match="strategy.freeze: acts on layer groups trained by tunesmith.s gradient loop, which this model \(BoostedTrees\)"):
         finetune(config(tmp_path, train, test, model={"source": "lightgbm"}, strategy={"freeze": 1}), quiet=True)
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # import lightgbm now fails, as when it is not installed
     with pytest.raises(ModelSourceError, match=r"needs LightGBM: pip install 'tunesmith\[tabular\]'"):

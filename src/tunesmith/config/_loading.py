@@ -126,7 +126,9 @@ def reference_markdown(schema: type[BaseModel]) -> str:
         for name, field in fields.items():
             doc = " ".join((field.description or "").split())
             bounds = _bounds(field)
-            default = yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix("...").strip()
+            value = field.get_default(call_default_factory=True)
+            value = value.model_dump() if isinstance(value, BaseModel) else value  # a nested section (an environment)
+            default = yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("...").strip()
             out.append(f"| `{name}` | `{default}` | {doc}{bounds} |")
     return "\n".join(out).strip() + "\n"
 

@@ -8,6 +8,12 @@ rounds, and restores the best model for the `final` record and the validation pr
 directory, report and model card are those of every run. A round is one "epoch" in the records, and
 `training.num_train_epochs` rounds at most are trained. There are no step checkpoints to resume from:
 a round takes seconds, so an interrupted run starts again.
+
+A model that also has layer groups trained by gradient steps inside its own algorithm (an RL policy,
+`TrainsLayerGroups`) gets tunesmith's strategy as every gradient-trained model does: its optimizer's
+param groups carry the discriminative rates (`strategy.layer_lr_decay`), and before each round the
+groups below the freeze floor, or not yet unfrozen (`strategy.gradual_unfreezing`, a round per step
+down), and those named in `strategy.freeze_groups` are frozen.
 """
 
 from __future__ import annotations
@@ -29,7 +35,20 @@ from tunesmith.engine.progress import ProgressDisplay
 from tunesmith.engine.sharding import save_best
 from tunesmith.errors import ConfigError
 from tunesmith.report.history import History
+from tunesmith.strategies.freezing import apply_freezing, trainable_from
+from tunesmith.strategies.learning_rates import optimizer_param_groups
 from tunesmith.tasks import Examples, Task, read_rows
+
+
+@runtime_checkable
+class TrainsLayerGroups(Protocol):
+    """A `FitsItself` model whose algorithm takes gradient steps on layer groups (models/policy.py)."""
+
+    def use_param_groups(self, param_groups: list[dict[str, Any]], head_rate: float) -> None:
+        """Trains with these optimizer param groups (`optimizer_param_groups`); the head's rate is `head_rate`."""
+
+    def train_loss(self) -> float | None:
+        """The algorithm's training loss in the round just trained, for the `train` record (None: none logged)."""
 
 
 @runtime_checkable
@@ -56,12 +75,20 @@ def fit_itself(task: Task, model: Any, config: RunConfig, run_dir: Path, acceler
         raise ConfigError(["resume / accelerate launch: a model that trains by its own algorithm (boosted trees) "
                            "runs in one process and starts again instead of resuming; set resume: null"])
     strategy, plain = config.strategy, type(config.strategy)()
-    unused = [f"strategy.{k}" for k in ("freeze", "freeze_groups", "gradual_unfreezing", "layer_lr_decay", "l2_sp")
+    grouped = isinstance(model, TrainsLayerGroups)
+    keys = ("l2_sp",) if grouped else ("freeze", "freeze_groups", "gradual_unfreezing", "layer_lr_decay", "l2_sp")
+    unused = [f"strategy.{k}" for k in keys
               if getattr(strategy, k) != getattr(plain, k)] + (["lora.enabled"] if config.lora.enabled else [])
     if unused:
-        raise ConfigError([f"{k}: acts on layer groups trained by gradient steps, which this model (boosted trees) "
-                           "does not have; remove it" for k in unused])
+        raise ConfigError([f"{k}: acts on layer groups trained by tunesmith's gradient loop, which this model "
+                           f"({type(model).__name__}) does not use; remove it" for k in unused])
     t = config.training
+    groups = task.layer_groups(model) if grouped else []
+    rates: dict[str, float] = {}
+    if grouped:
+        param_groups = optimizer_param_groups(groups, t.learning_rate, strategy.layer_lr_decay, t.weight_decay)
+        model.use_param_groups(param_groups, t.learning_rate)
+        rates = {g["group_name"].removesuffix(".no_decay"): g["lr"] for g in param_groups}
     train_data = task.dataset(read_rows(task.train_rows, "training"), train=True)
     eval_data = task.dataset(read_rows(task.eval_rows, "validation"), train=False)
     eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size, t.seed, train=False,
@@ -78,11 +105,20 @@ def fit_itself(task: Task, model: Any, config: RunConfig, run_dir: Path, acceler
     baseline = record("baseline", baseline_scores(model, eval_loader, eval_data, task, accelerator, config))
     best, more = None, True
     while more and state.global_step < rounds and not state.stopped_early:
+        if grouped:
+            apply_freezing(model, groups, trainable_from(len(groups), strategy.freeze, strategy.gradual_unfreezing,
+                                                         state.global_step), strategy.freeze_groups)
         started = time.perf_counter()
         more = model.fit_round(train_data, state.global_step)
         state.train_seconds += time.perf_counter() - started
-        state.global_step, state.samples = state.global_step + 1, state.samples + len(train_data)
-        entry = record("eval", evaluate(model, eval_loader, task, accelerator), trainable_params=0)
+        state.global_step += 1
+        state.samples += getattr(model, "samples_per_round", len(train_data))  # a policy: environment steps
+        loss = model.train_loss() if grouped else None
+        if loss is not None:
+            history.append({"phase": "train", "step": state.global_step, "epoch": float(state.global_step),
+                            "train_loss": loss, "lr": t.learning_rate, "lrs": rates})
+        trainable = sum(p.numel() for g in groups for _, p in g.params if p.requires_grad)
+        entry = record("eval", evaluate(model, eval_loader, task, accelerator), trainable_params=trainable)
         if improved(entry, state, config.metric, config.greater_is_better, t.early_stopping_threshold):
             best = entry
             save_best(task, accelerator, model, run_dir)

@@ -46,14 +46,7 @@ def curve_plot(curve: dict[str, list[dict[str, Any]]], metric: str, baseline: fl
     """`curve`: {arm: [{train_rows, mean, std}, ...]} as `learning_curve.summarize` returns it."""
     fig, ax = new_figure(width=7.0, height=4.2)
     for arm, points in curve.items():
-        x = [p["train_rows"] for p in points]
-        mean = [p["mean"] for p in points]
-        std = [p["std"] for p in points]
-        color = ARM_COLORS.get(arm, COLORS[7])
-        ax.plot(x, mean, marker="o", color=color, label=arm.replace("_", " "))
-        if any(std):
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=color, alpha=0.15, linewidth=0)
+        _mean_and_band(ax, arm, [p["train_rows"] for p in points], points, markersize=6)
     if baseline is not None:
         ax.axhline(baseline, color=ARM_COLORS["pretrained"], linestyle=":", label="pre-trained, as it is")
     bound_rate_axis(ax, [metric])
@@ -71,20 +64,23 @@ def training_curve_plot(curve: dict[str, list[dict[str, Any]]], metric: str, thr
     """`curve`: {arm: [{step, mean, std, seeds}, ...]} as `training_curve.over_seeds` returns it."""
     fig, ax = new_figure(width=7.0, height=4.2)
     for arm, points in curve.items():
-        x = [p["step"] for p in points]
-        mean = [p["mean"] for p in points]
-        std = [p["std"] for p in points]
-        color = ARM_COLORS.get(arm, COLORS[7])
-        ax.plot(x, mean, marker="o", markersize=3, color=color, label=arm.replace("_", " "))
-        if any(std):
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=color, alpha=0.15, linewidth=0)
+        _mean_and_band(ax, arm, [p["step"] for p in points], points, markersize=3)
     if threshold is not None:
         ax.axhline(threshold, color="#555555", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     bound_rate_axis(ax, [metric])
     style(ax, f"Training curve: validation {metric} during training", "optimizer step", metric)
     ax.legend(frameon=False)
     return save_png(fig, path)
+
+
+def _mean_and_band(ax: Any, arm: str, x: list[float], points: list[dict[str, Any]], markersize: float) -> None:
+    """An arm's mean line, and a band of one standard deviation when its points vary over seeds."""
+    mean, std = [p["mean"] for p in points], [p["std"] for p in points]
+    color = ARM_COLORS.get(arm, COLORS[7])
+    ax.plot(x, mean, marker="o", markersize=markersize, color=color, label=arm.replace("_", " "))
+    if any(std):
+        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=color, alpha=0.15, linewidth=0)
 
 
 def _count(n: int) -> str:

@@ -33,7 +33,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
     labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
     frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
     splits = "\n".join(
-        f"- {split}: {info['rows']} rows from `{info['source']}`"
+        f"- {split}: {info['rows']} {info.get('unit', 'rows')} from `{info['source']}`"
         + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")
         for split, info in data.items() if isinstance(info, dict) and "rows" in info
     )

@@ -48,6 +48,8 @@ def watch_overfitting(records: list[dict[str, Any]], config: RunConfig, stopped_
     Args:
         rows: Validation rows; when not given, the evaluations' per-class supports are summed.
     """
+    if not getattr(config.task_settings, "losses_comparable", True):
+        return None  # the task's training and validation losses measure different things (an RL policy's)
     message = overfitting_message(records, config.metric, config.greater_is_better,
                                   config.training.early_stopping_patience, stopped_early,
                                   rows=rows or _rows_from(records), advice=strategy_advice(config))
