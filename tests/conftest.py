@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Precision `auto` computes in bf16 on CPUs with bf16 matrix instructions (AMX, AVX512-BF16): the suite
+# computes alike on every CI machine in fp32 (golden losses, parity checks), and subprocesses inherit it.
+# tests/engine/test_accelerator.py fakes the probe both ways and runs a fine-tune in bf16.
+os.environ["TUNESMITH_CPU_BF16"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

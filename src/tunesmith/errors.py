@@ -62,7 +62,8 @@ class ExportError(TunesmithError):
 
 
 class LaunchError(TunesmithError):
-    """The launcher asks for a distributed setup this machine cannot run (FSDP or DeepSpeed without a GPU)."""
+    """The launch environment asks for what this machine cannot run (FSDP or DeepSpeed without a GPU), or
+    sets a tunesmith variable to a value it does not take."""
 
 
 class GPUMemoryError(TunesmithError):

@@ -62,7 +62,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         ConfigError, DataError, ModelSourceError, RunDirError: problems the user can fix.
     """
 
-    from tunesmith.engine.accelerator import make_accelerator
+    from tunesmith.engine.accelerator import PRECISION_NAMES, make_accelerator, precision_choice
     from tunesmith.engine.batch_size import fit_batch_size
     from tunesmith.engine.memory_estimate import check_memory
     from tunesmith.engine.fitted import FitsItself, fit_itself
@@ -88,6 +88,10 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
                 log.info("resuming from %s", resume_from)
         accelerator.wait_for_everyone()
         model = built(task, config)  # with LoRA adapters when lora.enabled
+        fits_itself = isinstance(model, FitsItself)  # boosted trees, a policy: their own algorithm's precision
+        if not fits_itself:
+            log.info("precision: %s (%s)", PRECISION_NAMES.get(accelerator.mixed_precision, accelerator.mixed_precision),
+                     precision_choice(config)[1])
         config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
         check_memory(task, model, config, accelerator)  # warns when the run will not fit
         if config.training.torch_compile:  # in place: the same module and state_dict keys, only __call__ compiles
@@ -101,13 +105,15 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
                  facts["validation"]["rows"], facts["validation"].get("unit", "rows"), labels)
         warn_small_validation(facts, config.metric)
         with open_trackers(config, run_dir, enabled=main) as trackers:
-            train = fit_itself if isinstance(model, FitsItself) else fit  # boosted trees grow by their own algorithm
+            train = fit_itself if fits_itself else fit  # boosted trees grow by their own algorithm
             result = train(task, model, config, run_dir, accelerator, ProgressDisplay(quiet or not main), resume_from,
                            restart_epoch, on_record=_chain(manifest.sync, trackers, on_record))
         state, overfitting = result.state, None
         if main:
             summary = {"steps": state.global_step, "epochs": state.global_step / result.steps_per_epoch,
-                       "train_seconds": state.train_seconds, "stopped_early": state.stopped_early}
+                       "train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
+                       "stopped_early": state.stopped_early,
+                       "precision": None if fits_itself else PRECISION_NAMES.get(accelerator.mixed_precision)}
             facts = task.describe()
             (run_dir / "data.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
             write_model_card(run_dir / "README.md", config, facts, result.baseline, result.final, summary,

@@ -174,6 +174,20 @@ def test_resume_applies_a_changed_learning_rate(tiny_config):
     assert state["global_step"] == 4
 
 
+def test_resume_in_another_precision_warns_and_names_the_one_it_started_in(tiny_config, caplog):
+    """`mixed_precision: auto` picks by the machine: a run resumed on a CPU without bf16 units (or with them)
+    would switch precision silently."""
+    tiny_config["training"].update(save_steps=2)
+    tunesmith.finetune(tiny_config, ["training.max_steps=2", "training.mixed_precision=no"], quiet=True)
+    with caplog.at_level("WARNING", logger="tunesmith"):
+        result = tunesmith.finetune(tiny_config, ["resume=auto", "training.max_steps=4", "training.mixed_precision=bf16"],
+                                    quiet=True)
+    assert "was trained in fp32 and this run continues in bf16 autocast" in caplog.text
+    assert "set training.mixed_precision: no to continue as it started" in caplog.text
+    state = json.loads((result.run_dir / "checkpoints" / "step-4" / "state.json").read_text())
+    assert state["precision"] == "bf16"
+
+
 def test_resume_refuses_another_backbone(tiny_config, tmp_path):
     tiny_config["training"].update(save_steps=2)
     tunesmith.finetune(tiny_config, ["training.max_steps=2"], quiet=True)

@@ -128,7 +128,8 @@ def reference_markdown(schema: type[BaseModel]) -> str:
             bounds = _bounds(field)
             value = field.get_default(call_default_factory=True)
             value = value.model_dump() if isinstance(value, BaseModel) else value  # a nested section (an environment)
-            default = yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("...").strip()
+            default = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1_000_000)  # one line
+            default = default.strip().removesuffix("...").strip()
             out.append(f"| `{name}` | `{default}` | {doc}{bounds} |")
     return "\n".join(out).strip() + "\n"
 

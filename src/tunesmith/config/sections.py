@@ -102,7 +102,8 @@ class TrainingConfig(Section):
     seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     """Seed for splits, shuffling, initialization and dropout."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """`auto` uses bf16 on GPUs that have it, fp16 on other GPUs and full precision on CPU."""
+    """`auto` uses bf16 on GPUs that have it, fp16 on other GPUs, bf16 on CPUs with bf16 matrix
+    instructions (AMX or AVX512-BF16) and full precision on other CPUs; the log says which and why."""
     eval_strategy: Literal["epoch", "steps"] = "epoch"
     """Evaluate at the end of every epoch, or every `eval_steps` optimizer steps."""
     eval_steps: int | None = Field(None, ge=1)

@@ -33,7 +33,8 @@ from tunesmith.engine.activation_cache import ActivationCache, begin_epoch, cach
 from tunesmith.engine.batching import GroupedBatchSampler, make_loader
 from tunesmith.engine.checkpoint import latest, save_checkpoint
 from tunesmith.engine.evaluation import SHARDED, baseline_scores, evaluate
-from tunesmith.engine.loop_state import STATE_KEYS, LoopState, improved, non_finite_step, resume_state
+from tunesmith.engine.loop_state import (STATE_KEYS, LoopState, improved, non_finite_step, resume_state,
+                                         warn_precision_change)
 from tunesmith.engine.oom import OutOfMemory, TrainStepGuard
 from tunesmith.engine.optimizer import make_optimizer, make_scheduler
 from tunesmith.engine.progress import ProgressDisplay
@@ -222,8 +223,10 @@ class TrainingRun:
         """Evaluates; writes `best/` when the metric improved; stops early when it stalled for the patience."""
         s, t = self.state, self.config.training
         trained = [g for g in self.groups[s.lowest_trainable:] if g.name not in self.config.strategy.freeze_groups]
-        entry = self.record("eval", evaluate(self.model, self.eval_loader, self.task, self.accelerator),
-                            train_loss=train_loss, lr=self.scheduler.get_last_lr()[-1],
+        started = time.perf_counter()
+        scores = evaluate(self.model, self.eval_loader, self.task, self.accelerator)
+        s.eval_seconds += time.perf_counter() - started
+        entry = self.record("eval", scores, train_loss=train_loss, lr=self.scheduler.get_last_lr()[-1],
                             trainable_groups=[g.name for g in trained], trainable_params=sum(g.num_params for g in trained))
         self.keep_if_best(entry)
         if t.early_stopping_patience is not None and s.evals_without_improvement >= t.early_stopping_patience:
@@ -321,7 +324,7 @@ def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Acce
     total_steps = t.max_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
     optimizer = make_optimizer(groups, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
-    state = LoopState(label_names=list(task.label_names))
+    state = LoopState(label_names=list(task.label_names), precision=accelerator.mixed_precision)
     cache = make_cache(config, task, groups, train_data, world, run_dir, math.ceil(total_steps / steps_per_epoch))
     anchor_weights(optimizer, groups, config, task, accelerator.distributed_type in SHARDED)  # before resuming
     if resume_from is not None:
@@ -329,6 +332,8 @@ def setup(task: Task, model, config: RunConfig, run_dir: Path, accelerator: Acce
         state = resume_state(resume_from, model, optimizer, scheduler, state)
         if restart_epoch:
             state.batch_in_epoch = 0
+        warn_precision_change(resume_from, state.precision, accelerator.mixed_precision)
+        state.precision = accelerator.mixed_precision
     guard = TrainStepGuard(accelerator, sampler, optimizer, run_dir, world)
     guard.adopt(state, config)  # a micro-batch found after running out of memory is kept on resume
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(

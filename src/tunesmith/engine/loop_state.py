@@ -5,23 +5,28 @@ micro-batch size); every checkpoint saves it whole, and `resume_state` loads a c
 the model, optimizer and schedule and returns its state, so a resumed run continues exactly as an
 uninterrupted one would. After an evaluation, `improved` decides whether it is the best so far
 (early stopping counts the others); after a non-finite step, `non_finite_step` records its rows and
-applies `training.nan_policy`.
+applies `training.nan_policy`. A resumed run that computes in another precision than it started in
+(`mixed_precision: auto` on another machine) is warned about (`warn_precision_change`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.engine.accelerator import PRECISION_NAMES
 from tunesmith.engine.batching import GroupedBatchSampler
 from tunesmith.engine.checkpoint import check_state_keys, load_checkpoint
 from tunesmith.engine.seeding import restore_rng
 from tunesmith.errors import NonFiniteLossError
 from tunesmith.tasks import Task, read_rows
+
+log = logging.getLogger("tunesmith")
 
 
 @dataclass
@@ -42,10 +47,12 @@ class LoopState:
     samples: int = 0
     nan_skips: int = 0
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # validation passes inside the loop's train_seconds (boosted trees, policies: 0)
     label_names: list[str] = field(default_factory=list)
     micro_batch: int = 0  # per device, as trained: smaller than configured after running out of memory
     accumulation: int = 1
     shrunk_from: int = 0  # the micro-batch that ran out of memory (engine/oom.py); 0: never
+    precision: str = ""  # Accelerate's mixed precision the run trained in ("": a checkpoint from before it was kept)
 
 
 STATE_KEYS = {*LoopState.__dataclass_fields__, "rng", "steps_per_epoch"}  # what state.json may hold
@@ -67,6 +74,15 @@ def resume_state(path: Path, model, optimizer, scheduler, fresh: LoopState) -> L
     restore_rng(saved["state"].pop("rng"))
     saved["state"].pop("steps_per_epoch", None)
     return LoopState(**{**asdict(fresh), **saved["state"]})
+
+
+def warn_precision_change(path: Path, trained: str, now: str) -> None:
+    """Warns when a resumed run computes in another precision than it started in: `mixed_precision: auto`
+    picks by the machine (engine/accelerator.py), and a run resumed on another CPU or GPU may differ."""
+    if trained and trained != now:
+        log.warning("%s was trained in %s and this run continues in %s, so its losses will not match an "
+                    "uninterrupted run's; set training.mixed_precision: %s to continue as it started",
+                    path, PRECISION_NAMES.get(trained, trained), PRECISION_NAMES.get(now, now), trained)
 
 
 def improved(entry: dict[str, Any], state: LoopState, metric: str, greater: bool, threshold: float) -> bool:

@@ -32,6 +32,8 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         per_class = "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + per_class
     labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
     frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
+    timing = f" ({facts['eval_seconds']:.0f} s validating)" if facts.get("eval_seconds") else ""
+    timing += f", {facts['precision']}" if facts.get("precision") else ""
     splits = "\n".join(
         f"- {split}: {info['rows']} {info.get('unit', 'rows')} from `{info['source']}`"
         + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")
@@ -63,7 +65,7 @@ Load it without tunesmith:
 - freeze: {s.freeze}{frozen}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}
 - label smoothing {t.label_smoothing_factor}, class weights: {t.class_weights}, seed {t.seed}
 - best checkpoint chosen by validation {t.metric_for_best_model}; trained {facts['steps']} steps
-  ({facts['epochs']:.2f} epochs) in {facts['train_seconds']:.0f} s{"; stopped early" if facts['stopped_early'] else ""}
+  ({facts['epochs']:.2f} epochs) in {facts['train_seconds']:.0f} s{timing}{"; stopped early" if facts['stopped_early'] else ""}
 
 ## Results on the validation split
 

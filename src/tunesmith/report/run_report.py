@@ -73,7 +73,10 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
                          + (f" ({info['skipped']} skipped)" if info.get("skipped") else "")])
     rows += [
         ["trained", f"{summary.get('steps', 0)} steps, {summary.get('epochs', 0):.2f} epochs, "
-                    f"{summary.get('train_seconds', 0):.0f} s" + ("; stopped early" if summary.get("stopped_early") else "")],
+                    f"{summary.get('train_seconds', 0):.0f} s"
+                    + (f" ({summary['eval_seconds']:.0f} s validating)" if summary.get("eval_seconds") else "")
+                    + (f", {summary['precision']}" if summary.get("precision") else "")
+                    + ("; stopped early" if summary.get("stopped_early") else "")],
         ["learning rate", f"{t.learning_rate:g} (head), layer decay {s.layer_lr_decay:g}, {t.lr_scheduler_type} schedule"],
         ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}"],
         ["batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation"],
