@@ -7,7 +7,7 @@ Run by hand (not a test), from the repository root, with ../shared/data beside i
 
 Fine-tunes on train.txt, picks the best epoch by dev entity F1, then scores that model on test.txt
 with `tunesmith evaluate`. Training runs in a subprocess so its peak memory is its own. Prints a
-Markdown row for benchmarks/RESULTS.md and writes raw numbers to benchmarks/out/conll2003_ner.json.
+Markdown row for benchmarks/RESULTS.md and writes raw numbers to benchmarks/out/conll2003_ner-PRECISION.json.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def config_for(args: argparse.Namespace) -> dict:
                  "max_length": args.max_length, "max_train_samples": args.train_rows},
         "training": {"num_train_epochs": args.epochs, "learning_rate": args.lr,
                      "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": 128,
-                     "warmup_ratio": 0.1, "early_stopping_patience": None, "seed": 0, "logging_steps": 50},
+                     "warmup_ratio": 0.1, "early_stopping_patience": None, "seed": 0, "logging_steps": 50,
+                     "mixed_precision": args.precision},
         "strategy": {"layer_lr_decay": args.layer_lr_decay},
     }
 
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--layer-lr-decay", type=float, default=0.9)
+    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto",
+                        help="training.mixed_precision (auto: bf16 on a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "out" / "runs" / "conll2003"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -88,7 +91,7 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"the run failed:\n{proc.stderr[-3000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = REPO / "benchmarks" / "out" / "conll2003_ner.json"
+    out = REPO / "benchmarks" / "out" / f"conll2003_ner-{args.precision}.json"
     out.parent.mkdir(exist_ok=True)
     machine = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                "cores": os.cpu_count()}

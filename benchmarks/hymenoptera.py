@@ -7,7 +7,7 @@ Run by hand (not a test), from the repository root, with ../shared/data beside i
 
 Each mode runs in its own subprocess, so its peak memory (max RSS of the training process and of
 its data-loader workers) is its own. Prints a Markdown table for benchmarks/RESULTS.md and writes
-the raw numbers to benchmarks/out/hymenoptera.json (git-ignored).
+the raw numbers to benchmarks/out/hymenoptera-PRECISION.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -50,18 +50,18 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
-def run_one(mode: str, output_root: Path) -> dict:
+def run_one(mode: str, output_root: Path, precision: str = "auto") -> dict:
     """Runs one mode in this process and returns its numbers."""
     import tunesmith
 
-    config = merged(COMMON, MODES[mode])
+    config = merged(merged(COMMON, MODES[mode]), {"training": {"mixed_precision": precision}})
     config.update(output_dir=str(output_root / mode), overwrite_output_dir=True)
     start = time.perf_counter()
     result = tunesmith.finetune(config, quiet=True)
     wall = time.perf_counter() - start
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
-        "mode": mode,
+        "mode": mode, "precision": precision,
         "baseline_accuracy": result.baseline["accuracy"],
         "best_accuracy": result.final["accuracy"],
         "last_epoch_accuracy": [r["accuracy"] for r in evals if r["phase"] == "eval"][-1],
@@ -81,23 +81,26 @@ def run_one(mode: str, output_root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto",
+                        help="training.mixed_precision (auto: bf16 on a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--output-root", default=str(REPO / "benchmarks" / "out" / "runs" / "hymenoptera"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, Path(args.output_root))))
+        print(json.dumps(run_one(args.child, Path(args.output_root), args.precision)))
         return
     if not DATA.is_dir():
         sys.exit(f"hymenoptera not found at {DATA} (../shared/data beside the repository)")
     results = []
     for mode in args.modes:
-        proc = subprocess.run([sys.executable, __file__, "--child", mode, "--output-root", args.output_root],
+        proc = subprocess.run([sys.executable, __file__, "--child", mode, "--output-root", args.output_root,
+                               "--precision", args.precision],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{mode}: done", file=sys.stderr)
-    out = REPO / "benchmarks" / "out" / "hymenoptera.json"
+    out = REPO / "benchmarks" / "out" / f"hymenoptera-{args.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")

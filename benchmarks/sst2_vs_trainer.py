@@ -4,6 +4,12 @@ Run by hand (not a test), from the repository root, with the SST-2 TSV files in 
 
     .venv/bin/python benchmarks/sst2_vs_trainer.py                      # full train set, one epoch each
     .venv/bin/python benchmarks/sst2_vs_trainer.py --train-rows 2000    # quick smoke check
+    .venv/bin/python benchmarks/sst2_vs_trainer.py --arms tunesmith trainer   # two arms only
+
+Five arms by default, alternating, each `--repeats` times: tunesmith in fp32 (`mixed_precision: no`),
+tunesmith with `mixed_precision: auto` (bf16 on a CPU with AMX or AVX512-BF16, fp32 elsewhere), and the
+anchor three ways: Trainer's defaults (random order, fp32), `train_sampling_strategy="group_by_length"`,
+and group_by_length with `bf16=True`, its best on such a CPU. Ratios are against the fastest Trainer arm.
 
 Both sides get the same weights (all-MiniLM-L6-v2 with a new 2-label head), the same rows, batch
 size, optimizer steps, learning rate (linear schedule, the same number of warm-up steps), weight
@@ -43,6 +49,16 @@ EVAL_BATCH_SIZE = 64
 MAX_LENGTH = 128
 WEIGHT_DECAY = 0.01
 WARMUP_RATIO = 0.1
+# arm: what it runs. tunesmith arms set `training.mixed_precision`; Trainer arms its sampler and bf16 flag.
+ARMS = {
+    "tunesmith": {"tool": "tunesmith", "precision": "no", "title": "tunesmith, fp32"},
+    "tunesmith-auto": {"tool": "tunesmith", "precision": "auto", "title": "tunesmith, mixed_precision auto"},
+    "trainer": {"tool": "trainer", "sampling": "random", "bf16": False, "title": "Trainer, defaults (random order, fp32)"},
+    "trainer-grouped": {"tool": "trainer", "sampling": "group_by_length", "bf16": False,
+                        "title": "Trainer, group_by_length"},
+    "trainer-grouped-bf16": {"tool": "trainer", "sampling": "group_by_length", "bf16": True,
+                             "title": "Trainer, group_by_length + bf16"},
+}
 
 
 # ---- data (parent) ------------------------------------------------------------------------------
@@ -155,7 +171,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
     ProgressDisplay.start, ProgressDisplay.stop = on_start, on_stop
     config = {
         "task": "text-classification",
-        "output_dir": str(OUT / "runs" / f"tunesmith-{args.run_id}"),
+        "output_dir": str(OUT / "runs" / f"{args.worker}-{args.run_id}"),
         "overwrite_output_dir": True,
         "model": {"source": "demo:minilm"},
         "data": {"train": args.train_file, "validation": args.dev_file, "max_length": MAX_LENGTH},
@@ -164,10 +180,14 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
             "warmup_steps": args.warmup_steps, "weight_decay": WEIGHT_DECAY, "seed": args.seed,
             "per_device_train_batch_size": BATCH_SIZE, "per_device_eval_batch_size": EVAL_BATCH_SIZE,
             "eval_strategy": "steps", "eval_steps": args.max_steps, "early_stopping_patience": None,
-            "torch_compile": args.torch_compile,
+            "torch_compile": args.torch_compile, "mixed_precision": ARMS[args.worker]["precision"],
         },
         "strategy": {"freeze": "none", "gradual_unfreezing": False, "layer_lr_decay": 1.0},
     }
+    from tunesmith.config import RunConfig
+    from tunesmith.engine.accelerator import precision_choice
+
+    precision, why = precision_choice(RunConfig.model_validate(config))
     start = time.perf_counter()
     result = tunesmith.finetune(config, quiet=True)
     wall = time.perf_counter() - start
@@ -186,6 +206,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
         "in_loop_eval_seconds": sum(w for w, _ in timed["evaluate"][1:-1]),
         "checkpoint_and_best_save_seconds": sum(w for w, _ in timed["save_best"] + timed["save_checkpoint"]),
         "eval_seconds_each": [w for w, _ in timed["evaluate"]], "wall_seconds": wall, "run_dir": str(result.run_dir),
+        "precision": precision, "precision_reason": why,
         **facts,
     }
 
@@ -214,6 +235,7 @@ def run_trainer(args: argparse.Namespace) -> dict:
     from tunesmith.models.sources import resolve_source
 
     hf_logging.set_verbosity_error()
+    arm = ARMS[args.worker]
     location = resolve_source("demo:minilm").location
     set_seed(args.seed)  # before loading, so the new head is seeded as in tunesmith
     tokenizer = AutoTokenizer.from_pretrained(location)
@@ -241,11 +263,12 @@ def run_trainer(args: argparse.Namespace) -> dict:
                       file=sys.stderr, flush=True)
 
     training_args = TrainingArguments(
-        output_dir=str(OUT / "runs" / f"trainer-{args.run_id}"), max_steps=args.max_steps,
+        output_dir=str(OUT / "runs" / f"{args.worker}-{args.run_id}"), max_steps=args.max_steps,
         per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=EVAL_BATCH_SIZE,
         learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=args.warmup_steps,
         weight_decay=WEIGHT_DECAY, seed=args.seed, eval_strategy="no", save_strategy="no", report_to="none",
         use_cpu=True, disable_tqdm=True, torch_compile=args.torch_compile,
+        train_sampling_strategy=arm["sampling"], bf16=arm["bf16"],
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Progress()])
@@ -266,14 +289,15 @@ def run_trainer(args: argparse.Namespace) -> dict:
         "accuracy": accuracy, "samples": samples, "train_seconds": seconds, "samples_per_second": samples / seconds,
         "train_call_seconds": wall_train, "eval_seconds": eval_seconds, "train_loss": out.metrics.get("train_loss"),
         "optimizer": training_args.optim.value if hasattr(training_args.optim, "value") else str(training_args.optim),
+        "precision": "bf16" if arm["bf16"] else "no", "sampling": arm["sampling"],
         **facts,
     }
 
 
 def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    result = (run_tunesmith if args.worker == "tunesmith" else run_trainer)(args)
-    result.update(tool=args.worker, run_id=args.run_id, peak_rss_mib=peak_rss_mib(),
+    result = (run_tunesmith if ARMS[args.worker]["tool"] == "tunesmith" else run_trainer)(args)
+    result.update(arm=args.worker, tool=ARMS[args.worker]["tool"], run_id=args.run_id, peak_rss_mib=peak_rss_mib(),
                   process_seconds=time.perf_counter() - start)
     Path(args.result_file).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
@@ -286,7 +310,17 @@ def machine() -> dict:
 
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": len(os.sched_getaffinity(0)),
             "cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__}
+            "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_flags": _bf16_flags()}
+
+
+def _bf16_flags() -> list[str]:
+    """The CPU's bf16 matrix-instruction flags as /proc/cpuinfo names them."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(set(flags.split()) & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def _cpu_name() -> str:
@@ -343,43 +377,50 @@ def padding_stats(train_file: Path, seed: int) -> dict:
 
 
 def summarize(runs: list[dict], steps_per_epoch: int, max_steps: int) -> dict:
-    def med(tool, key):
-        return statistics.median(r[key] for r in runs if r["tool"] == tool)
-
+    """Medians per arm, and each arm's ratios against the fastest Trainer arm (the anchor at its best)."""
     keys = ("accuracy", "samples_per_second", "train_seconds", "peak_rss_mib", "cpu_seconds_per_1k_samples",
             "other_processes_cpu_share", "loop_cpu_utilization")
-    s = {tool: {k: med(tool, k) for k in keys} for tool in ("tunesmith", "trainer")}
-    for tool in s:
-        s[tool]["seconds_per_epoch"] = s[tool]["train_seconds"] * steps_per_epoch / max_steps
-    s["tunesmith"]["reported_samples_per_second"] = med("tunesmith", "reported_samples_per_second")
-    s["ratios"] = {"samples_per_second": s["tunesmith"]["samples_per_second"] / s["trainer"]["samples_per_second"],
-                   "reported_samples_per_second":
-                       s["tunesmith"]["reported_samples_per_second"] / s["trainer"]["samples_per_second"],
-                   "peak_rss": s["tunesmith"]["peak_rss_mib"] / s["trainer"]["peak_rss_mib"],
-                   "cpu_seconds_per_sample": s["tunesmith"]["cpu_seconds_per_1k_samples"]
-                                             / s["trainer"]["cpu_seconds_per_1k_samples"],
-                   "accuracy_difference": s["tunesmith"]["accuracy"] - s["trainer"]["accuracy"]}
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    s: dict = {"arms": {}}
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        row = {k: statistics.median(r[k] for r in mine) for k in keys}
+        row["samples_per_second_range"] = [min(r["samples_per_second"] for r in mine),
+                                           max(r["samples_per_second"] for r in mine)]
+        row["seconds_per_epoch"] = row["train_seconds"] * steps_per_epoch / max_steps
+        row["precision"] = mine[0].get("precision")
+        if ARMS[arm]["tool"] == "tunesmith":
+            row["reported_samples_per_second"] = statistics.median(r["reported_samples_per_second"] for r in mine)
+        s["arms"][arm] = row
+    anchors = [a for a in arms if ARMS[a]["tool"] == "trainer"]
+    if anchors:
+        best = max(anchors, key=lambda a: s["arms"][a]["samples_per_second"])
+        b = s["arms"][best]
+        s["best_anchor"] = best
+        for arm in arms:
+            r = s["arms"][arm]
+            r["vs_best_anchor"] = {"samples_per_second": r["samples_per_second"] / b["samples_per_second"],
+                                   "peak_rss": r["peak_rss_mib"] / b["peak_rss_mib"],
+                                   "accuracy_difference": r["accuracy"] - b["accuracy"]}
     return s
 
 
 def table(s: dict, runs: list[dict], padding: dict) -> str:
-    lines = ["| | dev accuracy | samples/s (training steps) | time per epoch | peak RSS | CPU s per 1k samples "
-             "| other processes' CPU share | padded tokens per epoch |", "|---|---|---|---|---|---|---|---|"]
-    for tool, name in (("tunesmith", "tunesmith"), ("trainer", "HF Trainer")):
-        r = s[tool]
-        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['samples_per_second']:.1f} | "
-                     f"{r['seconds_per_epoch'] / 60:.1f} min | {r['peak_rss_mib']:.0f} MiB | "
-                     f"{r['cpu_seconds_per_1k_samples']:.0f} | {r['other_processes_cpu_share']:.0%} | "
-                     f"{padding[tool + '_padded_tokens']:,} |")
-    q = s["ratios"]
-    lines.append(f"| **tunesmith / Trainer** | {q['accuracy_difference']:+.4f} | **{q['samples_per_second']:.2f}x** "
-                 f"| {1 / q['samples_per_second']:.2f}x | {q['peak_rss']:.2f}x | {q['cpu_seconds_per_sample']:.2f}x | "
-                 f"| {padding['tunesmith_padded_tokens'] / padding['trainer_padded_tokens']:.2f}x |")
-    n = sum(r["tool"] == "tunesmith" for r in runs)
-    note = f"(median of {n} runs each)" if n > 1 else "(one run each)"
-    return "\n".join(lines) + f"\n\n{note}; tunesmith's own `samples_per_second` (loop clock incl. the " \
-        f"last-step eval and checkpoint): {s['tunesmith']['reported_samples_per_second']:.1f} " \
-        f"({q['reported_samples_per_second']:.2f}x Trainer)"
+    lines = ["| arm | dev accuracy | samples/s (training steps; range) | time per epoch | peak RSS | CPU s per 1k samples "
+             "| other processes' CPU share | × best anchor (samples/s, RSS) |", "|---|---|---|---|---|---|---|---|"]
+    for arm, r in s["arms"].items():
+        q = r.get("vs_best_anchor")
+        low, high = r["samples_per_second_range"]
+        best = " (best anchor)" if arm == s.get("best_anchor") else ""
+        lines.append(f"| {ARMS[arm]['title']}{best} [{r['precision']}] | {r['accuracy']:.4f} | "
+                     f"{r['samples_per_second']:.1f} ({low:.1f}–{high:.1f}) | {r['seconds_per_epoch'] / 60:.1f} min | "
+                     f"{r['peak_rss_mib']:.0f} MiB | {r['cpu_seconds_per_1k_samples']:.0f} | "
+                     f"{r['other_processes_cpu_share']:.0%} | "
+                     + (f"{q['samples_per_second']:.2f}×, {q['peak_rss']:.2f}× |" if q else "– |"))
+    n = max(sum(r["arm"] == arm for r in runs) for arm in s["arms"])
+    note = f"median of {n} runs per arm" if n > 1 else "one run per arm"
+    return "\n".join(lines) + (f"\n\n{note}; padded tokens per epoch: tunesmith {padding['tunesmith_padded_tokens']:,}, "
+                               f"Trainer random order {padding['trainer_padded_tokens']:,}")
 
 
 def main() -> None:
@@ -390,7 +431,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps (default: one epoch over the training rows)")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs (tunesmith, Trainer), alternating")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of runs over the arms, alternating")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default: all)")
     parser.add_argument("--torch-compile", action="store_true", help="both sides compile the model (torch.compile)")
     for hidden in ("--worker", "--run-id", "--result-file", "--train-file", "--dev-file", "--warmup-steps"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -415,8 +457,8 @@ def main() -> None:
     runs = []
     with (OUT / "sst2_vs_trainer.log").open("w") as log:
         for i in range(args.repeats):
-            for tool in ("tunesmith", "trainer"):
-                runs.append(spawn(tool, str(i), args, train_file, log))
+            for arm in args.arms:
+                runs.append(spawn(arm, str(i), args, train_file, log))
     summary = summarize(runs, steps_per_epoch, args.max_steps)
     padding = padding_stats(train_file, args.seed)
     settings = {k: v for k, v in vars(args).items() if v is not None and k not in ("worker", "run_id", "result_file")}
