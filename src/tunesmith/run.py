@@ -123,7 +123,9 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early,
                                             rows=facts.get("validation", {}).get("rows"))
             if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
-                merge_lora(task, accelerator.unwrap_model(model), run_dir / "best")
+                # Without Accelerate's autocast wrapper: the check compares the merge itself, in fp32 as both are
+                # saved (under bf16 the adapter model's outputs would differ from the merged one's by bf16's rounding).
+                merge_lora(task, accelerator.unwrap_model(model, keep_fp32_wrapper=False), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
                      state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting, config)

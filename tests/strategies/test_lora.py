@@ -51,6 +51,15 @@ def test_adapters_belong_to_the_group_of_the_layer_they_wrap(lora_config):
     assert rows[1]["learning_rate"] == pytest.approx(lora_config["training"]["learning_rate"] * 0.25)
 
 
+def test_a_run_trained_in_bf16_merges_with_the_check_in_fp32(lora_config):
+    """Trained under bf16 autocast (`auto` on a CPU with AMX, or a GPU), the merge check compared the autocast
+    adapter model with the fp32 merged one and refused the merge over bf16 rounding (1.5e-4 > 1e-4)."""
+    lora_config["training"]["mixed_precision"] = "bf16"
+    result = tunesmith.finetune(lora_config, quiet=True)
+    check = json.loads((result.best_model_dir / "merged" / "merge_check.json").read_text())
+    assert check["passed"] and check["max_abs_diff"] < 1e-5
+
+
 def test_lora_run_saves_a_peft_adapter_and_a_checked_merge(lora_config, tiny_bert):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
