@@ -9,8 +9,9 @@ import pytest
 
 # Precision `auto` computes in bf16 on CPUs with bf16 matrix instructions (AMX, AVX512-BF16): the suite
 # computes alike on every CI machine in fp32 (golden losses, parity checks), and subprocesses inherit it.
-# tests/engine/test_accelerator.py fakes the probe both ways and runs a fine-tune in bf16.
-os.environ["TUNESMITH_CPU_BF16"] = "0"
+# tests/engine/test_accelerator.py fakes the probe both ways and runs a fine-tune in bf16;
+# TUNESMITH_CPU_BF16=1 pytest ... runs tests in bf16 by hand (golden losses then differ, as they should).
+os.environ.setdefault("TUNESMITH_CPU_BF16", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
