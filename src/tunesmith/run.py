@@ -286,7 +286,9 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
     config = _inference_config(model, overrides, validation=data)
     task = _inference_task(config, labelled=False)
     model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
-    return export_and_check(task, accelerator.unwrap_model(model_obj), loader, out)
+    # Traced without Accelerate's autocast wrapper: under bf16 (`auto` on an AMX CPU, a GPU) the graph would
+    # hold bf16 ops that onnxruntime's CPU kernels lack; an ONNX model is exported in fp32, as it is saved.
+    return export_and_check(task, accelerator.unwrap_model(model_obj, keep_fp32_wrapper=False), loader, out)
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:

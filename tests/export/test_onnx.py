@@ -27,6 +27,16 @@ def test_export_matches_pytorch_on_the_given_images(image_config, color_images, 
     assert json.loads((run / "best" / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 64, 64]
 
 
+def test_on_a_bf16_cpu_the_export_is_an_fp32_graph(image_config, color_images, tmp_path, monkeypatch):
+    """Under bf16 autocast (`auto` on an AMX CPU, a GPU) the export traced bf16 ops, and onnxruntime refused the
+    graph ("Type 'tensor(bfloat16)' ... of operator (Conv) is invalid")."""
+    monkeypatch.setenv("TUNESMITH_CPU_BF16", "1")  # `auto` picks bf16, for training and for the export's model
+    image_config["training"]["num_train_epochs"] = 1
+    run = tunesmith.finetune(image_config, quiet=True).run_dir
+    report = tunesmith.export_onnx(str(run), str(color_images), str(tmp_path / "model.onnx"))
+    assert report["max_abs_diff"] < 1e-3 and report["top1_agreement"] == 1.0
+
+
 def test_export_command(image_config, color_images, tmp_path):
     from typer.testing import CliRunner
 
