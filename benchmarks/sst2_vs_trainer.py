@@ -1,4 +1,4 @@
-"""SST-2 with demo:minilm on CPU: tunesmith against a plain Hugging Face `Trainer` run.
+"""SST-2 with demo:minilm on CPU: tunesmith against Hugging Face `Trainer`, at its defaults and at its best.
 
 Run by hand (not a test), from the repository root, with the SST-2 TSV files in ../shared/data/sst2:
 
@@ -18,7 +18,7 @@ each tool would run. tunesmith: full fine-tune (freeze none, layer_lr_decay 1.0)
 one evaluation at the last step. Trainer: plain torch Dataset tokenized once, DataCollatorWithPadding
 (dynamic padding), no evaluation or saving during training, then `predict` on dev.
 
-Each run is its own subprocess (alternating tunesmith, Trainer, `--repeats` times), so its peak
+Each run is its own subprocess (the arms in turn, `--repeats` times), so its peak
 resident memory (ru_maxrss of that process) is its own. Throughput is training rows / seconds of
 the training loop only (no model load, tokenization or final evaluation); for tunesmith the loop
 clock (`RunResult.train_seconds`) also holds the evaluation and checkpoint writes at the last step,

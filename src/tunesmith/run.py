@@ -62,7 +62,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         ConfigError, DataError, ModelSourceError, RunDirError: problems the user can fix.
     """
 
-    from tunesmith.engine.accelerator import PRECISION_NAMES, make_accelerator, precision_choice
+    from tunesmith.engine.accelerator import PRECISION_NAMES, fp32_model, make_accelerator, precision_choice
     from tunesmith.engine.batch_size import fit_batch_size
     from tunesmith.engine.memory_estimate import check_memory
     from tunesmith.engine.fitted import FitsItself, fit_itself
@@ -90,8 +90,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
         model = built(task, config)  # with LoRA adapters when lora.enabled
         fits_itself = isinstance(model, FitsItself)  # boosted trees, a policy: their own algorithm's precision
         if not fits_itself:
-            log.info("precision: %s (%s)", PRECISION_NAMES.get(accelerator.mixed_precision, accelerator.mixed_precision),
-                     precision_choice(config)[1])
+            log.info("precision: %s (%s)", PRECISION_NAMES[accelerator.mixed_precision], precision_choice(config)[1])
         config = fit_batch_size(task, model, config, accelerator)  # training.auto_find_batch_size, GPU only
         check_memory(task, model, config, accelerator)  # warns when the run will not fit
         if config.training.torch_compile:  # in place: the same module and state_dict keys, only __call__ compiles
@@ -123,9 +122,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early,
                                             rows=facts.get("validation", {}).get("rows"))
             if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
-                # Without Accelerate's autocast wrapper: the check compares the merge itself, in fp32 as both are
-                # saved (under bf16 the adapter model's outputs would differ from the merged one's by bf16's rounding).
-                merge_lora(task, accelerator.unwrap_model(model, keep_fp32_wrapper=False), run_dir / "best")
+                merge_lora(task, fp32_model(accelerator, model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
                      state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting, config)
@@ -278,6 +275,7 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
         DataError: `output` is not a writable .onnx file name (checked before the model loads).
         ExportError: the export fails or does not match PyTorch; no file is left at `output`.
     """
+    from tunesmith.engine.accelerator import fp32_model
     from tunesmith.export.onnx import export_and_check
     from tunesmith.prediction_file import check_output
 
@@ -286,9 +284,7 @@ def export_onnx(model: str, data: str, output: str, overrides: list[str] | None 
     config = _inference_config(model, overrides, validation=data)
     task = _inference_task(config, labelled=False)
     model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
-    # Traced without Accelerate's autocast wrapper: under bf16 (`auto` on an AMX CPU, a GPU) the graph would
-    # hold bf16 ops that onnxruntime's CPU kernels lack; an ONNX model is exported in fp32, as it is saved.
-    return export_and_check(task, accelerator.unwrap_model(model_obj, keep_fp32_wrapper=False), loader, out)
+    return export_and_check(task, fp32_model(accelerator, model_obj), loader, out)
 
 
 def _inference_config(model: str, overrides: list[str] | None, validation: str) -> RunConfig:

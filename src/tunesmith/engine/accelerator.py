@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -23,7 +24,7 @@ from tunesmith.config import RunConfig
 from tunesmith.errors import LaunchError
 
 CPU_BF16_VARIABLE = "TUNESMITH_CPU_BF16"
-PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}  # for logs and the model card
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast", "fp8": "fp8"}  # logs, model card
 SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
 
 
@@ -51,6 +52,14 @@ def make_accelerator(config: RunConfig, accumulation: int = 1) -> Accelerator:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=freezes)],
     )
 
+
+
+def fp32_model(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The prepared model unwrapped, its forward without Accelerate's autocast wrapper, for what must compute
+    in fp32 as the weights are saved: the LoRA merge check (under bf16 the adapter model's outputs differed
+    from the merged one's by bf16's rounding, and the merge was refused) and the ONNX export (a graph traced
+    under bf16 holds bf16 ops that onnxruntime's CPU kernels lack). It changes `model` in place."""
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
 def refuse_launched_accumulation(accelerator: Accelerator) -> None:
