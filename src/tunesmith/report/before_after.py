@@ -55,6 +55,12 @@ def features_note(baseline: dict[str, Any]) -> str | None:
             "the pre-trained model already knows.")
 
 
+def timing_note(summary: dict[str, Any]) -> str:
+    """What follows a run's training seconds in the card and the report: " (12 s validating), bf16 autocast"."""
+    note = f" ({summary['eval_seconds']:.0f} s validating)" if summary.get("eval_seconds") else ""
+    return note + (f", {summary['precision']}" if summary.get("precision") else "")
+
+
 def _number(value: Any) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.models.sources import base_model_id
-from tunesmith.report.before_after import before_after_table, features_note
+from tunesmith.report.before_after import before_after_table, features_note, timing_note
 from tunesmith.report.html import as_yaml
 
 
@@ -32,8 +32,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
         per_class = "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + per_class
     labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
     frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
-    timing = f" ({facts['eval_seconds']:.0f} s validating)" if facts.get("eval_seconds") else ""
-    timing += f", {facts['precision']}" if facts.get("precision") else ""
+    timing = timing_note(facts)
     splits = "\n".join(
         f"- {split}: {info['rows']} {info.get('unit', 'rows')} from `{info['source']}`"
         + (f" ({info['skipped']} bad rows skipped)" if info.get("skipped") else "")

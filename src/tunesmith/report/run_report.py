@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.report.before_after import before_after_table, features_note, starting_point
+from tunesmith.report.before_after import before_after_table, features_note, starting_point, timing_note
 from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
@@ -74,8 +74,7 @@ def _run_section(run_dir: Path, config: RunConfig, data: dict[str, Any], summary
     rows += [
         ["trained", f"{summary.get('steps', 0)} steps, {summary.get('epochs', 0):.2f} epochs, "
                     f"{summary.get('train_seconds', 0):.0f} s"
-                    + (f" ({summary['eval_seconds']:.0f} s validating)" if summary.get("eval_seconds") else "")
-                    + (f", {summary['precision']}" if summary.get("precision") else "")
+                    + timing_note(summary)
                     + ("; stopped early" if summary.get("stopped_early") else "")],
         ["learning rate", f"{t.learning_rate:g} (head), layer decay {s.layer_lr_decay:g}, {t.lr_scheduler_type} schedule"],
         ["frozen", f"freeze: {s.freeze}, gradual unfreezing: {as_yaml(s.gradual_unfreezing)}"],
