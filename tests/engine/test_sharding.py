@@ -131,7 +131,7 @@ def _fsdp_worker(config_path: str, version: int) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(5.0)
-    sharding.restore_best(accelerator, model, run_dir)
+    sharding.restore_best(accelerator, model, run_dir, task)
     restored = sharding.gather_weights(accelerator, model)
     if accelerator.is_main_process:
         _check(restored, expected)

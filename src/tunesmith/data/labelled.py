@@ -245,6 +245,26 @@ def random_split(rows: LabelledRows, fraction: float, seed: int) -> tuple[Labell
     return rows.subset(sorted(order[n_val:])), rows.subset(sorted(order[:n_val]), f"{rows.source} (held-out split)")
 
 
+def grouped_split(rows: LabelledRows, groups: Sequence[Any], fraction: float, seed: int,
+                  ) -> tuple[LabelledRows, LabelledRows]:
+    """Holds out about `fraction` of the rows for validation with every group on one side only (the
+    questions of one passage, the photos of one person), so validation scores unseen groups.
+
+    Raises:
+        DataError: fewer than two groups, so none can be held out.
+    """
+    names = list(dict.fromkeys(groups))
+    if len(names) < 2:
+        raise DataError(f"{rows.source}: all {len(rows)} rows share one group, so none can be held out for "
+                        "validation; add rows of other groups or give data.validation")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, int(round(len(names) * fraction))))
+    held = {names[i] for i in order[:n_val]}
+    val = [i for i, g in enumerate(groups) if g in held]
+    return (rows.subset([i for i, g in enumerate(groups) if g not in held]),
+            rows.subset(val, f"{rows.source} (held-out split, {n_val} of {len(names)} groups)"))
+
+
 def nested_fractions(rows: LabelledRows, fractions: list[float], seed: int) -> dict[float, LabelledRows]:
     """Stratified, nested subsets for a learning curve: {fraction: rows}.
 

@@ -267,7 +267,7 @@ class TrainingRun:
         self._count_train_time()
         self.accelerator.wait_for_everyone()  # the main process has finished writing best/
         if self.best_entry is not None and (self.run_dir / "best").exists():
-            restore_best(self.accelerator, self.model, self.run_dir)
+            restore_best(self.accelerator, self.model, self.run_dir, self.task)
         predictions = self.run_dir / "predictions_validation.jsonl" if self.accelerator.is_main_process else None
         return self.record("final", evaluate(self.model, self.eval_loader, self.task, self.accelerator, predictions),
                            best_step=self.state.best_step, nan_skips=self.state.nan_skips)

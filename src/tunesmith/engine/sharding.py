@@ -60,15 +60,17 @@ def save_best(task: Task, accelerator: Accelerator, model: nn.Module, run_dir: P
         raise RunDirError(f"{exc}; last good checkpoint: {found[0].name if found else 'none'}") from None
 
 
-def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path) -> None:
-    """Loads `best/` back into the prepared `model` on every process."""
+def restore_best(accelerator: Accelerator, model: nn.Module, run_dir: Path, task: Task) -> None:
+    """Loads `best/` back into the prepared `model` on every process: its `model.safetensors`, or what the
+    task's `saved_weights(folder)` reads where its library's layout keys the files otherwise."""
     unwrapped = accelerator.unwrap_model(model)
     if (run_dir / "best" / "adapter_config.json").exists():  # lora.enabled: best/ holds the adapter only
         from tunesmith.strategies.lora import restore_adapter
 
         return restore_adapter(unwrapped, run_dir / "best")
     # Any values: torch hints set_model_state_dict with its own invariant ValueType, not Tensor.
-    weights: dict[str, Any] = load_file(str(run_dir / "best" / "model.safetensors"))
+    read = getattr(task, "saved_weights", None)  # optional: keyed as the model's state_dict
+    weights: dict[str, Any] = read(run_dir / "best") if read else load_file(str(run_dir / "best" / "model.safetensors"))
     if accelerator.distributed_type == DistributedType.FSDP:
         # The unwrapped module's parameters are this process's shards: FSDP scatters the full tensors.
         from torch.distributed.checkpoint.state_dict import (

@@ -35,7 +35,7 @@ def register_demo(demo: Demo) -> Callable[[Callable[[], Path]], Callable[[], Pat
     return wrap
 
 
-_TEXT_TASKS = ("text-classification", "token-classification", "question-answering", "seq2seq")
+_TEXT_TASKS = ("text-classification", "token-classification", "question-answering", "seq2seq", "embedding")
 
 
 def base_model_id(source: str) -> str | None:

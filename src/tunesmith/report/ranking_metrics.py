@@ -46,3 +46,27 @@ def ranking_metrics(users: Sequence[Any], relevant: Sequence[Any], is_relevant: 
     return {"recall_at_k": float(np.mean(recall)), "ndcg_at_k": float(np.mean(ndcg)),
             "map_at_k": float(np.mean(average_precision)), "hit_rate_at_k": float(np.mean(hits)),
             "coverage_at_k": len(shown) / max(catalogue, 1), "ranked_users": len(wanted)}
+
+
+RETRIEVAL_KS = (1, 5, 10)
+
+
+def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Retrieval with one relevant document per query: `recall_at_{1,5,10}`, `mrr_at_10`, `ndcg_at_10`
+    and `mean_rank`, the means over queries.
+
+    Args:
+        scores: (Q, N) each query's similarity to every document of the corpus.
+        correct: (Q,) the index of each query's relevant document. Ties rank the relevant one last,
+            so a model that scores everything alike earns nothing.
+    """
+    if len(scores) == 0:
+        return {}
+    own = scores[np.arange(len(scores)), correct][:, None]
+    rank = (scores >= own).sum(axis=1)  # 1 = first; equal scores count against the relevant document
+    top10 = rank <= 10
+    metrics = {f"recall_at_{k}": float((rank <= k).mean()) for k in RETRIEVAL_KS}
+    metrics["mrr_at_10"] = float(np.where(top10, 1.0 / rank, 0.0).mean())
+    metrics["ndcg_at_10"] = float(np.where(top10, 1.0 / np.log2(rank + 1), 0.0).mean())
+    metrics["mean_rank"] = float(rank.mean())
+    return metrics

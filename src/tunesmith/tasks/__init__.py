@@ -229,7 +229,9 @@ def register_task(name: str) -> Callable[[TaskClass], TaskClass]:
 
     Besides the `Task` members, a class may declare `defaults` (shared keys whose default differs
     for it: `{"data.max_length": 384}`), `minimize` (metrics better when lower) and `pipeline_tag`
-    (the Hub's name for the task); only the registry reads these. `ordered_by` names the key of the
+    (the Hub's name for the task); only the registry reads these. A task whose `save` writes another
+    layout than one `model.safetensors` keyed like the model may give `saved_weights(folder)`, the saved
+    weights keyed as the model's state dict, with which the engine restores `best/`. `ordered_by` names the key of the
     task's section holding a time column: `tunesmith update` then holds out the latest rows, not random ones.
     """
 

@@ -1,0 +1,157 @@
+"""Embedding task: in-batch negatives that spare shared positives, retrieval metrics, grouped held-out
+split, sentence-transformers round trip, predict (embeddings, pair scores, gallery) and a real run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tunesmith
+from tunesmith.config import load_config
+from tunesmith.data.labelled import grouped_split, load_labelled
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.report.ranking_metrics import retrieval_metrics
+from tunesmith.tasks import get_task
+from tunesmith.tasks.embedding import in_batch_negatives
+
+TOPICS = {"fruit": ["apple", "pear", "plum"], "weather": ["rain", "storm", "snow"], "sea": ["ship", "wave", "sail"]}
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """A question of two words and a passage of four about the same topic (its words in a random order:
+    18 distinct passages, so some repeat across rows)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        topic = str(rng.choice(list(TOPICS)))
+        words = TOPICS[topic]
+        rows.append({"anchor": " ".join(rng.choice(words, size=2)), "positive": f"{topic} " + " ".join(rng.permutation(words)),
+                     "negative": f"{'sea' if topic != 'sea' else 'fruit'} talk"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_rows_that_share_a_positive_are_not_each_others_negatives():
+    unit = torch.eye(3)
+    anchors = unit[[0, 0, 1]]  # rows 0 and 1 ask about passage 0, row 2 about passage 1
+    positives = unit[[0, 0, 1]]
+    loss = in_batch_negatives([anchors, positives], torch.tensor([0, 0, 1]), scale=20.0)
+    # Each row's only other candidate is an orthogonal passage: loss log(1 + e^-20) per row. Counting
+    # row 1's copy of passage 0 as a negative of row 0 would give at least log 2.
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-20.0)), abs=1e-6)
+    unmasked = in_batch_negatives([anchors, positives], torch.tensor([0, 1, 2]), scale=20.0)
+    assert unmasked.item() > math.log(2) * 2 / 3 - 1e-6
+
+
+def test_a_negative_column_adds_candidates():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = anchors.clone()
+    negatives = torch.tensor([[0.9, 0.1], [0.0, -1.0]])  # row 0's negative is close to its anchor
+    with_negatives = in_batch_negatives([anchors, positives, negatives], torch.tensor([0, 1]), scale=20.0)
+    without = in_batch_negatives([anchors, positives], torch.tensor([0, 1]), scale=20.0)
+    assert with_negatives > without
+
+
+def test_retrieval_metrics_rank_ties_against_the_relevant_document():
+    scores = np.array([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.1, 0.3, 0.2]])
+    m = retrieval_metrics(scores, np.array([0, 0, 2]))  # ranks 1, 2 (tie), 2
+    assert m["recall_at_1"] == pytest.approx(1 / 3) and m["recall_at_5"] == 1.0
+    assert m["mrr_at_10"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert m["ndcg_at_10"] == pytest.approx((1 + 2 / math.log2(3)) / 3)
+    assert m["mean_rank"] == pytest.approx(5 / 3)
+    flat = retrieval_metrics(np.zeros((4, 4)), np.arange(4))
+    assert flat["recall_at_1"] == 0.0 and flat["mean_rank"] == 4
+
+
+def test_the_held_out_split_keeps_each_positive_on_one_side(tmp_path):
+    rows = load_labelled(write_jsonl(tmp_path / "p.jsonl", pair_rows(60)), ["anchor", "positive"], None, "error")
+    train, val = grouped_split(rows, rows.inputs["positive"], 0.3, seed=0)
+    assert len(train) + len(val) == 60 and len(val) > 0
+    assert not set(train.inputs["positive"]) & set(val.inputs["positive"])
+    one = rows.subset([i for i, p in enumerate(rows.inputs["positive"]) if p == rows.inputs["positive"][0]])
+    with pytest.raises(DataError, match="share one group"):
+        grouped_split(one, one.inputs["positive"], 0.3, seed=0)
+
+
+def test_triplet_needs_a_negative_column_and_a_missing_column_names_the_key(tiny_bert, tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", pair_rows(20))
+    with pytest.raises(ConfigError, match="embedding.negative_column"):
+        load_config({"task": "embedding", "model": {"source": str(tiny_bert)}, "data": {"train": train},
+                     "embedding": {"loss": "triplet"}})
+    config = load_config({"task": "embedding", "model": {"source": str(tiny_bert)}, "data": {"train": train},
+                          "embedding": {"anchor_column": "question"}})
+    with pytest.raises(DataError, match=r"column 'question' not found.*embedding.anchor_column"):
+        get_task(config).preflight()
+
+
+def test_triplet_loss_trains_on_the_negative_column(tiny_bert, tmp_path):
+    config = load_config({"task": "embedding", "model": {"source": str(tiny_bert)},
+                          "data": {"train": write_jsonl(tmp_path / "t.jsonl", pair_rows(20))},
+                          "embedding": {"loss": "triplet", "negative_column": "negative", "margin": 0.5}})
+    task = get_task(config)
+    task.preflight()
+    model = task.build_model()
+    batch = task.collate(task.dataset(task.train_rows, train=True)[:4])
+    assert {"input_ids_2", "attention_mask_2"} <= set(batch)
+    loss, outputs = task.loss(model, batch)
+    assert outputs.shape[:2] == (4, 3) and torch.isfinite(loss) and loss.item() >= 0
+
+
+def test_train_then_predict_embeddings_pair_scores_and_gallery_neighbours(tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": write_jsonl(tmp_path / "t.jsonl", pair_rows(60))},
+           "training": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8}}
+    result = tunesmith.finetune(raw, quiet=True)
+    assert {"ndcg_at_10", "recall_at_1", "mrr_at_10"} <= set(result.final)
+    data = json.loads((result.run_dir / "data.json").read_text())
+    assert data["validation_positives_in_train"] == 0  # the grouped split held whole passages out
+
+    queries = [{"anchor": "apple plum", "positive": "fruit apple pear plum"}, {"anchor": "storm", "positive": "sea talk"}]
+    gallery = write_jsonl(tmp_path / "g.jsonl", [{"text": t} for t in ("fruit apple pear plum", "weather rain storm snow",
+                                                                       "sea ship wave sail")])
+    out = tunesmith.predict(str(result.run_dir), write_jsonl(tmp_path / "q.jsonl", queries), str(tmp_path / "p.jsonl"),
+                            overrides=[f"embedding.gallery={gallery}", "embedding.top_k=2"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [len(r["neighbours"]) for r in records] == [2, 2]
+    vectors = np.array([r["embedding"] for r in records])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    # best/ is a sentence-transformers folder: plain SentenceTransformer gives the same vectors and scores.
+    plain = SentenceTransformer(str(result.best_model_dir), device="cpu", local_files_only=True)
+    encoded = plain.encode([q["anchor"] for q in queries], normalize_embeddings=True)
+    np.testing.assert_allclose(vectors, encoded, atol=1e-5)
+    pair = plain.encode([q["positive"] for q in queries], normalize_embeddings=True)
+    np.testing.assert_allclose([r["score"] for r in records], (encoded * pair).sum(1), atol=1e-5)
+    assert all(r["neighbours"][0]["score"] >= r["neighbours"][1]["score"] for r in records)
+
+
+@pytest.mark.slow
+def test_fine_tuning_minilm_on_squad_pairs_improves_retrieval_of_unseen_passages(shared_data, tmp_path):
+    """demo:minilm on SQuAD question -> paragraph pairs: validation questions search the paragraphs of
+    other articles (the dev file's), which training never saw."""
+    squad = shared_data / "squad_dev_small"
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": "demo:minilm"},
+           "data": {"train": str(squad / "train.jsonl"), "validation": str(squad / "dev.jsonl"),
+                    "max_train_samples": 800, "max_eval_samples": 400},
+           "embedding": {"anchor_column": "question", "positive_column": "context"},
+           "training": {"num_train_epochs": 1, "learning_rate": 5e-5, "per_device_train_batch_size": 32}}
+    result = tunesmith.finetune(raw, quiet=True)
+    # Measured: see the note in benchmarks/RESULTS.md (embedding, SQuAD pairs).
+    assert result.final["ndcg_at_10"] > result.baseline["ndcg_at_10"] + 0.01
+    assert result.final["recall_at_1"] > result.baseline["recall_at_1"]
+
+
+def contract_case(request, make) -> dict:
+    """The task contract's case (tests/tasks/test_contract.py): a tiny BERT, topic questions and passages."""
+    return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(pair_rows(24))}}
