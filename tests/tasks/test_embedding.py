@@ -135,6 +135,102 @@ def test_train_then_predict_embeddings_pair_scores_and_gallery_neighbours(tiny_b
     np.testing.assert_allclose([r["score"] for r in records], (encoded * pair).sum(1), atol=1e-5)
     assert all(r["neighbours"][0]["score"] >= r["neighbours"][1]["score"] for r in records)
 
+    exported = tunesmith.export_onnx(str(result.run_dir), str(tmp_path / "q.jsonl"), str(tmp_path / "m.onnx"))
+    assert exported["max_abs_diff"] < 1e-4 and exported["rows"] == 2
+
+
+def test_a_projection_starts_as_the_identity_and_is_the_head_a_probe_trains(tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    train = write_jsonl(tmp_path / "t.jsonl", pair_rows(40))
+    plain, probe = (get_task(load_config({"task": "embedding", "model": {"source": str(tiny_bert)}, "data": {"train": train},
+                                          "embedding": {"projection": projection}})) for projection in (False, True))
+    for task in (plain, probe):
+        task.preflight()
+    torch.manual_seed(0)
+    plain_model, probe_model = plain.build_model().eval(), probe.build_model().eval()
+    batch = probe.collate(probe.dataset(probe.eval_rows, train=False))
+    with torch.no_grad():
+        torch.testing.assert_close(probe.forward(probe_model, batch), plain.forward(plain_model, batch))
+    head = probe.layer_groups(probe_model)[-1]
+    assert head.name == "head" and head.num_params == 32 * 32
+    assert plain.layer_groups(plain_model)[-1].name != "head"  # no projection: the top block is the top group
+
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": train}, "embedding": {"projection": True}, "strategy": {"freeze": "head_only"},
+           "training": {"num_train_epochs": 1, "learning_rate": 1e-2, "per_device_train_batch_size": 8}}
+    result = tunesmith.finetune(raw, quiet=True)
+    loaded = SentenceTransformer(str(result.best_model_dir), device="cpu", local_files_only=True)
+    dense = [m for m in loaded.children() if type(m).__name__ == "Dense"]
+    assert len(dense) == 1
+    # The last checkpoint holds the trained weights (best/ may be the start, which competes for it).
+    from safetensors.torch import load_file
+
+    trained = load_file(str(sorted((result.run_dir / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+    start = plain_model.state_dict()
+    assert all(torch.equal(trained[k], start[k]) for k in start)  # the probe left the encoder alone
+    assert not torch.equal(trained["2.linear.weight"], torch.eye(32))  # and trained the map
+
+
+def test_verification_metrics_read_the_roc_curve():
+    from tunesmith.report.ranking_metrics import verification_metrics
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    same = np.array([1, 1, 0, 1, 0, 0, 0, 0])
+    m = verification_metrics(scores, same)
+    assert m["roc_auc"] == pytest.approx(14 / 15)  # one of the 3 x 5 (match, non-match) pairs is ordered wrongly
+    assert m["best_threshold_accuracy"] == pytest.approx(7 / 8) and m["threshold"] in (0.8, 0.6)
+    assert m["tar_at_far_0.01"] == pytest.approx(2 / 3)  # accepting the third match costs a false accept
+    assert 0 < m["eer"] < 0.34
+    assert verification_metrics(scores, np.ones(8)) == {}  # one kind of pair: nothing to verify
+
+
+PASSAGE_WORDS = {"fruit": ["orchard", "juice", "harvest"], "weather": ["forecast", "cloud", "cold"],
+                 "sea": ["harbour", "tide", "crew"]}
+
+
+def labelled_pairs(n: int, seed: int = 0) -> list[dict]:
+    """A topic question against a passage of the same topic (label 1) or another (0), the passage in
+    words the questions never use: matching them takes learning, not shared tokens."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        topic = str(rng.choice(list(TOPICS)))
+        same = rng.random() < 0.5
+        other = topic if same else str(rng.choice([t for t in TOPICS if t != topic]))
+        rows.append({"anchor": " ".join(rng.choice(TOPICS[topic], size=2)),
+                     "positive": " ".join(rng.permutation(PASSAGE_WORDS[other])), "same": int(same)})
+    return rows
+
+
+def test_labelled_pairs_train_contrastively_and_score_verification(tiny_bert, tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", labelled_pairs(80))
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": train}, "embedding": {"label_column": "same"},
+           "training": {"num_train_epochs": 4, "learning_rate": 2e-3, "per_device_train_batch_size": 8}}
+    config = load_config(raw)
+    assert config.embedding.objective == "contrastive" and config.metric == "roc_auc"
+    result = tunesmith.finetune(raw, quiet=True)
+    assert {"roc_auc", "best_threshold_accuracy", "tar_at_far_0.01", "eer"} <= set(result.final)
+    assert result.final["roc_auc"] > result.baseline["roc_auc"]
+
+
+def test_labelled_pairs_refuse_other_losses_and_unreadable_labels(tiny_bert, tmp_path):
+    base = {"task": "embedding", "model": {"source": str(tiny_bert)}}
+    rows = labelled_pairs(20)
+    with pytest.raises(ConfigError, match="embedding.label_column"):
+        load_config({**base, "data": {"train": write_jsonl(tmp_path / "t.jsonl", rows)}, "embedding": {"loss": "contrastive"}})
+    with pytest.raises(ConfigError, match="not triplet"):
+        load_config({**base, "data": {"train": write_jsonl(tmp_path / "t.jsonl", rows)},
+                     "embedding": {"label_column": "same", "loss": "triplet", "negative_column": "negative"}})
+    with pytest.raises(ConfigError, match="lora.enabled"):
+        get_task(load_config({**base, "data": {"train": write_jsonl(tmp_path / "t.jsonl", rows)},
+                              "lora": {"enabled": True}})).preflight()
+    rows[3]["same"] = "maybe"
+    config = load_config({**base, "data": {"train": write_jsonl(tmp_path / "t.jsonl", rows)}, "embedding": {"label_column": "same"}})
+    with pytest.raises(DataError, match=r"t.jsonl: line \d+: same is 'maybe'.*1 / true"):
+        get_task(config).preflight()
+
 
 @pytest.mark.slow
 def test_fine_tuning_minilm_on_squad_pairs_improves_retrieval_of_unseen_passages(shared_data, tmp_path):

@@ -70,3 +70,35 @@ def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, floa
     metrics["ndcg_at_10"] = float(np.where(top10, 1.0 / np.log2(rank + 1), 0.0).mean())
     metrics["mean_rank"] = float(rank.mean())
     return metrics
+
+
+FAR_POINTS = (0.01, 0.001)
+
+
+def verification_metrics(scores: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    """Pair verification from similarity scores: `roc_auc`; `best_threshold_accuracy` and its
+    `threshold` (the cut that scores these pairs best, so an upper bound on the same pairs: apply the
+    validation threshold to a test set); `tar_at_far_0.01` / `tar_at_far_0.001` (the share of matching
+    pairs accepted while at most that share of non-matching ones is); and `eer`, the rate at which
+    false accepts equal false rejects. {} when the pairs are not of both kinds.
+
+    Args:
+        scores: (N,) each pair's similarity, higher meaning more alike.
+        same: (N,) 1 for a matching pair, 0 for a non-matching one.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    same = np.asarray(same).astype(int)
+    if len(np.unique(same)) < 2:
+        return {}
+    fpr, tpr, thresholds = roc_curve(same, scores)
+    positives, negatives = same.sum(), len(same) - same.sum()
+    correct = tpr * positives + (1 - fpr) * negatives  # accept scores >= threshold
+    best = int(np.argmax(correct))
+    eer_at = int(np.argmin(np.abs(fpr - (1 - tpr))))
+    metrics = {"roc_auc": float(roc_auc_score(same, scores)), "best_threshold_accuracy": float(correct[best] / len(same)),
+               "threshold": float(min(thresholds[best], 1.0))}
+    for far in FAR_POINTS:
+        metrics[f"tar_at_far_{far:g}"] = float(tpr[fpr <= far].max(initial=0.0))
+    metrics["eer"] = float((fpr[eer_at] + 1 - tpr[eer_at]) / 2)
+    return metrics

@@ -8,12 +8,16 @@ default (every other row's positive is a negative for this anchor, the negative 
 or a triplet loss on the negative column. Validation is retrieval: each validation anchor searches the
 validation rows' distinct positives and negatives, scored by nDCG@10, recall@k and MRR@10. When
 tunesmith holds out the validation rows itself, rows that share a positive stay on one side, so
-validation measures passages the model has not trained on.
+validation measures passages the model has not trained on. Pairs labelled matching or not
+(`label_column`) are a verification set instead: a contrastive loss, and ROC AUC, TAR at a false-accept
+rate and the equal error rate of the pairs' cosine similarity.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,11 +31,11 @@ from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks, grouped_split, load_labelled, sample
 from tunesmith.data.readers import read_table
 from tunesmith.data.text_limits import cap_texts, char_limit
-from tunesmith.errors import DataError, ModelSourceError
+from tunesmith.errors import ConfigError, DataError, ModelSourceError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
 from tunesmith.models.sources import loading, token_limit
-from tunesmith.report.ranking_metrics import retrieval_metrics
+from tunesmith.report.ranking_metrics import retrieval_metrics, verification_metrics
 from tunesmith.tasks import OneOutputPerRow, register_task
 
 log = logging.getLogger("tunesmith")
@@ -48,14 +52,27 @@ class EmbeddingConfig(Section):
     negative_column: str | None = None
     """A hard negative per row (a passage that looks right but is not): one more candidate for its
     anchor in the in-batch loss; required by `loss: triplet`."""
-    loss: Literal["in_batch_negatives", "triplet"] = "in_batch_negatives"
-    """`in_batch_negatives`: softmax over the anchor's similarity to every positive and negative in the
-    batch (InfoNCE, sentence-transformers' MultipleNegativesRankingLoss); larger batches give more
-    negatives. `triplet`: the positive must be nearer than the row's negative by `margin`."""
+    label_column: str | None = None
+    """Pairs labelled matching (1, true) or not (0, false): a verification set. The positive column then
+    holds each pair's second text; training uses `loss: contrastive` and validation scores verification
+    (`roc_auc`, the default selector, `best_threshold_accuracy`, `tar_at_far_0.01`, `eer`)."""
+    loss: Literal["auto", "in_batch_negatives", "triplet", "contrastive"] = "auto"
+    """`auto`: `contrastive` with a `label_column`, else `in_batch_negatives`. `in_batch_negatives`:
+    softmax over the anchor's similarity to every positive and negative in the batch (InfoNCE,
+    sentence-transformers' MultipleNegativesRankingLoss); larger batches give more negatives. `triplet`:
+    the positive must be nearer than the row's negative by `margin`. `contrastive` (labelled pairs):
+    matching pairs pulled together, others pushed at least `margin` apart (sentence-transformers'
+    ContrastiveLoss)."""
     scale: float = Field(20.0, gt=0)
     """in_batch_negatives: cosine similarities are multiplied by this before the softmax (1 / temperature)."""
-    margin: float = Field(0.3, gt=0)
-    """triplet: how much farther (in cosine distance) the negative must be than the positive."""
+    margin: float = Field(0.5, gt=0)
+    """triplet: how much farther (in cosine distance) the negative must be than the positive;
+    contrastive: the cosine distance beyond which a non-matching pair no longer adds to the loss."""
+    projection: bool = False
+    """Add a linear map after pooling (D x D, started at the identity, so the pre-trained embeddings are
+    unchanged at first): the `head` layer group, saved as sentence-transformers' Dense module. With
+    `strategy.freeze: head_only` it is a linear probe of the frozen encoder. A source that already has a
+    Dense module (a run's best/) keeps its own."""
     gallery: str | None = None
     """predict: a file of texts to search (its `gallery_column`); each predicted row gets its `top_k`
     nearest gallery texts with their cosine similarity."""
@@ -65,17 +82,38 @@ class EmbeddingConfig(Section):
     """predict: how many gallery neighbours each row gets."""
 
     @model_validator(mode="after")
-    def _triplets_need_negatives(self) -> EmbeddingConfig:
+    def _loss_fits_the_columns(self) -> EmbeddingConfig:
         if self.loss == "triplet" and not self.negative_column:
             raise ValueError("loss: triplet needs a negative per row: set embedding.negative_column to the column "
                              "holding it, or use loss: in_batch_negatives")
+        if self.loss == "contrastive" and not self.label_column:
+            raise ValueError("loss: contrastive trains on pairs labelled matching or not: set embedding.label_column "
+                             "to the column holding the labels (1/0), or use loss: in_batch_negatives")
+        if self.label_column and self.loss in ("in_batch_negatives", "triplet"):
+            raise ValueError(f"labelled pairs (embedding.label_column) train with loss: contrastive (or auto), "
+                             f"not {self.loss}")
         return self
+
+    @property
+    def objective(self) -> str:
+        """The loss `auto` stands for."""
+        if self.loss != "auto":
+            return self.loss
+        return "contrastive" if self.label_column else "in_batch_negatives"
+
+    @property
+    def default_metric(self) -> str:
+        """What selects the best model when `training.metric_for_best_model` is unset."""
+        return "roc_auc" if self.label_column else "ndcg_at_10"
 
 
 @register_task("embedding")
 class EmbeddingTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
-    metric_names: ClassVar[tuple[str, ...]] = ("ndcg_at_10", "recall_at_10", "mrr_at_10", "recall_at_1", "recall_at_5")
+    metric_names: ClassVar[tuple[str, ...]] = ("ndcg_at_10", "recall_at_10", "mrr_at_10", "recall_at_1", "recall_at_5",
+                                               "roc_auc", "best_threshold_accuracy", "tar_at_far_0.01",
+                                               "tar_at_far_0.001", "eer")
+    minimize: ClassVar[tuple[str, ...]] = ("loss", "eer", "mean_rank")
     settings: ClassVar[type[Section] | None] = EmbeddingConfig
     supports_activation_cache: ClassVar[bool] = False  # two or three texts per row, each through the encoder
     defaults: ClassVar[dict[str, Any]] = {"data.max_length": 256}  # passages run longer than sentences
@@ -92,7 +130,7 @@ class EmbeddingTask(OneOutputPerRow):
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
         self.model: nn.Module | None = None  # kept by load_trained: `predict` embeds the gallery with it
-        self._triplet: nn.Module | None = None
+        self._loss: nn.Module | None = None  # a sentence-transformers loss (triplet, contrastive), made on first use
 
     @property
     def options(self) -> EmbeddingConfig:
@@ -109,13 +147,17 @@ class EmbeddingTask(OneOutputPerRow):
     def preflight(self) -> None:
         """Reads the pairs. Without `data.validation`, whole positives are held out (grouped split)."""
         d, o, seed = self.config.data, self.options, self.config.training.seed
+        if self.config.lora.enabled:  # peft's adapters inside a SentenceTransformer are not wired up here yet
+            raise ConfigError(["lora.enabled: the embedding task fine-tunes the whole encoder or a linear probe "
+                               "(embedding.projection: true with strategy.freeze: head_only); set lora.enabled: false"])
         if d.train is None and d.validation is None:
             raise DataError("no data given: set data.train (and optionally data.validation)")
         val = self._read(d.validation) if d.validation else None
         if d.train is not None:
             train = self._read(d.train)
-            if val is None:
-                train, val = grouped_split(train, train.inputs[o.positive_column], d.validation_split, seed)
+            if val is None:  # a passage's questions (labelled pairs: an anchor's pairs) on one side only
+                groups = train.inputs[o.anchor_column if o.label_column else o.positive_column]
+                train, val = grouped_split(train, groups, d.validation_split, seed)
             self.train_rows = sample(train, d.max_train_samples, seed)
             assert val is not None
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
@@ -125,8 +167,19 @@ class EmbeddingTask(OneOutputPerRow):
         self.eval_rows = sample(val, d.max_eval_samples, seed)
 
     def _read(self, path: str) -> LabelledRows:
-        return load_labelled(path, self.pair_columns, None, self.config.data.bad_rows,
-                             settings=("embedding.anchor_column / positive_column / negative_column", ""))
+        """The pairs of a file; with `label_column`, labels read as 1 (matching) or 0, else a DataError."""
+        label = self.options.label_column
+        rows = load_labelled(path, self.pair_columns, label, self.config.data.bad_rows,
+                             settings=("embedding.anchor_column / positive_column / negative_column",
+                                       "embedding.label_column"))
+        if label:
+            values = [PAIR_LABELS.get(str(v).strip().lower()) for v in rows.labels]
+            bad = [(line, v) for line, v, parsed in zip(rows.lines, rows.labels, values) if parsed is None]
+            if bad:
+                raise DataError(f"{path}: line {bad[0][0]}: {label} is {bad[0][1]!r} ({len(bad)} such rows); a pair's "
+                                "label is 1 / true for matching texts and 0 / false for others")
+            rows.labels = values
+        return rows
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
         """Texts to embed (the anchor column), scored against their positive where the file has that column."""
@@ -142,6 +195,8 @@ class EmbeddingTask(OneOutputPerRow):
             if rows is not None:
                 facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped, "unit": "pairs",
                                 "distinct_positives": len(set(rows.inputs[self.options.positive_column]))}
+                if self.options.label_column:
+                    facts[split]["matching_pairs"] = int(sum(rows.labels))
         facts["truncated_to_max_length"] = self.truncated
         facts.update(self.data_checks)
         return facts
@@ -156,6 +211,8 @@ class EmbeddingTask(OneOutputPerRow):
             from transformers import AutoModel
 
             model[0].model = AutoModel.from_config(model[0].model.config)
+        if self.options.projection and not any(type(m).__name__ == "Dense" for m in model.children()):
+            model = _with_projection(model)
         return self._ready(model)
 
     def load_trained(self) -> nn.Module:
@@ -169,7 +226,7 @@ class EmbeddingTask(OneOutputPerRow):
         if resolved.gguf_file:
             raise ModelSourceError(f"{self.config.model.source} is a GGUF file; the embedding task reads transformer "
                               "encoders (a sentence-transformers or transformers folder, or demo:minilm)")
-        with loading(resolved):
+        with loading(resolved), _library_quiet():
             return SentenceTransformer(resolved.location, device="cpu", local_files_only=resolved.local,
                                        trust_remote_code=self.config.model.trust_remote_code,
                                        config_kwargs=self.hf.dropout() or None)
@@ -208,7 +265,8 @@ class EmbeddingTask(OneOutputPerRow):
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Writes a sentence-transformers folder; `weights` (gathered from shards) replace each module's own."""
         encoder: Any = model  # a SentenceTransformer
-        encoder.save(folder, create_model_card=False)
+        with _library_quiet():
+            encoder.save(folder, create_model_card=False)
         if weights is None:
             return
         from safetensors.torch import save_file
@@ -234,8 +292,8 @@ class EmbeddingTask(OneOutputPerRow):
 
     def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
         """Per row, the token ids of each text (anchor, positive[, negative]), unpadded, and under
-        `labels` the index of its positive among the distinct positives: rows that share a positive
-        are not each other's negatives."""
+        `labels` the index of its positive among the distinct positives (rows that share a positive
+        are not each other's negatives), or for labelled pairs the pair's label."""
         max_length = token_limit(self.tokenizer, self.config.data.max_length)
         columns = self.pair_columns if labelled else [c for c in self.pair_columns[:2] if c in rows.inputs]
         ids_by_column, cut = [], [False] * len(rows)
@@ -253,7 +311,9 @@ class EmbeddingTask(OneOutputPerRow):
         features = []
         for i in range(len(rows)):
             feature: dict[str, Any] = {"texts": [ids[i] for ids in ids_by_column]}
-            if labelled:
+            if labelled and self.options.label_column:
+                feature["labels"] = rows.labels[i]
+            elif labelled:
                 feature["labels"] = group.setdefault(rows.inputs[self.options.positive_column][i], len(group))
             features.append(feature)
         return features
@@ -294,25 +354,37 @@ class EmbeddingTask(OneOutputPerRow):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         columns = self.embed(model, batch)
-        if self.options.loss == "triplet":
-            loss = self._triplet_loss(model).compute_loss_from_embeddings(columns, batch["labels"])
-        else:
+        objective = self.options.objective
+        if objective == "in_batch_negatives":
             loss = in_batch_negatives(columns, batch["labels"], self.options.scale)
+        else:
+            loss = self._library_loss(model, objective).compute_loss_from_embeddings(
+                [c.float() for c in columns], batch["labels"])
         return loss, torch.stack(columns, dim=1)
 
-    def _triplet_loss(self, model: nn.Module) -> Any:
-        if self._triplet is None:
-            from sentence_transformers.sentence_transformer.losses import TripletDistanceMetric, TripletLoss
+    def _library_loss(self, model: nn.Module, objective: str) -> Any:
+        """sentence-transformers' triplet or contrastive loss, on cosine distance, made once."""
+        if self._loss is None:
+            from sentence_transformers.sentence_transformer import losses
 
-            self._triplet = TripletLoss(model, distance_metric=TripletDistanceMetric.COSINE,  # type: ignore[arg-type]  # the task's SentenceTransformer
-                                        triplet_margin=self.options.margin)
-        return self._triplet
+            margin = self.options.margin
+            if objective == "triplet":
+                self._loss = losses.TripletLoss(model, distance_metric=losses.TripletDistanceMetric.COSINE,  # type: ignore[arg-type]  # the task's SentenceTransformer
+                                                triplet_margin=margin)
+            else:
+                self._loss = losses.ContrastiveLoss(model, distance_metric=losses.SiameseDistanceMetric.COSINE_DISTANCE,  # type: ignore[arg-type]  # the task's SentenceTransformer
+                                                    margin=margin, size_average=True)
+        return self._loss
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
-        """Each anchor searches the rows' distinct positives (and negatives); its own positive is the hit."""
+        """Each anchor searches the rows' distinct positives (and negatives); its own positive is the hit.
+        Labelled pairs: verification of each pair's cosine similarity against its label."""
         if not outputs:
             return {}
         embeddings = np.stack(outputs)  # (N, columns, D)
+        if self.options.label_column:
+            pairs = _unit(embeddings[:, :2])
+            return verification_metrics((pairs[:, 0] * pairs[:, 1]).sum(-1), np.array(rows.labels))
         corpus: dict[str, int] = {}
         vectors = []
         for c, column in enumerate(self.pair_columns[1:], start=1):
@@ -348,7 +420,7 @@ class EmbeddingTask(OneOutputPerRow):
                                 settings=("embedding.gallery_column", ""))
         texts = gallery.inputs[o.gallery_column]
         vectors = self.model.encode(texts, batch_size=self.config.training.per_device_eval_batch_size,  # type: ignore[operator]  # SentenceTransformer.encode
-                                    normalize_embeddings=True, convert_to_numpy=True)
+                                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         k = min(o.top_k, len(texts))
         for start in range(0, len(queries), 1024):  # a block of queries at a time: (1024, gallery) scores
             scores = queries[start:start + 1024] @ vectors.T
@@ -376,6 +448,33 @@ def in_batch_negatives(columns: list[torch.Tensor], positives: torch.Tensor, sca
     mask[:, :n] = shared
     return F.cross_entropy(scores.masked_fill(mask, float("-inf")), torch.arange(n, device=scores.device))
 
+
+@contextmanager
+def _library_quiet() -> Iterator[None]:
+    """sentence-transformers at WARNING for a load or save: its INFO lines ("Loading SentenceTransformer
+    model from ...", "Saving model to .tmp-best-...") repeat what tunesmith's own log says."""
+    library = logging.getLogger("sentence_transformers")
+    level = library.level
+    library.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        library.setLevel(level)
+
+
+def _with_projection(model: Any) -> Any:
+    """`model` with an identity-started, bias-free linear map after pooling (before normalization)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.dense import Dense
+
+    modules = list(model.children())
+    at = next((i for i, m in enumerate(modules) if type(m).__name__ == "Normalize"), len(modules))
+    width = model.get_embedding_dimension()
+    dense = Dense(width, width, bias=False, activation_function=None, init_weight=torch.eye(width))
+    return SentenceTransformer(modules=[*modules[:at], dense, *modules[at:]], device="cpu")
+
+
+PAIR_LABELS = {"1": 1, "true": 1, "yes": 1, "same": 1, "1.0": 1, "0": 0, "false": 0, "no": 0, "different": 0, "0.0": 0}
 
 TRANSFORMER_PREFIX = "0.model."  # the transformer's parameters in a SentenceTransformer's state dict
 
