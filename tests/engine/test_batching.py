@@ -91,3 +91,19 @@ def test_the_cache_plan_reads_varies_by_epoch_from_an_epoch_dataset():
     assert depth(Augmented(varies=False)) == 1
     assert depth([{"x": 0}]) == 1
     assert depth(Augmented(varies=True)) == 0, AUGMENTED
+
+
+def test_class_batches_hold_k_rows_of_each_of_p_classes():
+    from collections import Counter
+
+    from tunesmith.tasks import ClassBatches
+
+    classes = [c for c in range(6) for _ in range(8)]  # 6 classes x 8 rows
+    sampler = GroupedBatchSampler([0] * len(classes), 8, seed=1, class_batches=ClassBatches(classes, 4))
+    batches = sampler.epoch_batches()
+    assert sorted(i for b in batches for i in b) == list(range(len(classes)))  # every row once
+    assert all(sorted(Counter(classes[i] for i in b).values()) == [4, 4] for b in batches)  # P=2 x K=4
+    sampler.start_epoch(1)
+    assert sampler.epoch_batches() != batches  # a new draw each epoch, keyed on the seed
+    again = GroupedBatchSampler([0] * len(classes), 8, seed=1, class_batches=ClassBatches(classes, 4))
+    assert again.epoch_batches() == batches

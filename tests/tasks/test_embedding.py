@@ -232,6 +232,52 @@ def test_labelled_pairs_refuse_other_losses_and_unreadable_labels(tiny_bert, tmp
         get_task(config).preflight()
 
 
+CLASS_WORDS = ["apple", "river", "stone", "cloud", "forest", "candle", "ship", "wave", "sail", "rain", "storm", "snow",
+               "pear", "plum", "bread", "milk", "horse", "tiger", "lion", "eagle"]
+
+
+def class_rows(classes: int, per_class: int, seed: int = 0) -> list[dict]:
+    """Texts of two words from their class's own pool of four."""
+    rng = np.random.default_rng(seed)
+    pools = [CLASS_WORDS[4 * (c % 5):4 * (c % 5) + 4] for c in range(classes)]
+    return [{"text": " ".join(rng.choice(pools[c], size=2)) + f" {c}", "person": f"id{c}"}
+            for c in range(classes) for _ in range(per_class)]
+
+
+def test_rows_with_classes_train_on_p_by_k_batches_and_validate_on_held_out_classes(tiny_bert, tmp_path):
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": write_jsonl(tmp_path / "t.jsonl", class_rows(10, 6)), "validation_split": 0.3},
+           "embedding": {"anchor_column": "text", "class_column": "person", "per_class": 4},
+           "training": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8}}
+    config = load_config(raw)
+    assert config.embedding.objective == "batch_hard_triplet" and config.metric == "roc_auc"
+    task = get_task(config)
+    task.preflight()
+    assert not set(task.train_rows.labels) & set(task.eval_rows.labels)  # validation is other classes
+    task.build_model()
+    batches = task.class_batches(task.dataset(task.train_rows, train=True))
+    assert batches.per_class == 4 and len(set(batches.classes)) == 7
+    result = tunesmith.finetune(raw, quiet=True)
+    assert {"recall_at_1", "mrr_at_10", "roc_auc", "tar_at_far_0.01", "eer"} <= set(result.final)
+    data = json.loads((result.run_dir / "data.json").read_text())
+    assert data["validation"]["classes"] == 3 and data["validation_classes_in_train"] == 0
+    with pytest.raises(ConfigError, match="class_column"):
+        load_config({**raw, "embedding": {"class_column": "person", "label_column": "same"}})
+    with pytest.raises(ConfigError, match="batch_hard_triplet"):
+        load_config({**raw, "embedding": {"class_column": "person", "loss": "in_batch_negatives"}})
+
+
+def test_class_metrics_find_a_rows_class_among_the_others():
+    from tunesmith.tasks.embedding import class_metrics
+
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    perfect = class_metrics(vectors, ["a", "a", "b", "b"])
+    assert perfect["recall_at_1"] == 1.0 and perfect["roc_auc"] == 1.0 and perfect["eer"] == 0.0
+    swapped = class_metrics(vectors, ["a", "b", "a", "b"])
+    assert swapped["recall_at_1"] == 0.0 and swapped["roc_auc"] < 0.5
+
+
 @pytest.mark.slow
 def test_fine_tuning_minilm_on_squad_pairs_improves_retrieval_of_unseen_passages(shared_data, tmp_path):
     """demo:minilm on SQuAD question -> paragraph pairs: validation questions search the paragraphs of
@@ -243,7 +289,7 @@ def test_fine_tuning_minilm_on_squad_pairs_improves_retrieval_of_unseen_passages
            "embedding": {"anchor_column": "question", "positive_column": "context"},
            "training": {"num_train_epochs": 1, "learning_rate": 5e-5, "per_device_train_batch_size": 32}}
     result = tunesmith.finetune(raw, quiet=True)
-    # Measured: see the note in benchmarks/RESULTS.md (embedding, SQuAD pairs).
+    # Measured (fp32, 2 cores, 3 min): nDCG@10 0.859 -> 0.879, recall@1 0.730 -> 0.768 on 400 dev pairs.
     assert result.final["ndcg_at_10"] > result.baseline["ndcg_at_10"] + 0.01
     assert result.final["recall_at_1"] > result.baseline["recall_at_1"]
 
@@ -251,3 +297,19 @@ def test_fine_tuning_minilm_on_squad_pairs_improves_retrieval_of_unseen_passages
 def contract_case(request, make) -> dict:
     """The task contract's case (tests/tasks/test_contract.py): a tiny BERT, topic questions and passages."""
     return {"model": {"source": str(request.getfixturevalue("tiny_bert"))}, "data": {"train": make.jsonl(pair_rows(24))}}
+
+
+@pytest.mark.slow
+def test_questions_grouped_by_article_verify_better_on_unseen_articles(shared_data, tmp_path):
+    """SQuAD questions with their article as the class: P x K batches of 8 articles x 4 questions and
+    the batch-hard triplet loss; validation pairs up the questions of the dev file's other articles."""
+    squad = shared_data / "squad_dev_small"
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": "demo:minilm"},
+           "data": {"train": str(squad / "train.jsonl"), "validation": str(squad / "dev.jsonl"), "max_length": 64},
+           "embedding": {"anchor_column": "question", "class_column": "title", "margin": 0.25},
+           "training": {"num_train_epochs": 1, "learning_rate": 5e-5, "per_device_train_batch_size": 32}}
+    result = tunesmith.finetune(raw, quiet=True)
+    # Measured (fp32, 47 s): ROC AUC 0.907 -> 0.917, TAR at 1% FAR 0.509 -> 0.544, EER 0.173 -> 0.164, while
+    # recall@1 stays at 0.81 (0.808 -> 0.805); three epochs lower them again (benchmarks/RESULTS.md).
+    assert result.final["roc_auc"] > result.baseline["roc_auc"] + 0.003
+    assert result.final["eer"] < result.baseline["eer"]

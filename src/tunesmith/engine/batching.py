@@ -8,6 +8,11 @@ still arrive in random order. Each step batch is then cut into micro-batches (gr
 accumulation), so how a step is split never changes which rows it holds: a run at micro-batch 8
 with accumulation 4 sees the rows of a run at 32 x 1, and a run whose micro-batch is halved after
 running out of memory (engine/oom.py) continues on the same rows.
+
+A task that learns from classes inside a batch (metric learning: a triplet loss mines each row's
+hardest same-class and other-class rows) gives `ClassBatches` instead: each class's rows are shuffled
+and cut into runs of `per_class`, the runs are shuffled, and steps are cut from them, so a step of 32
+at 4 per class holds 8 classes with 4 rows each (P x K sampling; length grouping is off then).
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tunesmith.tasks import EpochDataset, Examples
+from tunesmith.tasks import ClassBatches, EpochDataset, Examples
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Yields lists of row indices; call `start_epoch` before each epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 group_by_length: bool = True, mega_batch: int = 50, accumulation: int = 1):
-        """`batch_size` is the micro-batch; `accumulation` micro-batches make one optimizer step."""
+                 group_by_length: bool = True, mega_batch: int = 50, accumulation: int = 1,
+                 class_batches: ClassBatches | None = None):
+        """`batch_size` is the micro-batch; `accumulation` micro-batches make one optimizer step;
+        `class_batches` (training only) draws P x K batches instead of length-grouped ones."""
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.accumulation = accumulation
@@ -34,6 +41,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.group_by_length = group_by_length
         self.mega_batch = mega_batch
+        self.class_batches = class_batches
         self.epoch = 0
         self.skip = 0
 
@@ -92,6 +100,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
             order = sorted(range(n), key=lambda i: self.lengths[i]) if self.group_by_length else list(range(n))
             return [order[i : i + size] for i in range(0, n, size)]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.class_batches is not None:
+            order = self._class_order(self.class_batches, generator)
+            return [order[i : i + size] for i in range(0, n, size)]
         order = torch.randperm(n, generator=generator).tolist()
         if self.group_by_length:
             span = size * self.mega_batch
@@ -106,6 +117,29 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return batches
 
 
+    def _class_order(self, batches: ClassBatches, generator: torch.Generator) -> list[int]:
+        """Every row once, as steps of runs of `per_class` rows of one class, each class at most once in
+        a step while enough classes have rows left (a class's last run may be shorter)."""
+        by_class: dict[int, list[int]] = {}
+        for i, k in enumerate(batches.classes):
+            by_class.setdefault(k, []).append(i)
+        runs: dict[int, list[list[int]]] = {}
+        for c, rows in sorted(by_class.items()):
+            shuffled = [rows[j] for j in torch.randperm(len(rows), generator=generator).tolist()]
+            runs[c] = [shuffled[j : j + batches.per_class] for j in range(0, len(shuffled), batches.per_class)]
+        per_step = max(1, self.step_size // batches.per_class)  # P
+        order: list[int] = []
+        while runs:
+            # P classes, those with more runs left first (ties broken at random), so none is left to the end alone
+            ties = dict(zip(runs, torch.rand(len(runs), generator=generator).tolist()))
+            chosen = sorted(runs, key=lambda c: (-len(runs[c]), ties[c]))[:per_step]
+            for c in chosen:
+                order += runs[c].pop()
+                if not runs[c]:
+                    del runs[c]
+        return order
+
+
 class GroupedLoader(DataLoader):
     """A DataLoader whose batches come from a `GroupedBatchSampler` (only the type says more)."""
 
@@ -114,12 +148,14 @@ class GroupedLoader(DataLoader):
 
 def make_loader(dataset: Examples, collate: Callable, batch_size: int, seed: int, train: bool,
                 lengths: Sequence[int] | None = None, group_by_length: bool = True,
-                num_workers: int | None = None, with_index: bool = False, accumulation: int = 1) -> GroupedLoader:
+                num_workers: int | None = None, with_index: bool = False, accumulation: int = 1,
+                class_batches: ClassBatches | None = None) -> GroupedLoader:
     """A DataLoader with a `GroupedBatchSampler`; evaluation batches are unshuffled (length-sorted
     when lengths are given). Without lengths, batching falls back to plain seeded shuffling.
     `num_workers=None` takes an `EpochDataset`'s `preferred_workers` (0 for other datasets: in-memory rows).
     `with_index` adds each batch's row indices as `batch["_index"]` (the activation cache keys on them).
-    `accumulation`: micro-batches per optimizer step (the order depends on `batch_size x accumulation` only)."""
+    `accumulation`: micro-batches per optimizer step (the order depends on `batch_size x accumulation` only).
+    `class_batches`: P x K training batches (see the module's docstring)."""
     if num_workers is None:
         num_workers = dataset.preferred_workers if isinstance(dataset, EpochDataset) else 0
     source: Examples = dataset
@@ -128,7 +164,7 @@ def make_loader(dataset: Examples, collate: Callable, batch_size: int, seed: int
     grouped = group_by_length and lengths is not None
     lengths = lengths if lengths is not None else [0] * len(dataset)
     sampler = GroupedBatchSampler(lengths, batch_size, seed, shuffle=train, group_by_length=grouped,
-                                  accumulation=accumulation)
+                                  accumulation=accumulation, class_batches=class_batches if train else None)
     # An own generator, so creating an epoch's iterator never draws from the global torch RNG
     # (which would shift dropout after a resume).
     # A plain sequence is all a DataLoader needs (it only indexes it); torch types it as Dataset.

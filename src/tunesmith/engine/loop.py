@@ -377,7 +377,8 @@ def _loaders(task: Task, config: RunConfig, world: int):
     train_loader = make_loader(train_data, task.collate, t.per_device_train_batch_size * world, t.seed, train=True,
                                lengths=task.lengths(train_data), group_by_length=t.group_by_length,
                                num_workers=t.dataloader_num_workers, with_index=True,
-                               accumulation=t.gradient_accumulation_steps)
+                               accumulation=t.gradient_accumulation_steps,
+                               class_batches=getattr(task, "class_batches", lambda _: None)(train_data))  # optional: P x K
     eval_loader = make_loader(eval_data, task.collate, t.per_device_eval_batch_size * world, t.seed, train=False,
                               lengths=task.lengths(eval_data), num_workers=t.dataloader_num_workers)
     return train_data, eval_data, train_loader, eval_loader

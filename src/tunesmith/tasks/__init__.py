@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -61,6 +62,15 @@ class EpochDataset(Examples, Protocol):
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the loop before each epoch, so random draws are keyed on (seed, epoch, index)."""
+
+
+@dataclass(frozen=True)
+class ClassBatches:
+    """What a task's optional `class_batches(train_dataset)` returns to have P x K training batches
+    (engine/batching.py): per example its class, and how many examples of a class go together."""
+
+    classes: Sequence[int]
+    per_class: int
 
 
 class Task(Protocol):
@@ -231,7 +241,9 @@ def register_task(name: str) -> Callable[[TaskClass], TaskClass]:
     for it: `{"data.max_length": 384}`), `minimize` (metrics better when lower) and `pipeline_tag`
     (the Hub's name for the task); only the registry reads these. A task whose `save` writes another
     layout than one `model.safetensors` keyed like the model may give `saved_weights(folder)`, the saved
-    weights keyed as the model's state dict, with which the engine restores `best/`. `ordered_by` names the key of the
+    weights keyed as the model's state dict, with which the engine restores `best/`; and one whose
+    loss mines triplets in a batch may give `class_batches(train_dataset)` (a `ClassBatches`) for P x K
+    training batches. `ordered_by` names the key of the
     task's section holding a time column: `tunesmith update` then holds out the latest rows, not random ones.
     """
 

@@ -10,7 +10,9 @@ validation rows' distinct positives and negatives, scored by nDCG@10, recall@k a
 tunesmith holds out the validation rows itself, rows that share a positive stay on one side, so
 validation measures passages the model has not trained on. Pairs labelled matching or not
 (`label_column`) are a verification set instead: a contrastive loss, and ROC AUC, TAR at a false-accept
-rate and the equal error rate of the pairs' cosine similarity.
+rate and the equal error rate of the pairs' cosine similarity. Rows of one text with a class
+(`class_column`: an identity, an intent) train on P x K batches with a batch-hard triplet loss, and
+are validated on held-out classes: every validation row searches the others for its class.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from tunesmith.errors import ConfigError, DataError, ModelSourceError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
 from tunesmith.models.sources import loading, token_limit
-from tunesmith.report.ranking_metrics import retrieval_metrics, verification_metrics
-from tunesmith.tasks import OneOutputPerRow, register_task
+from tunesmith.report.ranking_metrics import RETRIEVAL_KS, retrieval_metrics, verification_metrics
+from tunesmith.tasks import ClassBatches, OneOutputPerRow, register_task
 
 log = logging.getLogger("tunesmith")
 
@@ -56,13 +58,24 @@ class EmbeddingConfig(Section):
     """Pairs labelled matching (1, true) or not (0, false): a verification set. The positive column then
     holds each pair's second text; training uses `loss: contrastive` and validation scores verification
     (`roc_auc`, the default selector, `best_threshold_accuracy`, `tar_at_far_0.01`, `eer`)."""
-    loss: Literal["auto", "in_batch_negatives", "triplet", "contrastive"] = "auto"
-    """`auto`: `contrastive` with a `label_column`, else `in_batch_negatives`. `in_batch_negatives`:
+    class_column: str | None = None
+    """Rows of one text (the anchor column) and its class: an identity, an intent, a product category.
+    Batches hold `per_class` rows of each of several classes, trained with `loss: batch_hard_triplet`;
+    without `data.validation`, whole classes are held out, and validation scores how well a row finds
+    others of its class (`recall_at_1`, ...: any of them in the top k) and verification over all
+    pairs of validation rows (`roc_auc`, the default selector, `tar_at_far_0.01`, `eer`)."""
+    per_class: int = Field(4, ge=2)
+    """class_column: rows of one class that go into a batch together (K of P x K; keep it a divisor
+    of the batch size)."""
+    loss: Literal["auto", "in_batch_negatives", "triplet", "contrastive", "batch_hard_triplet"] = "auto"
+    """`auto`: `contrastive` with a `label_column`, `batch_hard_triplet` with a `class_column`, else
+    `in_batch_negatives`. `in_batch_negatives`:
     softmax over the anchor's similarity to every positive and negative in the batch (InfoNCE,
     sentence-transformers' MultipleNegativesRankingLoss); larger batches give more negatives. `triplet`:
     the positive must be nearer than the row's negative by `margin`. `contrastive` (labelled pairs):
     matching pairs pulled together, others pushed at least `margin` apart (sentence-transformers'
-    ContrastiveLoss)."""
+    ContrastiveLoss). `batch_hard_triplet` (classes): each row's farthest same-class row must be
+    nearer than its nearest other-class row by `margin` (sentence-transformers' BatchHardTripletLoss)."""
     scale: float = Field(20.0, gt=0)
     """in_batch_negatives: cosine similarities are multiplied by this before the softmax (1 / temperature)."""
     margin: float = Field(0.5, gt=0)
@@ -89,22 +102,35 @@ class EmbeddingConfig(Section):
         if self.loss == "contrastive" and not self.label_column:
             raise ValueError("loss: contrastive trains on pairs labelled matching or not: set embedding.label_column "
                              "to the column holding the labels (1/0), or use loss: in_batch_negatives")
-        if self.label_column and self.loss in ("in_batch_negatives", "triplet"):
+        if self.label_column and self.loss in ("in_batch_negatives", "triplet", "batch_hard_triplet"):
             raise ValueError(f"labelled pairs (embedding.label_column) train with loss: contrastive (or auto), "
                              f"not {self.loss}")
+        if self.class_column and (self.label_column or self.negative_column):
+            raise ValueError("class_column gives one text per row with its class; it does not combine with "
+                             "label_column or negative_column (pairs): set one kind of data")
+        if (self.loss == "batch_hard_triplet") != bool(self.class_column) and self.loss != "auto":
+            raise ValueError("loss: batch_hard_triplet mines triplets from classes: set embedding.class_column"
+                             if self.loss == "batch_hard_triplet" else
+                             f"rows with a class (embedding.class_column) train with loss: batch_hard_triplet "
+                             f"(or auto), not {self.loss}")
         return self
+
+    @property
+    def mode(self) -> Literal["pairs", "labelled_pairs", "classes"]:
+        """What a row is: an (anchor, positive) pair, a pair labelled matching or not, or a text and its class."""
+        return "classes" if self.class_column else "labelled_pairs" if self.label_column else "pairs"
 
     @property
     def objective(self) -> str:
         """The loss `auto` stands for."""
         if self.loss != "auto":
             return self.loss
-        return "contrastive" if self.label_column else "in_batch_negatives"
+        return {"pairs": "in_batch_negatives", "labelled_pairs": "contrastive", "classes": "batch_hard_triplet"}[self.mode]
 
     @property
     def default_metric(self) -> str:
         """What selects the best model when `training.metric_for_best_model` is unset."""
-        return "roc_auc" if self.label_column else "ndcg_at_10"
+        return "ndcg_at_10" if self.mode == "pairs" else "roc_auc"
 
 
 @register_task("embedding")
@@ -140,6 +166,8 @@ class EmbeddingTask(OneOutputPerRow):
     @property
     def pair_columns(self) -> list[str]:
         o = self.options
+        if o.mode == "classes":
+            return [o.anchor_column]
         return [o.anchor_column, o.positive_column] + ([o.negative_column] if o.negative_column else [])
 
     # ---- data -------------------------------------------------------------------------------
@@ -155,23 +183,31 @@ class EmbeddingTask(OneOutputPerRow):
         val = self._read(d.validation) if d.validation else None
         if d.train is not None:
             train = self._read(d.train)
-            if val is None:  # a passage's questions (labelled pairs: an anchor's pairs) on one side only
-                groups = train.inputs[o.anchor_column if o.label_column else o.positive_column]
-                train, val = grouped_split(train, groups, d.validation_split, seed)
+            if val is None:  # a passage's questions, an anchor's labelled pairs, a class's rows: on one side only
+                train, val = grouped_split(train, self._groups(train), d.validation_split, seed)
             self.train_rows = sample(train, d.max_train_samples, seed)
             assert val is not None
             self.data_checks = duplicates_and_leaks(self.train_rows, val)
-            seen = set(self.train_rows.inputs[o.positive_column])
-            self.data_checks["validation_positives_in_train"] = sum(p in seen for p in set(val.inputs[o.positive_column]))
+            if o.mode != "labelled_pairs":
+                seen = set(self._groups(self.train_rows))
+                key = "validation_classes_in_train" if o.mode == "classes" else "validation_positives_in_train"
+                self.data_checks[key] = sum(g in seen for g in set(self._groups(val)))
         assert val is not None  # read from data.validation or split off data.train
         self.eval_rows = sample(val, d.max_eval_samples, seed)
+
+    def _groups(self, rows: LabelledRows) -> list[Any]:
+        """What a held-out split keeps together: each row's positive, anchor (labelled pairs) or class."""
+        o = self.options
+        if o.mode == "classes":
+            return rows.labels
+        return rows.inputs[o.anchor_column if o.mode == "labelled_pairs" else o.positive_column]
 
     def _read(self, path: str) -> LabelledRows:
         """The pairs of a file; with `label_column`, labels read as 1 (matching) or 0, else a DataError."""
         label = self.options.label_column
-        rows = load_labelled(path, self.pair_columns, label, self.config.data.bad_rows,
+        rows = load_labelled(path, self.pair_columns, label or self.options.class_column, self.config.data.bad_rows,
                              settings=("embedding.anchor_column / positive_column / negative_column",
-                                       "embedding.label_column"))
+                                       "embedding.label_column" if label else "embedding.class_column"))
         if label:
             values = [PAIR_LABELS.get(str(v).strip().lower()) for v in rows.labels]
             bad = [(line, v) for line, v, parsed in zip(rows.lines, rows.labels, values) if parsed is None]
@@ -193,9 +229,13 @@ class EmbeddingTask(OneOutputPerRow):
         facts: dict[str, Any] = {}
         for split, rows in (("train", self.train_rows), ("validation", self.eval_rows)):
             if rows is not None:
-                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped, "unit": "pairs",
-                                "distinct_positives": len(set(rows.inputs[self.options.positive_column]))}
-                if self.options.label_column:
+                facts[split] = {"source": rows.source, "rows": len(rows), "skipped": rows.skipped}
+                mode = self.options.mode
+                if mode == "classes":
+                    facts[split]["classes"] = len(set(rows.labels))
+                else:
+                    facts[split].update(unit="pairs", distinct_positives=len(set(rows.inputs[self.options.positive_column])))
+                if mode == "labelled_pairs":
                     facts[split]["matching_pairs"] = int(sum(rows.labels))
         facts["truncated_to_max_length"] = self.truncated
         facts.update(self.data_checks)
@@ -311,12 +351,18 @@ class EmbeddingTask(OneOutputPerRow):
         features = []
         for i in range(len(rows)):
             feature: dict[str, Any] = {"texts": [ids[i] for ids in ids_by_column]}
-            if labelled and self.options.label_column:
+            if labelled and self.options.mode == "labelled_pairs":
                 feature["labels"] = rows.labels[i]
-            elif labelled:
-                feature["labels"] = group.setdefault(rows.inputs[self.options.positive_column][i], len(group))
+            elif labelled:  # the index of the row's positive, or of its class, among this dataset's
+                feature["labels"] = group.setdefault(self._groups(rows)[i], len(group))
             features.append(feature)
         return features
+
+    def class_batches(self, dataset: list[dict[str, Any]]) -> ClassBatches | None:
+        """P x K training batches for rows with classes (the engine's sampler draws them), else None."""
+        if self.options.mode != "classes":
+            return None
+        return ClassBatches([f["labels"] for f in dataset], self.options.per_class)
 
     def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
         return [sum(len(t) for t in f["texts"]) for f in dataset]
@@ -363,12 +409,15 @@ class EmbeddingTask(OneOutputPerRow):
         return loss, torch.stack(columns, dim=1)
 
     def _library_loss(self, model: nn.Module, objective: str) -> Any:
-        """sentence-transformers' triplet or contrastive loss, on cosine distance, made once."""
+        """sentence-transformers' triplet, contrastive or batch-hard triplet loss, on cosine distance, made once."""
         if self._loss is None:
             from sentence_transformers.sentence_transformer import losses
 
             margin = self.options.margin
-            if objective == "triplet":
+            if objective == "batch_hard_triplet":
+                self._loss = losses.BatchHardTripletLoss(
+                    model, distance_metric=losses.BatchHardTripletLossDistanceFunction.cosine_distance, margin=margin)  # type: ignore[arg-type]  # the task's SentenceTransformer
+            elif objective == "triplet":
                 self._loss = losses.TripletLoss(model, distance_metric=losses.TripletDistanceMetric.COSINE,  # type: ignore[arg-type]  # the task's SentenceTransformer
                                                 triplet_margin=margin)
             else:
@@ -382,9 +431,11 @@ class EmbeddingTask(OneOutputPerRow):
         if not outputs:
             return {}
         embeddings = np.stack(outputs)  # (N, columns, D)
-        if self.options.label_column:
+        if self.options.mode == "labelled_pairs":
             pairs = _unit(embeddings[:, :2])
             return verification_metrics((pairs[:, 0] * pairs[:, 1]).sum(-1), np.array(rows.labels))
+        if self.options.mode == "classes":
+            return class_metrics(_unit(embeddings[:, 0]), rows.labels)
         corpus: dict[str, int] = {}
         vectors = []
         for c, column in enumerate(self.pair_columns[1:], start=1):
@@ -427,6 +478,26 @@ class EmbeddingTask(OneOutputPerRow):
             top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             for record, row, best in zip(records[start:start + 1024], scores, top):
                 record["neighbours"] = [{"text": texts[j], "score": round(float(row[j]), 6)} for j in best]
+
+
+def class_metrics(vectors: np.ndarray, classes: list[Any]) -> dict[str, float]:
+    """Held-out classes: each row searches the other rows (`recall_at_k`: a row of its class in the top
+    k; `mrr_at_10` by the first), and every pair of rows is a verification pair (same class or not)."""
+    labels = np.array([str(c) for c in classes])
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)  # a row does not find itself
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    searching = same.any(axis=1)  # rows whose class has another row
+    metrics: dict[str, float] = {}
+    if searching.any():
+        order = np.argsort(-scores[searching], axis=1, kind="stable")
+        hits = np.take_along_axis(same[searching], order, axis=1)
+        first = hits.argmax(axis=1) + 1  # rank of the first row of the same class
+        metrics = {f"recall_at_{k}": float((first <= k).mean()) for k in RETRIEVAL_KS}
+        metrics["mrr_at_10"] = float(np.where(first <= 10, 1.0 / first, 0.0).mean())
+    upper = np.triu_indices(len(labels), k=1)
+    return {**metrics, **verification_metrics(scores[upper], same[upper].astype(int))}
 
 
 def in_batch_negatives(columns: list[torch.Tensor], positives: torch.Tensor, scale: float) -> torch.Tensor:
