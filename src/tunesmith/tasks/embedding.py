@@ -102,16 +102,17 @@ class EmbeddingConfig(Section):
         if self.loss == "contrastive" and not self.label_column:
             raise ValueError("loss: contrastive trains on pairs labelled matching or not: set embedding.label_column "
                              "to the column holding the labels (1/0), or use loss: in_batch_negatives")
-        if self.label_column and self.loss in ("in_batch_negatives", "triplet", "batch_hard_triplet"):
-            raise ValueError(f"labelled pairs (embedding.label_column) train with loss: contrastive (or auto), "
-                             f"not {self.loss}")
+        if self.loss == "batch_hard_triplet" and not self.class_column:
+            raise ValueError("loss: batch_hard_triplet mines triplets from classes: set embedding.class_column to "
+                             "the column holding each row's class, or use loss: in_batch_negatives")
         if self.class_column and (self.label_column or self.negative_column):
             raise ValueError("class_column gives one text per row with its class; it does not combine with "
                              "label_column or negative_column (pairs): set one kind of data")
-        if (self.loss == "batch_hard_triplet") != bool(self.class_column) and self.loss != "auto":
-            raise ValueError("loss: batch_hard_triplet mines triplets from classes: set embedding.class_column"
-                             if self.loss == "batch_hard_triplet" else
-                             f"rows with a class (embedding.class_column) train with loss: batch_hard_triplet "
+        if self.label_column and self.loss not in ("auto", "contrastive"):
+            raise ValueError(f"labelled pairs (embedding.label_column) train with loss: contrastive (or auto), "
+                             f"not {self.loss}")
+        if self.class_column and self.loss not in ("auto", "batch_hard_triplet"):
+            raise ValueError(f"rows with a class (embedding.class_column) train with loss: batch_hard_triplet "
                              f"(or auto), not {self.loss}")
         return self
 
@@ -151,12 +152,12 @@ class EmbeddingTask(OneOutputPerRow):
         self.hf = HFModel("AutoModel", config.model)  # resolves the source; its dropout and config
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
-        self.label_names: list[str] = []  # rows carry no labels: the pairs are the supervision
+        self.label_names: list[str] = []  # no label set: pairs, pair labels or classes are the supervision
         self.tokenizer: Any = None
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
         self.model: nn.Module | None = None  # kept by load_trained: `predict` embeds the gallery with it
-        self._loss: nn.Module | None = None  # a sentence-transformers loss (triplet, contrastive), made on first use
+        self._loss: nn.Module | None = None  # a sentence-transformers loss (`_library_loss`), made on first use
 
     @property
     def options(self) -> EmbeddingConfig:
@@ -164,7 +165,7 @@ class EmbeddingTask(OneOutputPerRow):
         return self.config.task_settings
 
     @property
-    def pair_columns(self) -> list[str]:
+    def text_columns(self) -> list[str]:
         o = self.options
         if o.mode == "classes":
             return [o.anchor_column]
@@ -173,7 +174,8 @@ class EmbeddingTask(OneOutputPerRow):
     # ---- data -------------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Reads the pairs. Without `data.validation`, whole positives are held out (grouped split)."""
+        """Reads the rows. Without `data.validation`, whole groups (a positive's rows, an anchor's labelled
+        pairs, a class) are held out together (`grouped_split`)."""
         d, o, seed = self.config.data, self.options, self.config.training.seed
         if self.config.lora.enabled:  # peft's adapters inside a SentenceTransformer are not wired up here yet
             raise ConfigError(["lora.enabled: the embedding task fine-tunes the whole encoder or a linear probe "
@@ -203,9 +205,9 @@ class EmbeddingTask(OneOutputPerRow):
         return rows.inputs[o.anchor_column if o.mode == "labelled_pairs" else o.positive_column]
 
     def _read(self, path: str) -> LabelledRows:
-        """The pairs of a file; with `label_column`, labels read as 1 (matching) or 0, else a DataError."""
+        """The rows of a file; with `label_column`, labels read as 1 (matching) or 0, else a DataError."""
         label = self.options.label_column
-        rows = load_labelled(path, self.pair_columns, label or self.options.class_column, self.config.data.bad_rows,
+        rows = load_labelled(path, self.text_columns, label or self.options.class_column, self.config.data.bad_rows,
                              settings=("embedding.anchor_column / positive_column / negative_column",
                                        "embedding.label_column" if label else "embedding.class_column"))
         if label:
@@ -335,7 +337,7 @@ class EmbeddingTask(OneOutputPerRow):
         `labels` the index of its positive among the distinct positives (rows that share a positive
         are not each other's negatives), or for labelled pairs the pair's label."""
         max_length = token_limit(self.tokenizer, self.config.data.max_length)
-        columns = self.pair_columns if labelled else [c for c in self.pair_columns[:2] if c in rows.inputs]
+        columns = self.text_columns if labelled else [c for c in self.text_columns[:2] if c in rows.inputs]
         ids_by_column, cut = [], [False] * len(rows)
         for column in columns:
             texts, cut_here = cap_texts(rows.inputs[column], char_limit(max_length))
@@ -347,15 +349,14 @@ class EmbeddingTask(OneOutputPerRow):
             log.info("%s: %d of %d rows had a text reach max_length=%d, truncated", rows.source, truncated, len(rows),
                      max_length)
         self.truncated += truncated
-        group: dict[str, int] = {}
-        features = []
-        for i in range(len(rows)):
-            feature: dict[str, Any] = {"texts": [ids[i] for ids in ids_by_column]}
-            if labelled and self.options.mode == "labelled_pairs":
-                feature["labels"] = rows.labels[i]
-            elif labelled:  # the index of the row's positive, or of its class, among this dataset's
-                feature["labels"] = group.setdefault(self._groups(rows)[i], len(group))
-            features.append(feature)
+        features: list[dict[str, Any]] = [{"texts": [ids[i] for ids in ids_by_column]} for i in range(len(rows))]
+        if labelled and self.options.mode == "labelled_pairs":
+            for feature, label in zip(features, rows.labels):
+                feature["labels"] = label
+        elif labelled:  # the index of the row's positive, or of its class, among this dataset's
+            index: dict[Any, int] = {}
+            for feature, group in zip(features, self._groups(rows)):
+                feature["labels"] = index.setdefault(group, len(index))
         return features
 
     def class_batches(self, dataset: list[dict[str, Any]]) -> ClassBatches | None:
@@ -438,7 +439,7 @@ class EmbeddingTask(OneOutputPerRow):
             return class_metrics(_unit(embeddings[:, 0]), rows.labels)
         corpus: dict[str, int] = {}
         vectors = []
-        for c, column in enumerate(self.pair_columns[1:], start=1):
+        for c, column in enumerate(self.text_columns[1:], start=1):
             for i, text in enumerate(rows.inputs[column]):
                 if text not in corpus:
                     corpus[text] = len(corpus)
