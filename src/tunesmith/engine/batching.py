@@ -11,8 +11,9 @@ running out of memory (engine/oom.py) continues on the same rows.
 
 A task that learns from classes inside a batch (metric learning: a triplet loss mines each row's
 hardest same-class and other-class rows) gives `ClassBatches` instead: each class's rows are shuffled
-and cut into runs of `per_class`, the runs are shuffled, and steps are cut from them, so a step of 32
-at 4 per class holds 8 classes with 4 rows each (P x K sampling; length grouping is off then).
+and cut into runs of `per_class`, and each step takes one run from each of P distinct classes (those
+with the most runs left, ties drawn at random), so a step of 32 at 4 per class holds 8 classes with 4
+rows each (P x K sampling; length grouping is off then).
 """
 
 from __future__ import annotations
@@ -115,7 +116,6 @@ class GroupedBatchSampler(Sampler[list[int]]):
             batch_order = torch.randperm(full, generator=generator).tolist() + list(range(full, len(batches)))
             batches = [batches[i] for i in batch_order]
         return batches
-
 
     def _class_order(self, batches: ClassBatches, generator: torch.Generator) -> list[int]:
         """Every row once, as steps of runs of `per_class` rows of one class, each class at most once in

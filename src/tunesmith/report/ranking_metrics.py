@@ -1,11 +1,15 @@
-"""Top-k ranking metrics of a recommender: recall, nDCG, MAP, hit rate and catalogue coverage at k.
+"""Ranking and matching metrics: a recommender's top-k lists, an embedding's retrieval and verification.
+
+`ranking_metrics`: recall, nDCG, MAP, hit rate and catalogue coverage at k of a recommender.
 
 Each user's relevant items are their held-out interactions (explicit ratings: those at or above a
 threshold, when one is set); their ranked list is the model's top k among the items they had not
 interacted with in training. A relevant item the model has no row for (an item new in the held-out
 period) still counts in the user's relevant set: it is a miss the model could not avoid, and hiding
 it would flatter every model equally. Users with no relevant item are left out; the metrics are the
-mean over the rest.
+mean over the rest. `retrieval_metrics` scores queries with one relevant document each (recall@k,
+MRR@10, nDCG@10) and `verification_metrics` pairs judged alike or not by a similarity (ROC AUC, TAR at a
+false-accept rate, EER).
 """
 
 from __future__ import annotations
