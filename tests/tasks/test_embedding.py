@@ -17,7 +17,7 @@ from tunesmith.data.labelled import grouped_split, load_labelled
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.report.ranking_metrics import retrieval_metrics
 from tunesmith.tasks import get_task
-from tunesmith.tasks.embedding import in_batch_negatives
+from tunesmith.tasks._embedding import in_batch_negatives
 
 TOPICS = {"fruit": ["apple", "pear", "plum"], "weather": ["rain", "storm", "snow"], "sea": ["ship", "wave", "sail"]}
 
@@ -268,7 +268,7 @@ def test_rows_with_classes_train_on_p_by_k_batches_and_validate_on_held_out_clas
 
 
 def test_class_metrics_find_a_rows_class_among_the_others():
-    from tunesmith.tasks.embedding import class_metrics
+    from tunesmith.tasks._embedding import class_metrics
 
     vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

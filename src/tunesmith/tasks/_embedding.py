@@ -1,0 +1,193 @@
+"""What the embedding task (tasks/embedding.py) is built from: its settings, its in-batch loss and
+metrics, and the sentence-transformers folder it reads and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from tunesmith.config import Section
+from tunesmith.report.ranking_metrics import RETRIEVAL_KS, verification_metrics
+
+
+class EmbeddingConfig(Section):
+    """`embedding`: the columns of a pair, the loss, and what `predict` searches."""
+
+    anchor_column: str = "anchor"
+    """The text that searches: a query, a question. `predict` embeds this column."""
+    positive_column: str = "positive"
+    """The text that belongs with the anchor: its passage, an answer, a paraphrase. A `predict` file
+    that has this column too gets each pair's cosine similarity (`score`)."""
+    negative_column: str | None = None
+    """A hard negative per row (a passage that looks right but is not): one more candidate for its
+    anchor in the in-batch loss; required by `loss: triplet`."""
+    label_column: str | None = None
+    """Pairs labelled matching (1, true) or not (0, false): a verification set. The positive column then
+    holds each pair's second text; training uses `loss: contrastive` and validation scores verification
+    (`roc_auc`, the default selector, `best_threshold_accuracy`, `tar_at_far_0.01`, `eer`)."""
+    class_column: str | None = None
+    """Rows of one text (the anchor column) and its class: an identity, an intent, a product category.
+    Batches hold `per_class` rows of each of several classes, trained with `loss: batch_hard_triplet`;
+    without `data.validation`, whole classes are held out, and validation scores how well a row finds
+    others of its class (`recall_at_1`, ...: any of them in the top k) and verification over all
+    pairs of validation rows (`roc_auc`, the default selector, `tar_at_far_0.01`, `eer`)."""
+    per_class: int = Field(4, ge=2)
+    """class_column: rows of one class that go into a batch together (K of P x K; keep it a divisor
+    of the batch size)."""
+    loss: Literal["auto", "in_batch_negatives", "triplet", "contrastive", "batch_hard_triplet"] = "auto"
+    """`auto`: `contrastive` with a `label_column`, `batch_hard_triplet` with a `class_column`, else
+    `in_batch_negatives`. `in_batch_negatives`:
+    softmax over the anchor's similarity to every positive and negative in the batch (InfoNCE,
+    sentence-transformers' MultipleNegativesRankingLoss); larger batches give more negatives. `triplet`:
+    the positive must be nearer than the row's negative by `margin`. `contrastive` (labelled pairs):
+    matching pairs pulled together, others pushed at least `margin` apart (sentence-transformers'
+    ContrastiveLoss). `batch_hard_triplet` (classes): each row's farthest same-class row must be
+    nearer than its nearest other-class row by `margin` (sentence-transformers' BatchHardTripletLoss)."""
+    scale: float = Field(20.0, gt=0)
+    """in_batch_negatives: cosine similarities are multiplied by this before the softmax (1 / temperature)."""
+    margin: float = Field(0.5, gt=0)
+    """triplet: how much farther (in cosine distance) the negative must be than the positive;
+    contrastive: the cosine distance beyond which a non-matching pair no longer adds to the loss."""
+    projection: bool = False
+    """Add a linear map after pooling (D x D, started at the identity, so the pre-trained embeddings are
+    unchanged at first): the `head` layer group, saved as sentence-transformers' Dense module. With
+    `strategy.freeze: head_only` it is a linear probe of the frozen encoder. A source that already has a
+    Dense module (a run's best/) keeps its own."""
+    gallery: str | None = None
+    """predict: a file of texts to search (its `gallery_column`); each predicted row gets its `top_k`
+    nearest gallery texts with their cosine similarity."""
+    gallery_column: str = "text"
+    """predict: the gallery file's text column."""
+    top_k: int = Field(10, ge=1)
+    """predict: how many gallery neighbours each row gets."""
+
+    @model_validator(mode="after")
+    def _loss_fits_the_columns(self) -> EmbeddingConfig:
+        if self.loss == "triplet" and not self.negative_column:
+            raise ValueError("loss: triplet needs a negative per row: set embedding.negative_column to the column "
+                             "holding it, or use loss: in_batch_negatives")
+        if self.loss == "contrastive" and not self.label_column:
+            raise ValueError("loss: contrastive trains on pairs labelled matching or not: set embedding.label_column "
+                             "to the column holding the labels (1/0), or use loss: in_batch_negatives")
+        if self.loss == "batch_hard_triplet" and not self.class_column:
+            raise ValueError("loss: batch_hard_triplet mines triplets from classes: set embedding.class_column to "
+                             "the column holding each row's class, or use loss: in_batch_negatives")
+        if self.class_column and (self.label_column or self.negative_column):
+            raise ValueError("class_column gives one text per row with its class; it does not combine with "
+                             "label_column or negative_column (pairs): set one kind of data")
+        if self.label_column and self.loss not in ("auto", "contrastive"):
+            raise ValueError(f"labelled pairs (embedding.label_column) train with loss: contrastive (or auto), "
+                             f"not {self.loss}")
+        if self.class_column and self.loss not in ("auto", "batch_hard_triplet"):
+            raise ValueError(f"rows with a class (embedding.class_column) train with loss: batch_hard_triplet "
+                             f"(or auto), not {self.loss}")
+        return self
+
+    @property
+    def mode(self) -> Literal["pairs", "labelled_pairs", "classes"]:
+        """What a row is: an (anchor, positive) pair, a pair labelled matching or not, or a text and its class."""
+        return "classes" if self.class_column else "labelled_pairs" if self.label_column else "pairs"
+
+    @property
+    def objective(self) -> str:
+        """The loss `auto` stands for."""
+        if self.loss != "auto":
+            return self.loss
+        return {"pairs": "in_batch_negatives", "labelled_pairs": "contrastive", "classes": "batch_hard_triplet"}[self.mode]
+
+    @property
+    def default_metric(self) -> str:
+        """What selects the best model when `training.metric_for_best_model` is unset."""
+        return "ndcg_at_10" if self.mode == "pairs" else "roc_auc"
+
+
+def class_metrics(vectors: np.ndarray, classes: list[Any]) -> dict[str, float]:
+    """Held-out classes: each row searches the other rows (`recall_at_k`: a row of its class in the top
+    k; `mrr_at_10` by the first), and every pair of rows is a verification pair (same class or not)."""
+    labels = np.array([str(c) for c in classes])
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)  # a row does not find itself
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    searching = same.any(axis=1)  # rows whose class has another row
+    metrics: dict[str, float] = {}
+    if searching.any():
+        order = np.argsort(-scores[searching], axis=1, kind="stable")
+        hits = np.take_along_axis(same[searching], order, axis=1)
+        first = hits.argmax(axis=1) + 1  # rank of the first row of the same class
+        metrics = {f"recall_at_{k}": float((first <= k).mean()) for k in RETRIEVAL_KS}
+        metrics["mrr_at_10"] = float(np.where(first <= 10, 1.0 / first, 0.0).mean())
+    upper = np.triu_indices(len(labels), k=1)
+    return {**metrics, **verification_metrics(scores[upper], same[upper].astype(int))}
+
+
+def in_batch_negatives(columns: list[torch.Tensor], positives: torch.Tensor, scale: float) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: each anchor's softmax over its cosine similarity (times `scale`)
+    to every positive and negative of the batch, its own positive the target.
+
+    Written here rather than taken from sentence-transformers' MultipleNegativesRankingLoss, whose math
+    it shares, because that loss counts another row with the same positive as a negative: its trainer
+    avoids such batches with its no-duplicates sampler, while tunesmith's batches (grouped by length,
+    shared by every task) may hold several questions about one passage. Here `positives` (B,), each
+    row's positive's index, masks those rows' positives out of each other's negatives.
+    """
+    anchors = F.normalize(columns[0].float(), dim=-1)
+    candidates = F.normalize(torch.cat(columns[1:]).float(), dim=-1)  # (B * (columns - 1), D): positives first
+    scores = scale * anchors @ candidates.T
+    n = len(anchors)
+    shared = (positives[:, None] == positives[None, :]) & ~torch.eye(n, dtype=torch.bool, device=positives.device)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[:, :n] = shared
+    return F.cross_entropy(scores.masked_fill(mask, float("-inf")), torch.arange(n, device=scores.device))
+
+
+@contextmanager
+def library_quiet() -> Iterator[None]:
+    """sentence-transformers at WARNING for a load or save: its INFO lines ("Loading SentenceTransformer
+    model from ...", "Saving model to .tmp-best-...") repeat what tunesmith's own log says."""
+    library = logging.getLogger("sentence_transformers")
+    level = library.level
+    library.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        library.setLevel(level)
+
+
+def with_projection(model: Any) -> Any:
+    """`model` with an identity-started, bias-free linear map after pooling (before normalization)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.dense import Dense
+
+    modules = list(model.children())
+    at = next((i for i, m in enumerate(modules) if type(m).__name__ == "Normalize"), len(modules))
+    width = model.get_embedding_dimension()
+    dense = Dense(width, width, bias=False, activation_function=None, init_weight=torch.eye(width))
+    return SentenceTransformer(modules=[*modules[:at], dense, *modules[at:]], device="cpu")
+
+
+PAIR_LABELS = {"1": 1, "true": 1, "yes": 1, "same": 1, "1.0": 1, "0": 0, "false": 0, "no": 0, "different": 0, "0.0": 0}
+
+TRANSFORMER_PREFIX = "0.model."  # the transformer's parameters in a SentenceTransformer's state dict
+
+
+def module_files(folder: Path) -> list[tuple[str, Path]]:
+    """(state-dict prefix, weights file) of each module of a saved SentenceTransformer (`modules.json`):
+    the transformer's file at the root, a later module's (a Dense projection) in its own folder."""
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    return [(TRANSFORMER_PREFIX if m["idx"] == 0 else f"{m['idx']}.", folder / m["path"] / "model.safetensors")
+            for m in modules]
+
+
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
