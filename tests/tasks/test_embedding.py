@@ -166,7 +166,8 @@ def test_a_projection_starts_as_the_identity_and_is_the_head_a_probe_trains(tiny
     # The last checkpoint holds the trained weights (best/ may be the start, which competes for it).
     from safetensors.torch import load_file
 
-    trained = load_file(str(sorted((result.run_dir / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+    last = max((result.run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    trained = load_file(str(last / "model.safetensors"))
     start = plain_model.state_dict()
     assert all(torch.equal(trained[k], start[k]) for k in start)  # the probe left the encoder alone
     assert not torch.equal(trained["2.linear.weight"], torch.eye(32))  # and trained the map
