@@ -191,6 +191,18 @@ def _read_path_table(kind: FileKind, path: Path, column: str, label_column: str 
     return rows
 
 
+def resolve_paths(kind: FileKind, table: Path, cells: list[str], root_key: str | None) -> list[str]:
+    """A table's path cells made absolute: relative ones start from `root_key`'s folder, else the table's.
+
+    Raises:
+        DataError: the root folder is missing, or not one of the paths exists (a wrong root).
+    """
+    root = _root(kind, table, root_key)
+    paths = [_under(root, cell) for cell in cells]
+    _check_some_exist(kind, table, paths, root, root_key)
+    return paths
+
+
 def _root(kind: FileKind, table: Path, root_key: str | None) -> Path:
     """The folder relative paths are resolved against: the section's root key, else the table's folder."""
     if root_key is None:

@@ -1,7 +1,7 @@
 """The one catalogue of `demo:` sources: real pre-trained weights that registry packages ship.
 
 Every family adapter (Hugging Face in `models/sources.py`, timm in `models/timm_models.py`, Whisper
-from CTranslate2 files in `models/ctranslate2.py`, and those to come: detection, faces) registers its
+from CTranslate2 files in `models/ctranslate2.py`, dlib's face ResNet through timm) registers its
 aliases here with what each is: its modality, the tasks it serves, the model id it is a copy of (for
 model cards) and the package that ships it. So `tunesmith models` lists them all, an unknown alias is
 answered with every known one, a task can be inferred from the source when only one fits, and an

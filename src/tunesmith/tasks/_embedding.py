@@ -21,7 +21,13 @@ from tunesmith.report.ranking_metrics import RETRIEVAL_KS, verification_metrics
 
 
 class EmbeddingConfig(Section):
-    """`embedding`: the columns of a pair, the loss, and what `predict` searches."""
+    """`embedding`: what the columns hold, the loss, and what `predict` searches."""
+
+    inputs: Literal["auto", "text", "images"] = "auto"
+    """What the columns hold. `auto`: images when `model.source` is an image model (`demo:face-resnet`,
+    a timm name, folder or weights file), else text."""
+    image_root: str | None = None
+    """images: the folder relative image paths start from (default: the data file's own folder)."""
 
     anchor_column: str = "anchor"
     """The text that searches: a query, a question. `predict` embeds this column."""

@@ -1,16 +1,17 @@
-"""Embeddings for retrieval and similarity: a sentence encoder fine-tuned on (anchor, positive) pairs.
+"""Embeddings for retrieval and similarity: an encoder of texts or images fine-tuned on pairs or classes.
 
-Rows pair an anchor (a query, a question) with a positive that should embed near it (its passage, a
-paraphrase), optionally with a hard negative that should not. The model is a sentence-transformers
-model: the source's transformer, its pooling and normalization as saved (a plain transformers encoder
-gets mean pooling), so `best/` loads with `SentenceTransformer(path)`. The loss is in-batch negatives by
+Rows pair an anchor (a query, a question, a face) with a positive that should embed near it (its
+passage, a paraphrase, another photo of the person), optionally with a hard negative that should
+not. The encoder (tasks/_embedding_encoders.py) is a sentence-transformers model for text (`best/`
+loads with `SentenceTransformer(path)`) or a timm model's pooled features for images (dlib's face
+ResNet as `demo:face-resnet`, or any timm backbone; `best/` loads with timm). The loss is in-batch negatives by
 default (every other row's positive is a negative for this anchor, the negative column adds one more),
 or a triplet loss on the negative column. Validation is retrieval: each validation anchor searches the
 validation rows' distinct positives and negatives, scored by nDCG@10, recall@k and MRR@10. When
 tunesmith holds out the validation rows itself, rows that share a positive stay on one side, so
 validation measures passages the model has not trained on. Pairs labelled matching or not
 (`label_column`) are a verification set instead: a contrastive loss, and ROC AUC, TAR at a false-accept
-rate and the equal error rate of the pairs' cosine similarity. Rows of one text with a class
+rate and the equal error rate of the pairs' cosine similarity. Rows of one input with a class
 (`class_column`: an identity, an intent) train on P x K batches with a batch-hard triplet loss, and
 are validated on held-out classes: every validation row searches the others for its class.
 """
@@ -28,24 +29,12 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks, grouped_split, load_labelled, sample
 from tunesmith.data.readers import read_table
-from tunesmith.data.text_limits import cap_texts, char_limit
-from tunesmith.errors import ConfigError, DataError, ModelSourceError
-from tunesmith.models.hf_family import HFModel
-from tunesmith.models.layer_groups import LayerGroup, transformer_layer_groups
-from tunesmith.models.sources import loading, token_limit
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.report.ranking_metrics import retrieval_metrics, verification_metrics
 from tunesmith.tasks import ClassBatches, OneOutputPerRow, register_task
-from tunesmith.tasks._embedding import (
-    PAIR_LABELS,
-    TRANSFORMER_PREFIX,
-    EmbeddingConfig,
-    class_metrics,
-    in_batch_negatives,
-    library_quiet,
-    module_files,
-    unit_vectors,
-    with_projection,
-)
+from tunesmith.tasks._embedding import PAIR_LABELS, EmbeddingConfig, class_metrics, in_batch_negatives, unit_vectors
+from tunesmith.tasks._embedding_encoders import ImageEncoder, encoder_for
 
 log = logging.getLogger("tunesmith")
 
@@ -58,18 +47,17 @@ class EmbeddingTask(OneOutputPerRow):
                                                "tar_at_far_0.001", "eer")
     minimize: ClassVar[tuple[str, ...]] = ("loss", "eer", "mean_rank")
     settings: ClassVar[type[Section] | None] = EmbeddingConfig
-    supports_activation_cache: ClassVar[bool] = False  # two or three texts per row, each through the encoder
+    supports_activation_cache: ClassVar[bool] = False  # two or three inputs per row, each through the encoder
     defaults: ClassVar[dict[str, Any]] = {"data.max_length": 256}  # passages run longer than sentences
     pipeline_tag: ClassVar[str] = "sentence-similarity"
     start_competes: ClassVar[bool] = True  # a pre-trained encoder already retrieves: a fine-tune that does worse keeps it
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.hf = HFModel("AutoModel", config.model)  # resolves the source; its dropout and config
+        self.encoder = encoder_for(config)  # text or images: the model, its inputs and its folder
         self.train_rows: LabelledRows | None = None
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []  # no label set: pairs, pair labels or classes are the supervision
-        self.tokenizer: Any = None
         self.truncated = 0
         self.data_checks: dict[str, int] = {}
         self.model: nn.Module | None = None  # kept by load_trained: `predict` embeds the gallery with it
@@ -81,7 +69,7 @@ class EmbeddingTask(OneOutputPerRow):
         return self.config.task_settings
 
     @property
-    def text_columns(self) -> list[str]:
+    def columns(self) -> list[str]:
         o = self.options
         if o.mode == "classes":
             return [o.anchor_column]
@@ -123,7 +111,7 @@ class EmbeddingTask(OneOutputPerRow):
     def _read(self, path: str) -> LabelledRows:
         """The rows of a file; with `label_column`, labels read as 1 (matching) or 0, else a DataError."""
         label = self.options.label_column
-        rows = load_labelled(path, self.text_columns, label or self.options.class_column, self.config.data.bad_rows,
+        rows = load_labelled(path, self.columns, label or self.options.class_column, self.config.data.bad_rows,
                              settings=("embedding.anchor_column / positive_column / negative_column",
                                        "embedding.label_column" if label else "embedding.class_column"))
         if label:
@@ -133,15 +121,15 @@ class EmbeddingTask(OneOutputPerRow):
                 raise DataError(f"{path}: line {bad[0][0]}: {label} is {bad[0][1]!r} ({len(bad)} such rows); a pair's "
                                 "label is 1 / true for matching texts and 0 / false for others")
             rows.labels = values
-        return rows
+        return self.encoder.checked(rows, self.columns)
 
     def unlabelled_rows(self, path: str) -> LabelledRows:
-        """Texts to embed (the anchor column), scored against their positive where the file has that column."""
+        """Inputs to embed (the anchor column), scored against their positive where the file has that column."""
         o = self.options
         header = read_table(path).columns
         columns = [o.anchor_column] + ([o.positive_column] if o.positive_column in header else [])
-        return load_labelled(path, columns, None, self.config.data.bad_rows,
-                             settings=("embedding.anchor_column", ""))
+        rows = load_labelled(path, columns, None, self.config.data.bad_rows, settings=("embedding.anchor_column", ""))
+        return self.encoder.checked(rows, columns)
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {}
@@ -155,148 +143,69 @@ class EmbeddingTask(OneOutputPerRow):
                     facts[split].update(unit="pairs", distinct_positives=len(set(rows.inputs[self.options.positive_column])))
                 if mode == "labelled_pairs":
                     facts[split]["matching_pairs"] = int(sum(rows.labels))
-        facts["truncated_to_max_length"] = self.truncated
+        if isinstance(self.encoder, ImageEncoder):
+            facts["unusable_images"] = self.encoder.bad_images
+        else:
+            facts["truncated_to_max_length"] = self.truncated
         facts.update(self.data_checks)
         return facts
 
-    # ---- model ------------------------------------------------------------------------------
+    # ---- model ----------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
-        """The source as a SentenceTransformer; under `model.pretrained: false` its transformer is
-        drawn afresh from the same config (pooling and tokenizer kept)."""
-        model = self._sentence_transformer()
-        if not self.config.model.pretrained:
-            from transformers import AutoModel
-
-            model[0].model = AutoModel.from_config(model[0].model.config)
-        if self.options.projection and not any(type(m).__name__ == "Dense" for m in model.children()):
-            model = with_projection(model)
-        return self._ready(model)
+        return self.encoder.build()
 
     def load_trained(self) -> nn.Module:
-        self.model = self._ready(self._sentence_transformer())
+        self.model = self.encoder.load()
         return self.model
 
-    def _sentence_transformer(self) -> Any:
-        from sentence_transformers import SentenceTransformer
-
-        resolved = self.hf.resolved
-        if resolved.gguf_file:
-            raise ModelSourceError(f"{self.config.model.source} is a GGUF file; the embedding task reads transformer "
-                              "encoders (a sentence-transformers or transformers folder, or demo:minilm)")
-        with loading(resolved), library_quiet():
-            return SentenceTransformer(resolved.location, device="cpu", local_files_only=resolved.local,
-                                       trust_remote_code=self.config.model.trust_remote_code,
-                                       config_kwargs=self.hf.dropout() or None)
-
-    def _ready(self, model: Any) -> nn.Module:
-        # A BERT-style pooler sits on the transformer but the embedding pools the token states itself:
-        # no gradient reaches it, so it is held still and belongs to no layer group.
-        for name, param in model.named_parameters():
-            if ".pooler." in name:
-                param.requires_grad_(False)
-        self.tokenizer = model.tokenizer
-        return model
-
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        """The transformer's groups (embeddings, each block), then any trained module after pooling
-        (a Dense projection) as the head."""
-        names = {id(p): n for n, p in model.named_parameters()}
-        groups = transformer_layer_groups(model[0].model)  # type: ignore[index]  # a SentenceTransformer is a Sequential
-        claimed: set[int] = set()
-        for group in groups:
-            group.params = [(names[id(p)], p) for _, p in group.params if p.requires_grad]
-            claimed.update(id(p) for _, p in group.params)
-        head = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in claimed
-                and not n.startswith("0.")]
-        groups = [g for g in groups if g.name != "head"]
-        if head:
-            groups.append(LayerGroup("head", list(model.children())[1:], head))
-        return groups
+        return self.encoder.layer_groups(model)
 
     def card_usage(self) -> str:
-        return ("```python\nfrom sentence_transformers import SentenceTransformer\n"
-                'model = SentenceTransformer("path/to/best")\n'
-                'embeddings = model.encode(["a query", "a passage"], normalize_embeddings=True)\n'
-                "similarity = embeddings[0] @ embeddings[1]\n```")
+        return self.encoder.card_usage()
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Writes a sentence-transformers folder; `weights` (gathered from shards) replace each module's own."""
-        encoder: Any = model  # a SentenceTransformer
-        with library_quiet():
-            encoder.save(folder, create_model_card=False)
-        if weights is None:
-            return
-        from safetensors.torch import save_file
-
-        for prefix, path in module_files(Path(folder)):
-            own = {k[len(prefix):]: v.contiguous() for k, v in weights.items() if k.startswith(prefix)}
-            if prefix == TRANSFORMER_PREFIX:  # transformers' own layout (shards, tied weights)
-                encoder[0].model.save_pretrained(folder, state_dict=own)
-            elif own:
-                save_file(own, str(path))
+        """Writes the encoder's folder (sentence-transformers' or timm's); `weights` (gathered from
+        shards) replace the model's own."""
+        self.encoder.save(model, folder, weights)
 
     def saved_weights(self, folder: Path) -> dict[str, torch.Tensor]:
         """What `save` wrote, keyed as the model's state dict (the engine restores `best/` with it)."""
-        from safetensors.torch import load_file
-
-        weights = {}
-        for prefix, path in module_files(folder):
-            if path.is_file():
-                weights.update({prefix + k: v for k, v in load_file(str(path)).items()})
-        return weights
+        return self.encoder.saved_weights(folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
-    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> list[dict[str, Any]]:
-        """Per row, the token ids of each text (anchor, positive[, negative]), unpadded, and under
-        `labels` the index of its positive among the distinct positives (rows that share a positive
-        are not each other's negatives), or for labelled pairs the pair's label."""
-        max_length = token_limit(self.tokenizer, self.config.data.max_length)
-        columns = self.text_columns if labelled else [c for c in self.text_columns[:2] if c in rows.inputs]
-        ids_by_column, cut = [], [False] * len(rows)
-        for column in columns:
-            texts, cut_here = cap_texts(rows.inputs[column], char_limit(max_length))
-            ids = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-            cut = [a or len(i) >= max_length or b for a, i, b in zip(cut, ids, cut_here)]
-            ids_by_column.append(ids)
-        truncated = sum(cut)
-        if truncated:
-            log.info("%s: %d of %d rows had a text reach max_length=%d, truncated", rows.source, truncated, len(rows),
-                     max_length)
-        self.truncated += truncated
-        features: list[dict[str, Any]] = [{"texts": [ids[i] for ids in ids_by_column]} for i in range(len(rows))]
+    def dataset(self, rows: LabelledRows, train: bool, labelled: bool = True) -> Any:
+        """The encoder's inputs for each column (anchor, positive[, negative]): token ids or images.
+        Labels: the index of the row's positive among the distinct positives (rows that share a
+        positive are not each other's negatives) or of its class, or a labelled pair's label."""
+        o = self.options
+        columns = self.columns if labelled else [c for c in (o.anchor_column, o.positive_column) if c in rows.inputs]
+        labels = None
         if labelled and self.options.mode == "labelled_pairs":
-            for feature, label in zip(features, rows.labels):
-                feature["labels"] = label
+            labels = list(rows.labels)
         elif labelled:  # the index of the row's positive, or of its class, among this dataset's
             index: dict[Any, int] = {}
-            for feature, group in zip(features, self._groups(rows)):
-                feature["labels"] = index.setdefault(group, len(index))
-        return features
+            labels = [index.setdefault(group, len(index)) for group in self._groups(rows)]
+        data, truncated = self.encoder.dataset(rows, columns, train, labels)
+        self.truncated += truncated
+        return data
 
     def class_batches(self, dataset: list[dict[str, Any]]) -> ClassBatches | None:
         """P x K training batches for rows with classes (the engine's sampler draws them), else None."""
         if self.options.mode != "classes":
             return None
-        return ClassBatches([f["labels"] for f in dataset], self.options.per_class)
+        labels = dataset.labels if hasattr(dataset, "labels") else [f["labels"] for f in dataset]  # images: not decoded
+        return ClassBatches(labels, self.options.per_class)
 
-    def lengths(self, dataset: list[dict[str, Any]]) -> list[int]:
-        return [sum(len(t) for t in f["texts"]) for f in dataset]
+    def lengths(self, dataset: Any) -> list[int] | None:
+        return self.encoder.lengths(dataset)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Each text column padded to its own longest row: `input_ids_<c>` and `attention_mask_<c>`
-        (B, T_c) for column c (0 anchor, 1 positive, 2 negative), and (B,) `labels`, the positive's index."""
-        batch: dict[str, torch.Tensor] = {}
-        pad = self.tokenizer.pad_token_id or 0
-        for c in range(len(features[0]["texts"])):
-            texts = [f["texts"][c] for f in features]
-            ids = torch.full((len(texts), max(map(len, texts))), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, t in enumerate(texts):
-                ids[i, :len(t)] = torch.tensor(t)
-                mask[i, :len(t)] = 1
-            batch[f"input_ids_{c}"], batch[f"attention_mask_{c}"] = ids, mask
+        """The encoder's tensors per column (`input_ids_<c>` and `attention_mask_<c>`, or
+        `pixel_values_<c>`; 0 anchor, 1 positive, 2 negative) and (B,) `labels`."""
+        batch = self.encoder.collate(features)
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch
@@ -304,13 +213,8 @@ class EmbeddingTask(OneOutputPerRow):
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """(B, D) sentence embeddings of each text column of the batch, in column order."""
-        columns: list[torch.Tensor] = []
-        while f"input_ids_{len(columns)}" in batch:
-            c = len(columns)
-            features = {"input_ids": batch[f"input_ids_{c}"], "attention_mask": batch[f"attention_mask_{c}"]}
-            columns.append(model(features)["sentence_embedding"])
-        return columns
+        """(B, D) embeddings of each column of the batch, in column order."""
+        return self.encoder.embed(model, batch)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack(self.embed(model, batch), dim=1)  # (B, columns, D)
@@ -355,7 +259,7 @@ class EmbeddingTask(OneOutputPerRow):
             return class_metrics(unit_vectors(embeddings[:, 0]), rows.labels)
         corpus: dict[str, int] = {}
         vectors = []
-        for c, column in enumerate(self.text_columns[1:], start=1):
+        for c, column in enumerate(self.columns[1:], start=1):
             for i, text in enumerate(rows.inputs[column]):
                 if text not in corpus:
                     corpus[text] = len(corpus)
@@ -386,12 +290,12 @@ class EmbeddingTask(OneOutputPerRow):
         assert o.gallery is not None and self.model is not None  # predict loads the model first
         gallery = load_labelled(o.gallery, [o.gallery_column], None, self.config.data.bad_rows,
                                 settings=("embedding.gallery_column", ""))
-        texts = gallery.inputs[o.gallery_column]
-        vectors = self.model.encode(texts, batch_size=self.config.training.per_device_eval_batch_size,  # type: ignore[operator]  # SentenceTransformer.encode
-                                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        texts = self.encoder.checked(gallery, [o.gallery_column]).inputs[o.gallery_column]
+        vectors = self.encoder.encode(self.model, texts, self.config.training.per_device_eval_batch_size)
+        key = "image" if self.encoder.inputs == "images" else "text"
         k = min(o.top_k, len(texts))
         for start in range(0, len(queries), 1024):  # a block of queries at a time: (1024, gallery) scores
             scores = queries[start:start + 1024] @ vectors.T
             top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             for record, row, best in zip(records[start:start + 1024], scores, top):
-                record["neighbours"] = [{"text": texts[j], "score": round(float(row[j]), 6)} for j in best]
+                record["neighbours"] = [{key: texts[j], "score": round(float(row[j]), 6)} for j in best]
