@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 
 import tunesmith
@@ -53,7 +54,7 @@ def test_added_columns_that_the_input_has_are_renamed_not_overwritten(caplog):
 @pytest.mark.parametrize("make, message", [
     (lambda p: (p / "preds.csv").mkdir(), "is a directory"),
     (lambda p: (p / "file.txt").write_text("x"), "is a file, not a folder"),
-    (lambda p: None, "use a .csv or .jsonl file name"),
+    (lambda p: None, "use a .csv or .jsonl or .parquet or .npy file name"),
 ])
 def test_a_bad_output_is_refused_before_the_model_loads(tmp_path, reviews, make, message):
     make(tmp_path)
@@ -61,6 +62,17 @@ def test_a_bad_output_is_refused_before_the_model_loads(tmp_path, reviews, make,
     with pytest.raises(DataError, match=message) as error:  # the model does not exist: it was never loaded
         tunesmith.predict(str(tmp_path / "no-such-model"), str(reviews), str(tmp_path / target))
     assert str(tmp_path / target) in str(error.value)
+
+
+def test_a_npy_output_needs_a_task_that_predicts_vectors(tmp_path):
+    from tunesmith.prediction_file import check_vectors, write_records
+
+    with pytest.raises(DataError, match="predicts no vectors .* use a .csv, .jsonl or .parquet"):
+        check_vectors(tmp_path / "p.npy", None)
+    check_vectors(tmp_path / "p.npy", "embedding")
+    out = write_records(tmp_path / "p.npy", [{"line": 1, "embedding": [0.5, 1.0]}, {"line": 2, "embedding": [1.0, 0.0]}],
+                        "embedding")
+    assert np.load(out).tolist() == [[0.5, 1.0], [1.0, 0.0]]
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through read-only permissions")

@@ -121,7 +121,7 @@ def _print_metrics(title: str, columns: dict[str, dict], shown: list[str]) -> No
 def predict(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, run directory or hub id.")],
             data: Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/JSONL/Parquet with the text column, "
                                                                      "or (images) a folder of images.")],
-            output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (.csv or .jsonl).")],
+            output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions (.csv, .jsonl, .parquet; .npy: embeddings alone).")],
             set_: SetOption = None) -> None:
     """Predict labels and per-label probabilities for every row of a file (or every image of a folder),
     written beside the row's line and input columns."""

@@ -6,6 +6,10 @@ skipped as bad leave a visible gap) and every column of the input as read (an `i
 `label`, a `domain`), followed by the task's prediction columns (`predicted_label`, `score`,
 `prob_<label>` for classification). Nothing of the input is overwritten: an added column whose
 name the input already uses is written as `tunesmith_<name>` and the rename is logged.
+
+The file is CSV (a list or record cell as JSON), JSONL, or Parquet (lists and records as Parquet's
+own nested columns: an embedding is a list<double>). A task whose prediction is a vector (embeddings:
+its `vector_column`) may also write `.npy`: that matrix alone, one row per predicted row in order.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunesmith.data.labelled import LabelledRows
 from tunesmith.errors import DataError
 
 log = logging.getLogger("tunesmith")
 
-FORMATS = (".csv", ".jsonl")
+FORMATS = (".csv", ".jsonl", ".parquet", ".npy")
 
 
 def check_output(path: Path, formats: tuple[str, ...] = FORMATS, option: str = "--output") -> None:
@@ -80,21 +86,49 @@ def _free_names(added: list[str], taken: set[str]) -> dict[str, str]:
     return names
 
 
-def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
-    """Writes CSV or JSONL (by suffix) under a temporary name, then moves it into place."""
+def check_vectors(path: Path, vector_column: str | None) -> None:
+    """Refuses, before any model loads, a `.npy` output for a task whose predictions are no vectors.
+
+    Raises:
+        DataError: naming the formats that task can write.
+    """
+    if path.suffix.lower() == ".npy" and vector_column is None:
+        raise DataError(f"--output {path}: a .npy file holds one vector per row, and this task predicts no vectors "
+                        "(embeddings do); use a .csv, .jsonl or .parquet file name")
+
+
+def write_records(path: Path, records: list[dict[str, Any]], vector_column: str | None = None) -> Path:
+    """Writes CSV, JSONL, Parquet or (the `vector_column` alone) NumPy's .npy, by suffix, under a
+    temporary name, then moves it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
+    suffix = path.suffix.lower()
     try:
-        with partial.open("w", newline="", encoding="utf-8") as f:
-            if path.suffix.lower() == ".jsonl":
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            else:
-                writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
-                writer.writeheader()
-                # a list or record cell (a recommender's top-k items) as JSON, which any reader parses back
-                writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
-                                  for k, v in r.items()} for r in records)
+        if suffix == ".npy":
+            check_vectors(path, vector_column)
+            assert vector_column is not None  # check_vectors refused the rest
+            with partial.open("wb") as f:
+                np.save(f, np.array([r[vector_column] for r in records], dtype=np.float32))
+        elif suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(records), str(partial))
+        else:
+            _write_text(partial, suffix, records)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _write_text(partial: Path, suffix: str, records: list[dict[str, Any]]) -> None:
+    with partial.open("w", newline="", encoding="utf-8") as f:
+        if suffix == ".jsonl":
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        else:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
+            writer.writeheader()
+            # a list or record cell (a recommender's top-k items) as JSON, which any reader parses back
+            writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
+                              for k, v in r.items()} for r in records)

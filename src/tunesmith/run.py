@@ -236,29 +236,29 @@ def evaluate(model: str, data: str, overrides: list[str] | None = None, output: 
 
 
 def predict(model: str, data: str, output: str, overrides: list[str] | None = None) -> Path:
-    """Writes a prediction for every row of `data` to CSV or JSONL, joined to its input row.
-
-    Each record holds the row's `line`, every column of the input as read, and the task's
-    prediction columns (classification: `predicted_label`, `score`, `prob_<label>`); see
-    `tunesmith.prediction_file`.
+    """Writes a prediction for every row of `data` to CSV, JSONL or Parquet, joined to its input row
+    (or a task's vectors alone to .npy). Each record holds the row's `line`, every column of the input
+    as read, and the task's prediction columns (classification: `predicted_label`, `score`,
+    `prob_<label>`); see `tunesmith.prediction_file`.
 
     Raises:
-        DataError: `output` is not a writable .csv/.jsonl file name (checked before the model loads),
-            or `data` cannot be read.
+        DataError: `output` is not a writable .csv/.jsonl/.parquet (vectors: .npy) file name (checked
+            before the model loads), or `data` cannot be read.
     """
     from tunesmith.engine.evaluation import collect_outputs
-    from tunesmith.prediction_file import check_output, joined_records, write_records
+    from tunesmith.prediction_file import check_output, check_vectors, joined_records, write_records
     from tunesmith.tasks import read_rows
 
     out = Path(output).expanduser()
     check_output(out)
     config = _inference_config(model, overrides, validation=data)
     task = _inference_task(config, labelled=False)
+    check_vectors(out, vectors := getattr(task, "vector_column", None))  # optional: the column a .npy file holds
     model_obj, accelerator, loader = _inference_model(task, config, labelled=False)
     rows = read_rows(task.eval_rows, "prediction")
     with _row_progress(len(rows), "predict") as progress:
         examples, _ = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
-    return write_records(out, joined_records(rows, task.predictions(rows, task.row_outputs(rows, examples))))
+    return write_records(out, joined_records(rows, task.predictions(rows, task.row_outputs(rows, examples))), vectors)
 
 
 def _row_progress(total: int, label: str):
