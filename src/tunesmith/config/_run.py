@@ -109,7 +109,7 @@ class RunConfig(Section):
         spec = self.tasks.get(self.task)
         if spec is None:
             return [f"task: unknown task {self.task!r}; choose one of {', '.join(sorted(self.tasks))}"] if self.tasks else []
-        for key, value in spec.defaults.items():
+        for key, value in {**spec.defaults, **_source_defaults(self.model.source, self.task)}.items():
             section, name = key.split(".")
             _set_default(getattr(self, section), name, value)
         t = self.training
@@ -148,6 +148,20 @@ class RunConfig(Section):
         if t.warmup_ratio is None and t.warmup_steps is None:
             return 0.1, None
         return t.warmup_ratio, t.warmup_steps
+
+
+def _source_defaults(source: str, task: str) -> dict[str, Any]:
+    """What a `demo:` alias's weights fine-tune well with for `task` (`Demo.defaults`); {} for other sources."""
+    if not source.startswith("demo:"):
+        return {}
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models.demos import find_demo
+
+    try:
+        demo = find_demo(source)
+    except TunesmithError:  # an unknown alias: refused, with the known ones, where the model loads
+        return {}
+    return dict(demo.defaults.get(task, {})) if demo is not None else {}
 
 
 def _set_default(section: Section, name: str, value: Any) -> None:

