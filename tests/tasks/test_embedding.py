@@ -367,8 +367,10 @@ def test_fine_tuning_the_face_resnet_verifies_unseen_people_better(shared_data, 
     raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": "demo:face-resnet"},
            "data": {"train": train, "validation": test},
            "embedding": {"anchor_column": "path", "class_column": "identity", "image_root": str(orl)},
-           "augmentation": {"preset": "none"},
-           "training": {"num_train_epochs": 3, "learning_rate": 1e-5, "per_device_train_batch_size": 32}}
+           "training": {"num_train_epochs": 3, "per_device_train_batch_size": 32}}
+    config = load_config(raw)  # the demo's own defaults: learning rate 1e-5, no random crops
+    assert config.training.learning_rate == 1e-5 and config.augmentation.preset == "none"
+    assert load_config({**raw, "training": {"learning_rate": 3e-5}}).training.learning_rate == 3e-5
     result = tunesmith.finetune(raw, quiet=True)
     # Measured (bf16 on a CPU with AMX, 30 s): all 4,950 pairs of the held-out people, ROC AUC 0.921 -> 0.955,
     # EER 0.175 -> 0.125, TAR at 1% FAR 0.591 -> 0.756.
@@ -384,3 +386,84 @@ def test_fine_tuning_the_face_resnet_verifies_unseen_people_better(shared_data, 
     # Measured on the 900 pairs: ROC AUC 0.922 -> 0.954, EER 0.172 -> 0.121, TAR at 1% FAR 0.591 -> 0.738.
     assert scored["fine-tuned"]["roc_auc"] > scored["pre-trained"]["roc_auc"] + 0.01
     assert scored["fine-tuned"]["eer"] < scored["pre-trained"]["eer"]
+
+
+def test_the_validation_threshold_is_saved_and_applied_to_new_pairs(tiny_bert, tmp_path):
+    """best/ keeps the verification cut chosen on validation; evaluate scores a test file at it and predict
+    says whether each pair matches."""
+    from tunesmith.tasks._embedding import THRESHOLD_FILE
+
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": write_jsonl(tmp_path / "t.jsonl", labelled_pairs(80))}, "embedding": {"label_column": "same"},
+           "training": {"num_train_epochs": 2, "learning_rate": 2e-3, "per_device_train_batch_size": 8}}
+    result = tunesmith.finetune(raw, quiet=True)
+    saved = json.loads((result.best_model_dir / THRESHOLD_FILE).read_text())["threshold"]
+    assert saved == pytest.approx(result.final["threshold"], abs=1e-6)
+    test = write_jsonl(tmp_path / "test.jsonl", labelled_pairs(40, seed=7))
+    metrics = tunesmith.evaluate(str(result.run_dir), test)
+    assert 0 <= metrics["accuracy_at_saved_threshold"] <= metrics["best_threshold_accuracy"]
+    out = tunesmith.predict(str(result.run_dir), test, str(tmp_path / "p.jsonl"))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["match"] == (r["score"] >= saved) for r in records)
+    accuracy = np.mean([r["match"] == (int(r["same"]) == 1) for r in records])
+    assert accuracy == pytest.approx(metrics["accuracy_at_saved_threshold"], abs=1e-6)
+
+
+def test_an_arcface_head_is_its_own_group_trains_and_stays_out_of_the_encoder_folder(tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from tunesmith.tasks._embedding import MARGIN_HEAD_FILE
+
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": write_jsonl(tmp_path / "t.jsonl", class_rows(10, 6)), "validation_split": 0.3},
+           "embedding": {"anchor_column": "text", "class_column": "person", "loss": "arcface", "margin": 0.3},
+           "training": {"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8}}
+    task = get_task(load_config(raw))
+    task.preflight()
+    model = task.build_model()
+    groups = task.layer_groups(model)
+    assert groups[-1].name == "margin_head" and [n for n, _ in groups[-1].params] == ["margin_head.W"]
+    assert groups[-1].params[0][1].shape == (32, 7)  # (D, training classes): the held-out three have none
+    result = tunesmith.finetune(raw, quiet=True)
+    assert {"roc_auc", "recall_at_1", "eer"} <= set(result.final) and math.isfinite(result.final["loss"])
+    best = result.best_model_dir
+    assert (best / MARGIN_HEAD_FILE).is_file()
+    plain = SentenceTransformer(str(best), device="cpu", local_files_only=True)  # the encoder alone
+    assert plain.encode(["apple river 1"]).shape == (1, 32)
+    with pytest.raises(ConfigError, match="loss: arcface learns a direction per class"):
+        load_config({**raw, "embedding": {"loss": "arcface"}})
+
+
+def test_gallery_search_with_faiss_finds_what_numpy_finds():
+    pytest.importorskip("faiss", reason="pip install faiss-cpu")
+    from tunesmith.tasks import _embedding
+
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(5000, 16)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[:50] + 0.01 * rng.normal(size=(50, 16)).astype(np.float32)
+    indexed = _embedding.nearest(queries, gallery, 5)  # 5,000 items: above INDEX_ABOVE, faiss
+    assert len(gallery) > _embedding.INDEX_ABOVE
+    _embedding.INDEX_ABOVE, saved = 10**9, _embedding.INDEX_ABOVE
+    try:
+        plain = _embedding.nearest(queries, gallery, 5)
+    finally:
+        _embedding.INDEX_ABOVE = saved
+    np.testing.assert_array_equal(indexed[1], plain[1])
+    np.testing.assert_allclose(indexed[0], plain[0], atol=1e-5)
+    assert (indexed[1][:, 0] == np.arange(50)).all()
+
+
+def test_predict_writes_embeddings_as_parquet_or_a_npy_matrix(tiny_bert, tmp_path):
+    import pyarrow.parquet as pq
+
+    raw = {"task": "embedding", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_bert)},
+           "data": {"train": write_jsonl(tmp_path / "t.jsonl", pair_rows(24))},
+           "training": {"num_train_epochs": 1, "per_device_train_batch_size": 8}}
+    run = tunesmith.finetune(raw, quiet=True).run_dir
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"anchor": "apple plum"}, {"anchor": "rain snow"}, {"anchor": "ship"}])
+    table = pq.read_table(tunesmith.predict(str(run), queries, str(tmp_path / "p.parquet"))).to_pylist()
+    matrix = np.load(tunesmith.predict(str(run), queries, str(tmp_path / "p.npy")))
+    assert matrix.shape == (3, 32) and matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix, np.array([r["embedding"] for r in table]), atol=1e-6)
+    assert [r["line"] for r in table] == [1, 2, 3]

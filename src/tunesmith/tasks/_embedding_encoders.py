@@ -121,6 +121,10 @@ class TextEncoder:
         self.tokenizer = model.tokenizer
         return model
 
+    def width(self, model: nn.Module) -> int:
+        """D, the embedding's size."""
+        return int(model.get_embedding_dimension())  # type: ignore[operator]  # SentenceTransformer
+
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """The transformer's groups (embeddings, each block), then any trained module after pooling
         (a Dense projection) as the head."""
@@ -261,6 +265,10 @@ class ImageEncoder:
 
         self.data_config = resolve_model_data_config(model)
         return model
+
+    def width(self, model: nn.Module) -> int:
+        """D: the projection's size, else the pooled features'."""
+        return int(model.num_classes or model.num_features)  # type: ignore[arg-type]  # a timm model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         from tunesmith.models.timm_models import timm_layer_groups

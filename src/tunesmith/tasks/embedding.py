@@ -32,8 +32,20 @@ from tunesmith.data.readers import read_table
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.report.ranking_metrics import retrieval_metrics, verification_metrics
-from tunesmith.tasks import ClassBatches, OneOutputPerRow, register_task
-from tunesmith.tasks._embedding import PAIR_LABELS, EmbeddingConfig, class_metrics, in_batch_negatives, unit_vectors
+from tunesmith.tasks import ClassBatches, OneOutputPerRow, read_rows, register_task
+from tunesmith.tasks._embedding import (
+    MARGIN_HEAD_FILE,
+    PAIR_LABELS,
+    EmbeddingConfig,
+    at_threshold,
+    class_metrics,
+    in_batch_negatives,
+    nearest,
+    read_threshold,
+    WithMarginHead,
+    unit_vectors,
+    write_threshold,
+)
 from tunesmith.tasks._embedding_encoders import ImageEncoder, encoder_for
 
 log = logging.getLogger("tunesmith")
@@ -50,6 +62,7 @@ class EmbeddingTask(OneOutputPerRow):
     supports_activation_cache: ClassVar[bool] = False  # two or three inputs per row, each through the encoder
     defaults: ClassVar[dict[str, Any]] = {"data.max_length": 256}  # passages run longer than sentences
     pipeline_tag: ClassVar[str] = "sentence-similarity"
+    vector_column: ClassVar[str] = "embedding"  # the prediction `predict --output x.npy` writes as a matrix
     start_competes: ClassVar[bool] = True  # a pre-trained encoder already retrieves: a fine-tune that does worse keeps it
 
     def __init__(self, config: RunConfig):
@@ -62,6 +75,8 @@ class EmbeddingTask(OneOutputPerRow):
         self.data_checks: dict[str, int] = {}
         self.model: nn.Module | None = None  # kept by load_trained: `predict` embeds the gallery with it
         self._loss: nn.Module | None = None  # a sentence-transformers loss (`_library_loss`), made on first use
+        self.validation_threshold: float | None = None  # the last validation's best verification cut: saved in best/
+        self.saved_threshold: float | None = None  # a trained model's (load_trained): evaluate and predict apply it
 
     @property
     def options(self) -> EmbeddingConfig:
@@ -153,26 +168,59 @@ class EmbeddingTask(OneOutputPerRow):
     # ---- model ----------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
-        return self.encoder.build()
+        """The encoder; with `loss: arcface`, wrapped with its margin head over the training classes."""
+        model = self.encoder.build()
+        o = self.options
+        if o.objective != "arcface":
+            return model
+        classes = len(set(read_rows(self.train_rows, "training").labels))
+        return WithMarginHead(model, classes, self.encoder.width(model), o.scale, o.margin)
 
     def load_trained(self) -> nn.Module:
         self.model = self.encoder.load()
+        self.saved_threshold = read_threshold(Path(self.config.model.source).expanduser())
         return self.model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        return self.encoder.layer_groups(model)
+        """The encoder's groups; with an ArcFace head, then `margin_head` (its class directions)."""
+        if not isinstance(model, WithMarginHead):
+            return self.encoder.layer_groups(model)
+        groups = self.encoder.layer_groups(model.encoder)
+        for group in groups:
+            group.params = [(f"encoder.{n}", p) for n, p in group.params]
+        head = [(f"margin_head.{n}", p) for n, p in model.margin_head.named_parameters()]
+        return [*groups, LayerGroup("margin_head", [model.margin_head], head)]
 
     def card_usage(self) -> str:
         return self.encoder.card_usage()
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Writes the encoder's folder (sentence-transformers' or timm's); `weights` (gathered from
-        shards) replace the model's own."""
-        self.encoder.save(model, folder, weights)
+        shards) replace the model's own. With pair labels or classes, the verification threshold
+        chosen on validation goes beside them (`THRESHOLD_FILE`); an ArcFace head's class directions
+        too (`MARGIN_HEAD_FILE`), which plain libraries ignore."""
+        if isinstance(model, WithMarginHead):
+            from safetensors.torch import save_file
+
+            own = weights if weights is not None else model.state_dict()
+            self.encoder.save(model.encoder, folder, {k.removeprefix("encoder."): v for k, v in own.items()
+                                                      if k.startswith("encoder.")} if weights is not None else None)
+            save_file({k.removeprefix("margin_head."): v.detach().contiguous().cpu() for k, v in own.items()
+                       if k.startswith("margin_head.")}, str(Path(folder) / MARGIN_HEAD_FILE))
+        else:
+            self.encoder.save(model, folder, weights)
+        if self.validation_threshold is not None and self.options.mode != "pairs":
+            write_threshold(Path(folder), self.validation_threshold)
 
     def saved_weights(self, folder: Path) -> dict[str, torch.Tensor]:
         """What `save` wrote, keyed as the model's state dict (the engine restores `best/` with it)."""
-        return self.encoder.saved_weights(folder)
+        weights = self.encoder.saved_weights(folder)
+        if (folder / MARGIN_HEAD_FILE).is_file():
+            from safetensors.torch import load_file
+
+            heads = load_file(str(folder / MARGIN_HEAD_FILE))
+            weights = {**{f"encoder.{k}": v for k, v in weights.items()}, **{f"margin_head.{k}": v for k, v in heads.items()}}
+        return weights
 
     # ---- tensors ----------------------------------------------------------------------------
 
@@ -214,7 +262,7 @@ class EmbeddingTask(OneOutputPerRow):
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """(B, D) embeddings of each column of the batch, in column order."""
-        return self.encoder.embed(model, batch)
+        return self.encoder.embed(model.encoder if isinstance(model, WithMarginHead) else model, batch)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack(self.embed(model, batch), dim=1)  # (B, columns, D)
@@ -222,6 +270,10 @@ class EmbeddingTask(OneOutputPerRow):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         columns = self.embed(model, batch)
         objective = self.options.objective
+        if isinstance(model, WithMarginHead):
+            if model.training:
+                return model.margin_head(columns[0].float(), batch["labels"]), torch.stack(columns, dim=1)
+            model, objective = model.encoder, "batch_hard_triplet"  # held-out classes have no direction in the head
         if objective == "in_batch_negatives":
             loss = in_batch_negatives(columns, batch["labels"], self.options.scale)
         else:
@@ -252,11 +304,16 @@ class EmbeddingTask(OneOutputPerRow):
         if not outputs:
             return {}
         embeddings = np.stack(outputs)  # (N, columns, D)
-        if self.options.mode == "labelled_pairs":
-            pairs = unit_vectors(embeddings[:, :2])
-            return verification_metrics((pairs[:, 0] * pairs[:, 1]).sum(-1), np.array(rows.labels))
-        if self.options.mode == "classes":
-            return class_metrics(unit_vectors(embeddings[:, 0]), rows.labels)
+        if self.options.mode != "pairs":
+            if self.options.mode == "labelled_pairs":
+                pairs = unit_vectors(embeddings[:, :2])
+                scores, same = (pairs[:, 0] * pairs[:, 1]).sum(-1), np.array(rows.labels)
+                result = {**verification_metrics(scores, same), **at_threshold(scores, same, self.saved_threshold)}
+            else:
+                result = class_metrics(unit_vectors(embeddings[:, 0]), rows.labels, self.saved_threshold)
+            if rows is self.eval_rows and "threshold" in result:  # the full validation set: `save` keeps its cut
+                self.validation_threshold = result["threshold"]
+            return result
         corpus: dict[str, int] = {}
         vectors = []
         for c, column in enumerate(self.columns[1:], start=1):
@@ -270,7 +327,8 @@ class EmbeddingTask(OneOutputPerRow):
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """Per row: its text, its embedding (unit length), the pair's `score` where the file has
-        positives, and with `embedding.gallery` its nearest gallery texts."""
+        positives (and `match`, the score at or above the saved verification threshold), and with
+        `embedding.gallery` its nearest gallery inputs."""
         o = self.options
         if not outputs:
             return []
@@ -281,6 +339,8 @@ class EmbeddingTask(OneOutputPerRow):
             for i, record in enumerate(records):
                 record[o.positive_column] = rows.inputs[o.positive_column][i]
                 record["score"] = round(float(embeddings[i, 0] @ embeddings[i, 1]), 6)
+                if self.saved_threshold is not None:
+                    record["match"] = bool(record["score"] >= self.saved_threshold)
         if o.gallery:
             self._add_neighbours(records, embeddings[:, 0])
         return records
@@ -293,9 +353,6 @@ class EmbeddingTask(OneOutputPerRow):
         texts = self.encoder.checked(gallery, [o.gallery_column]).inputs[o.gallery_column]
         vectors = self.encoder.encode(self.model, texts, self.config.training.per_device_eval_batch_size)
         key = "image" if self.encoder.inputs == "images" else "text"
-        k = min(o.top_k, len(texts))
-        for start in range(0, len(queries), 1024):  # a block of queries at a time: (1024, gallery) scores
-            scores = queries[start:start + 1024] @ vectors.T
-            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            for record, row, best in zip(records[start:start + 1024], scores, top):
-                record["neighbours"] = [{key: texts[j], "score": round(float(row[j]), 6)} for j in best]
+        scores, top = nearest(queries, vectors, min(o.top_k, len(texts)))
+        for record, row_scores, row_top in zip(records, scores, top):
+            record["neighbours"] = [{key: texts[j], "score": round(float(v), 6)} for j, v in zip(row_top, row_scores)]
