@@ -236,10 +236,8 @@ def evaluate(model: str, data: str, overrides: list[str] | None = None, output: 
 
 
 def predict(model: str, data: str, output: str, overrides: list[str] | None = None) -> Path:
-    """Writes a prediction for every row of `data` to CSV, JSONL or Parquet, joined to its input row
-    (or a task's vectors alone to .npy). Each record holds the row's `line`, every column of the input
-    as read, and the task's prediction columns (classification: `predicted_label`, `score`,
-    `prob_<label>`); see `tunesmith.prediction_file`.
+    """Writes a prediction for every row of `data` to CSV, JSONL or Parquet (or a task's vectors alone to
+    .npy): per row its `line`, its columns as read, and the task's (`tunesmith.prediction_file`).
 
     Raises:
         DataError: `output` is not a writable .csv/.jsonl/.parquet (vectors: .npy) file name (checked
@@ -316,8 +314,10 @@ def with_inferred_task(config: RunConfig) -> RunConfig:
 
 
 def _saved_task(model: str) -> str:
-    """The task a run directory (or its `best/`) was trained for; the default task otherwise."""
-    task = _saved_config(model).get("task")
+    """The task a run directory (or its `best/`) was trained for, or a demo alias serves; else the default task."""
+    from tunesmith.models.demos import inferred_task
+
+    task = _saved_config(model).get("task") or inferred_task(model)
     return task if isinstance(task, str) else RunConfig.model_fields["task"].default
 
 

@@ -4,9 +4,9 @@ The layouts (a folder with a subfolder per class; `train/` and `val/` folders of
 table of paths and labels, relative to the table's folder or `image_classification.image_root`) are
 read by `tunesmith.data.file_rows`, shared with audio. `check_images` decodes every image in a
 preflight, before any weights load, and reports the unreadable ones (missing, empty, truncated, not
-an image) by path. `ImageDataset` decodes on the fly, converts grayscale, palette, 16-bit and
-transparent images to RGB (transparency over white), honours EXIF rotation, and runs each training
-sample's transform keyed on (seed, epoch, index).
+an image) by path. `ImageDataset` (and `ImageColumns`, rows of several images for the embedding task)
+decodes on the fly, converts grayscale, palette, 16-bit and transparent images to RGB (transparency over
+white), honours EXIF rotation, and runs each training sample's transform keyed on (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 from tunesmith.data.file_rows import FileKind, check_files, read_file_rows, split_folders
 from tunesmith.data.labelled import LabelledRows
 
-__all__ = ["IMAGES", "ImageDataset", "check_images", "image_problem", "open_rgb", "read_images", "split_folders", "to_rgb"]
+__all__ = ["IMAGES", "ImageColumns", "ImageDataset", "check_images", "face_or_whole", "image_problem", "open_rgb",
+           "read_images", "split_folders", "to_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGES = FileKind("image", "images", IMAGE_EXTENSIONS, "image_classification", "image_column", "image_root",
@@ -104,6 +105,12 @@ def check_images(rows: LabelledRows, key: str, bad_rows: str) -> tuple[LabelledR
     return check_files(IMAGES, rows, key, bad_rows, image_problem)
 
 
+def spare_cores() -> int:
+    """Data-loader workers for decoding images: one per core this process may use, less one, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, max(0, cores - 1))
+
+
 class ImageDataset(Dataset):
     """Decodes and transforms images on access; training samples are keyed on (seed, epoch, index).
 
@@ -123,8 +130,7 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.inputs_needed = True
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.preferred_workers = preferred_workers if preferred_workers is not None else min(8, max(0, cores - 1))
+        self.preferred_workers = preferred_workers if preferred_workers is not None else spare_cores()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -153,3 +159,54 @@ class ImageDataset(Dataset):
                 item["pixel_values"] = self.transform(image)
             item["epoch"] = self.epoch
         return item
+
+
+class ImageColumns:
+    """Rows of one to three images, decoded and transformed on access; training draws are keyed on
+    (seed, epoch, row, column), so a run repeats whatever the number of data-loader workers.
+
+    Items are `{"pixels": [(C, H, W) per column], "index": i}` plus `labels` (an int) when labelled.
+    `crops` (embedding.face_detector) frames each image's face first.
+    """
+
+    def __init__(self, columns: list[list[str]], labels: list[int] | None, transform: Any, crops: dict[str, Any],
+                 seed: int | None = None):
+        self.columns, self.labels, self.transform, self.crops, self.seed = columns, labels, transform, crops, seed
+        self.epoch = 0
+        self.inputs_needed = True
+        self.preferred_workers = spare_cores()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def varies_by_epoch(self) -> bool:
+        return self.seed is not None
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from tunesmith.strategies.augmentation import keyed_rng
+
+        item: dict[str, Any] = {"index": index, "pixels": []}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        for c, paths in enumerate(self.columns):
+            image = face_or_whole(paths[index], self.crops)
+            if self.seed is None:
+                item["pixels"].append(self.transform(image))
+            else:
+                with keyed_rng(self.seed, self.epoch, index * len(self.columns) + c):
+                    item["pixels"].append(self.transform(image))
+        return item
+
+
+def face_or_whole(path: str, crops: dict[str, Any]) -> Any:
+    """The decoded image, or its face's crop where a face detector framed it."""
+    image = open_rgb(path)
+    if crops.get(path) is None:
+        return image
+    from tunesmith.data.faces import crop_face
+
+    return crop_face(image, crops[path])

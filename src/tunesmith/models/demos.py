@@ -28,7 +28,8 @@ class Demo:
     modality: str
     """`text`, `image`, `audio`, ...: what its inputs are."""
     tasks: tuple[str, ...]
-    """Tasks it can be fine-tuned for; the first is inferred when the config names none."""
+    """Tasks it can be fine-tuned for; the first is inferred when the config names none. None for weights
+    that serve a step of a task instead (`demo:mtcnn`, a face detector)."""
     base_model: str
     """The public model id these weights are a copy of (`sentence-transformers/all-MiniLM-L6-v2`)."""
     package: str
@@ -71,6 +72,8 @@ def find_demo(source: str) -> Demo | None:
 def check_task(source: str, task: str) -> None:
     """Refuses a demo alias given to a task it cannot serve, naming the tasks it can."""
     demo = find_demo(source)
+    if demo is not None and not demo.tasks:
+        raise ModelSourceError(f"{source} is a {demo.summary}; it is no model.source")
     if demo is not None and task not in demo.tasks:
         raise ModelSourceError(f"{source} is for {demo.modality} ({demo.summary}); it serves "
                                f"{', '.join(demo.tasks)}, not {task}: set task: {demo.tasks[0]}")
@@ -79,7 +82,7 @@ def check_task(source: str, task: str) -> None:
 def inferred_task(source: str) -> str | None:
     """The task a source implies when it serves one modality's default task (demo aliases); else None."""
     demo = find_demo(source)
-    return demo.tasks[0] if demo is not None else None
+    return demo.tasks[0] if demo is not None and demo.tasks else None
 
 
 def package_folder(package: str, install_hint: str | None = None) -> Path:
@@ -96,7 +99,8 @@ def package_folder(package: str, install_hint: str | None = None) -> Path:
 
 
 # Each family adapter registers its aliases when imported; a new family adds its module here.
-_FAMILIES = ("tunesmith.models.sources", "tunesmith.models.timm_models", "tunesmith.models.ctranslate2")
+_FAMILIES = ("tunesmith.models.sources", "tunesmith.models.timm_models", "tunesmith.models.ctranslate2",
+             "tunesmith.data.faces")
 
 
 def _load_families() -> None:

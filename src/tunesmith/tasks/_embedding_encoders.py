@@ -28,7 +28,7 @@ from torch import nn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.file_rows import FileKind, check_files, resolve_paths
-from tunesmith.data.images import IMAGE_EXTENSIONS, image_problem, open_rgb
+from tunesmith.data.images import IMAGE_EXTENSIONS, ImageColumns, face_or_whole, image_problem, open_rgb
 from tunesmith.data.labelled import LabelledRows
 from tunesmith.data.text_limits import cap_texts, char_limit
 from tunesmith.errors import ModelSourceError
@@ -236,6 +236,8 @@ class ImageEncoder:
         self.config = config
         self.data_config: dict[str, Any] = {}  # mean, std, input_size, crop_pct, interpolation
         self.bad_images: list[dict[str, Any]] = []
+        self.crops: dict[str, Any] = {}  # embedding.face_detector: each image's FaceCrop, or None (no face)
+        self.finder: Any = None  # the face detector, loaded on first use
 
     def build(self) -> nn.Module:
         from tunesmith.models.timm_models import create_timm_model, zero_head
@@ -297,24 +299,44 @@ class ImageEncoder:
     def checked(self, rows: LabelledRows, columns: list[str]) -> LabelledRows:
         """Each column's paths made absolute (from the file's folder or `embedding.image_root`) and every
         image decoded; a row with an unusable image is skipped or an error (`data.bad_rows`)."""
-        root = self.config.task_settings.image_root
+        o = self.config.task_settings
         for column in columns:
-            rows.inputs[column] = resolve_paths(EMBEDDING_IMAGES, Path(rows.source), rows.inputs[column], root)
+            rows.inputs[column] = resolve_paths(EMBEDDING_IMAGES, Path(rows.source), rows.inputs[column], o.image_root)
         for column in columns:
             rows, bad = check_files(EMBEDDING_IMAGES, rows, column, self.config.data.bad_rows, image_problem)
             self.bad_images += bad
+        if o.face_detector:
+            self._find_faces(rows, columns)
+            for column in columns:
+                rows, bad = check_files(EMBEDDING_IMAGES, rows, column, self.config.data.bad_rows,
+                                        lambda p: None if self.crops[p] else "no face found",
+                                        fix="crop or remove them (or leave embedding.face_detector unset)")
+                self.bad_images += bad
         return rows
+
+    def _find_faces(self, rows: LabelledRows, columns: list[str]) -> None:
+        from tunesmith.data.faces import FaceFinder
+
+        if self.finder is None:
+            self.finder = FaceFinder(self.config.task_settings.face_margin)
+        todo = sorted({p for c in columns for p in rows.inputs[c]} - set(self.crops))
+        for path in todo:
+            self.crops[path] = self.finder.find(open_rgb(path))
+        if todo:
+            log.info("%s: faces found in %d of %d images (demo:mtcnn)", rows.source,
+                     sum(self.crops[p] is not None for p in todo), len(todo))
 
     def dataset(self, rows: LabelledRows, columns: list[str], train: bool,
                 labels: list[int] | None) -> tuple[ImageColumns, int]:
         from tunesmith.strategies.augmentation import eval_transform, is_random, train_transform
 
         aug = self.config.augmentation
+        paths = [rows.inputs[c] for c in columns]
         if train and is_random(aug):
-            data = ImageColumns([rows.inputs[c] for c in columns], labels, train_transform(self.data_config, aug),
+            data = ImageColumns(paths, labels, train_transform(self.data_config, aug), self.crops,
                                 seed=self.config.training.seed)
         else:
-            data = ImageColumns([rows.inputs[c] for c in columns], labels, eval_transform(self.data_config))
+            data = ImageColumns(paths, labels, eval_transform(self.data_config), self.crops)
         return data, 0
 
     def lengths(self, dataset: ImageColumns) -> None:
@@ -338,48 +360,6 @@ class ImageEncoder:
         transform, vectors = eval_transform(self.data_config), []
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
-                pixels = torch.stack([transform(open_rgb(p)) for p in inputs[start:start + batch_size]])
+                pixels = torch.stack([transform(face_or_whole(p, self.crops)) for p in inputs[start:start + batch_size]])
                 vectors.append(torch.nn.functional.normalize(model(pixels).float(), dim=-1).numpy())
         return np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
-
-
-class ImageColumns:
-    """Rows of one to three images, decoded and transformed on access; training draws are keyed on
-    (seed, epoch, row, column), so a run repeats whatever the number of data-loader workers.
-
-    Items are `{"pixels": [(C, H, W) per column], "index": i}` plus `labels` (an int) when labelled.
-    """
-
-    def __init__(self, columns: list[list[str]], labels: list[int] | None, transform: Any, seed: int | None = None):
-        import os
-
-        self.columns, self.labels, self.transform, self.seed = columns, labels, transform, seed
-        self.epoch = 0
-        self.inputs_needed = True
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.preferred_workers = min(8, max(0, cores - 1))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def varies_by_epoch(self) -> bool:
-        return self.seed is not None
-
-    def __len__(self) -> int:
-        return len(self.columns[0])
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from tunesmith.strategies.augmentation import keyed_rng
-
-        item: dict[str, Any] = {"index": index, "pixels": []}
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
-        for c, paths in enumerate(self.columns):
-            image = open_rgb(paths[index])
-            if self.seed is None:
-                item["pixels"].append(self.transform(image))
-            else:
-                with keyed_rng(self.seed, self.epoch, index * len(self.columns) + c):
-                    item["pixels"].append(self.transform(image))
-        return item
