@@ -111,7 +111,22 @@ def spare_cores() -> int:
     return min(8, max(0, cores - 1))
 
 
-class ImageDataset(Dataset):
+class KeyedDraws:
+    """The epoch an image dataset's random draws are keyed on (with its `seed`; None: no draws)."""
+
+    seed: int | None
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def varies_by_epoch(self) -> bool:
+        """Whether an image's pixels depend on the epoch (random augmentation)."""
+        return self.seed is not None
+
+
+class ImageDataset(KeyedDraws, Dataset):
     """Decodes and transforms images on access; training samples are keyed on (seed, epoch, index).
 
     Items are `{"pixel_values": (C, H, W) float tensor, "index": i}` plus `labels` (an int) when
@@ -131,14 +146,6 @@ class ImageDataset(Dataset):
         self.epoch = 0
         self.inputs_needed = True
         self.preferred_workers = preferred_workers if preferred_workers is not None else spare_cores()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def varies_by_epoch(self) -> bool:
-        """Whether an image's pixels depend on the epoch (random augmentation)."""
-        return self.seed is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -161,7 +168,7 @@ class ImageDataset(Dataset):
         return item
 
 
-class ImageColumns:
+class ImageColumns(KeyedDraws):
     """Rows of one to three images, decoded and transformed on access; training draws are keyed on
     (seed, epoch, row, column), so a run repeats whatever the number of data-loader workers.
 
@@ -175,13 +182,6 @@ class ImageColumns:
         self.epoch = 0
         self.inputs_needed = True
         self.preferred_workers = spare_cores()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def varies_by_epoch(self) -> bool:
-        return self.seed is not None
 
     def __len__(self) -> int:
         return len(self.columns[0])
