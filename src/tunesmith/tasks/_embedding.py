@@ -267,6 +267,10 @@ class WithMarginHead(nn.Module):
         self.encoder = encoder
         self.margin_head = ArcFaceLoss(classes, width, margin=math.degrees(margin), scale=scale)  # its margin: degrees
 
+    def forward(self, *inputs: Any, **options: Any) -> Any:
+        """The encoder's forward: embedding goes through the wrapper, so Accelerate's wrappers see the call."""
+        return self.encoder(*inputs, **options)
+
 
 MARGIN_HEAD_FILE = "margin_head.safetensors"  # in best/: the class directions, for training on from it
 

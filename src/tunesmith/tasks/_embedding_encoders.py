@@ -278,7 +278,9 @@ class ImageEncoder:
         return timm_layer_groups(model, self.config.model.train_batchnorm)
 
     def card_usage(self) -> str:
-        return ("```python\nimport timm, torch\nfrom PIL import Image\n"
+        framed = ("# trained on faces found and cropped first (embedding.face_detector: demo:mtcnn): crop yours "
+                  "alike\n" if self.config.task_settings.face_detector else "")
+        return ("```python\nimport timm, torch\nfrom PIL import Image\n" + framed +
                 "import tunesmith.models.dlib_resnet  # only for demo:face-resnet: registers dlib_face_resnet with timm\n"
                 'model = timm.create_model("local-dir:path/to/best", pretrained=True).eval()\n'
                 "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))\n"

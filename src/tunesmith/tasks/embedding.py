@@ -37,12 +37,12 @@ from tunesmith.tasks._embedding import (
     MARGIN_HEAD_FILE,
     PAIR_LABELS,
     EmbeddingConfig,
+    WithMarginHead,
     at_threshold,
     class_metrics,
     in_batch_negatives,
     nearest,
     read_threshold,
-    WithMarginHead,
     unit_vectors,
     write_threshold,
 )
@@ -240,7 +240,7 @@ class EmbeddingTask(OneOutputPerRow):
         self.truncated += truncated
         return data
 
-    def class_batches(self, dataset: list[dict[str, Any]]) -> ClassBatches | None:
+    def class_batches(self, dataset: Any) -> ClassBatches | None:
         """P x K training batches for rows with classes (the engine's sampler draws them), else None."""
         if self.options.mode != "classes":
             return None
@@ -262,7 +262,7 @@ class EmbeddingTask(OneOutputPerRow):
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """(B, D) embeddings of each column of the batch, in column order."""
-        return self.encoder.embed(model.encoder if isinstance(model, WithMarginHead) else model, batch)
+        return self.encoder.embed(model, batch)  # a WithMarginHead forwards to its encoder
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack(self.embed(model, batch), dim=1)  # (B, columns, D)
@@ -270,10 +270,11 @@ class EmbeddingTask(OneOutputPerRow):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         columns = self.embed(model, batch)
         objective = self.options.objective
-        if isinstance(model, WithMarginHead):
-            if model.training:
-                return model.margin_head(columns[0].float(), batch["labels"]), torch.stack(columns, dim=1)
-            model, objective = model.encoder, "batch_hard_triplet"  # held-out classes have no direction in the head
+        inner = getattr(model, "module", model)  # under DDP, the wrapped model
+        if isinstance(inner, WithMarginHead):
+            if inner.training:
+                return inner.margin_head(columns[0].float(), batch["labels"]), torch.stack(columns, dim=1)
+            model, objective = inner.encoder, "batch_hard_triplet"  # held-out classes have no direction in the head
         if objective == "in_batch_negatives":
             loss = in_batch_negatives(columns, batch["labels"], self.options.scale)
         else:
