@@ -25,7 +25,6 @@ log = logging.getLogger("tunesmith")
 INSTALL = "--no-deps facenet-pytorch==2.6.0"
 register_demo(Demo("mtcnn", "image", (), "timesler/facenet-pytorch (MTCNN)", INSTALL,
                    "MTCNN face detector with 5 landmarks, for embedding.face_detector (not a model to fine-tune)"))
-DETECTORS = ("demo:mtcnn",)
 
 
 @dataclass(frozen=True)

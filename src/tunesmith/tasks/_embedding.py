@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from pydantic import Field, model_validator
+from torch import nn
 
 from tunesmith.config import Section
 from tunesmith.report.ranking_metrics import RETRIEVAL_KS, verification_metrics

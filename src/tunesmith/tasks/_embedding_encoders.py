@@ -17,6 +17,7 @@ model name means images, anything else text (or `embedding.inputs` says which).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -96,8 +97,8 @@ class TextEncoder:
 
             model[0].model = AutoModel.from_config(model[0].model.config)
         if self.config.task_settings.projection and not any(type(m).__name__ == "Dense" for m in model.children()):
-            model = with_projection(model)
-        return self._ready(model)
+            model = with_projection(model)  # the same modules (and tokenizer) with a Dense one added
+        return model
 
     def load(self) -> Any:
         from sentence_transformers import SentenceTransformer
@@ -304,8 +305,9 @@ class ImageEncoder:
         o = self.config.task_settings
         for column in columns:
             rows.inputs[column] = resolve_paths(EMBEDDING_IMAGES, Path(rows.source), rows.inputs[column], o.image_root)
+        problem = functools.cache(image_problem)  # an image in several rows or columns is decoded once
         for column in columns:
-            rows, bad = check_files(EMBEDDING_IMAGES, rows, column, self.config.data.bad_rows, image_problem)
+            rows, bad = check_files(EMBEDDING_IMAGES, rows, column, self.config.data.bad_rows, problem)
             self.bad_images += bad
         if o.face_detector:
             self._find_faces(rows, columns)
