@@ -10,6 +10,8 @@ name the input already uses is written as `tunesmith_<name>` and the rename is l
 The file is CSV (a list or record cell as JSON), JSONL, or Parquet (lists and records as Parquet's
 own nested columns: an embedding is a list<double>). A task whose prediction is a vector (embeddings:
 its `vector_column`) may also write `.npy`: that matrix alone, one row per predicted row in order.
+A task whose prediction is a file per row (segmentation: a mask PNG) writes those files into a folder
+beside the table, `<name>_files/`, and the records hold their paths (`task_records`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ def check_output(path: Path, formats: tuple[str, ...] = FORMATS, option: str = "
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         where = path if path.exists() else folder
         raise DataError(f"{option} {path}: {where} is not writable; choose another path or fix its permissions")
+
+
+def task_records(task: Any, rows: LabelledRows, outputs: list[Any], table: Path, examples: int = 0) -> list[dict[str, Any]]:
+    """The task's prediction records for the file `table`, with the paths of the files it writes per row
+    into `<table name>_files/` (an optional task member, `write_predicted_files(rows, outputs, folder,
+    examples)`, returns those columns of paths; `examples` rows also get a picture for the run report,
+    in a column ending in `_image`)."""
+    records = task.predictions(rows, outputs)
+    write = getattr(task, "write_predicted_files", None)
+    if write is None:
+        return records
+    columns = write(rows, outputs, table.with_name(f"{table.stem}_files"), examples)
+    return [{**record, **{name: paths[i] for name, paths in columns.items()}} for i, record in enumerate(records)]
 
 
 def joined_records(rows: LabelledRows, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -244,7 +244,7 @@ def predict(model: str, data: str, output: str, overrides: list[str] | None = No
             before the model loads), or `data` cannot be read.
     """
     from tunesmith.engine.evaluation import collect_outputs
-    from tunesmith.prediction_file import check_output, check_vectors, joined_records, write_records
+    from tunesmith.prediction_file import check_output, check_vectors, joined_records, task_records, write_records
     from tunesmith.tasks import read_rows
 
     out = Path(output).expanduser()
@@ -256,7 +256,7 @@ def predict(model: str, data: str, output: str, overrides: list[str] | None = No
     rows = read_rows(task.eval_rows, "prediction")
     with _row_progress(len(rows), "predict") as progress:
         examples, _ = collect_outputs(model_obj, loader, task, accelerator, progress.advance)
-    return write_records(out, joined_records(rows, task.predictions(rows, task.row_outputs(rows, examples))), vectors)
+    return write_records(out, joined_records(rows, task_records(task, rows, task.row_outputs(rows, examples), out)), vectors)
 
 
 def _row_progress(total: int, label: str):
@@ -364,7 +364,7 @@ def _inference_model(task: Task, config: RunConfig, labelled: bool):
     if labelled and task.label_names:  # causal-lm answers are free text, not classes
         from tunesmith.data.labelled import check_known_labels
 
-        check_known_labels(rows, task.label_names)
+        getattr(task, "check_labels", lambda r: check_known_labels(r, task.label_names))(rows)  # optional: masks
     accelerator = make_accelerator(config)
     data = task.dataset(rows, train=False, labelled=labelled)
     loader = make_loader(data, task.collate, config.training.per_device_eval_batch_size, 0, train=False,

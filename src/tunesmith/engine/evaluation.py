@@ -118,6 +118,9 @@ def _sampler(loader: DataLoader):
     return getattr(sampler, "batch_sampler", sampler)
 
 
+EXAMPLES_DRAWN = 12  # validation rows a task with predicted files draws for the run report
+
+
 def evaluate(model: nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator,
              predictions_file: Path | None = None) -> dict[str, Any]:
     """Loss plus the task's metrics on a labelled loader of `task.eval_rows`; with
@@ -134,9 +137,13 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Task, accelerator: Acce
 
 
 def write_predictions(path: Path, task: Task, rows: LabelledRows, outputs: list[Any]) -> None:
-    """One JSONL record per evaluated row: its file line, the true label and the task's prediction."""
+    """One JSONL record per evaluated row: its file line, the true label and the task's prediction
+    (files a task writes per row go to `<name>_files/`, the first `EXAMPLES_DRAWN` drawn for the report)."""
+    from tunesmith.prediction_file import task_records
+
+    records = task_records(task, rows, outputs, path, EXAMPLES_DRAWN)
     with path.open("w", encoding="utf-8") as f:
-        for line, true, record in zip(rows.lines, rows.labels, task.predictions(rows, outputs)):
+        for line, true, record in zip(rows.lines, rows.labels, records):
             f.write(json.dumps({"line": line, "true_label": true, **record}, ensure_ascii=False) + "\n")
 
 

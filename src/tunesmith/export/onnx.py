@@ -4,7 +4,8 @@ The model is traced through the task's own `forward` (so preprocessing tensors g
 outputs come out) with torch's dynamo exporter. The batch dimension is dynamic, and so is the
 sequence dimension of token inputs (2-D integer tensors: ids, masks, token types) and the time
 dimension of frame inputs (3-D float tensors: Whisper's cropped log-mel frames, with each clip's
-frame count beside them), so one file serves texts and clips of any length. The file is then run
+frame count beside them), so one file serves texts and clips of any length; a task whose inputs vary
+otherwise names the axes in `dynamic_axes` (segmentation: the height and width of whole images). The file is then run
 with onnxruntime on every batch of the given data, plus the first batch padded a little longer
 (so a sequence axis that was fixed by the trace is caught even when every batch has the same
 length), and compared with PyTorch's outputs:
@@ -73,7 +74,7 @@ def export_and_check(task: Task, model: nn.Module, loader: DataLoader, output: P
                               "--model runs/x/best out/), which splits it into encoder and decoder graphs")
     partial = _partial_path(output)
     try:
-        _export(_TaskForward(task, model, names).eval(), first, names, partial)
+        _export(_TaskForward(task, model, names).eval(), first, names, partial, getattr(task, "dynamic_axes", {}))
         report = _compare(task, model, loader, first, names, partial, output)
         if report["max_abs_diff"] > atol:
             raise ExportError(f"{output}: ONNX outputs differ from PyTorch by up to {report['max_abs_diff']:.2e} on "
@@ -97,23 +98,27 @@ def _partial_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.partial")
 
 
-def _dynamic_shapes(first: dict[str, torch.Tensor], names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
-    """Batch axis dynamic everywhere; axis 1 of token inputs and axis 2 of frame inputs too."""
+def _dynamic_shapes(first: dict[str, torch.Tensor], names: list[str],
+                    declared: dict[str, tuple[int, ...]]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Batch axis dynamic everywhere; axis 1 of token inputs and axis 2 of frame inputs too, unless the
+    task declares an input's varying axes itself (`declared`, the task's optional `dynamic_axes`)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim.DYNAMIC  # the exporter finds the range (e.g. up to the position embeddings)
     shapes = []
     for name in names:
         axis = _length_axis(first[name])
-        shapes.append({0: batch} if axis is None else {0: batch, axis: sequence})
+        axes = declared.get(name, () if axis is None else (axis,))
+        shapes.append({0: batch, **{a: sequence for a in axes}})
     return (tuple(shapes),)  # one entry: the *tensors of forward
 
 
-def _export(module: nn.Module, first: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
+def _export(module: nn.Module, first: dict[str, torch.Tensor], names: list[str], path: Path,
+            declared: dict[str, tuple[int, ...]]) -> None:
     try:
         with torch.no_grad():
             torch.onnx.export(module, tuple(first[k] for k in names), str(path), input_names=names,
                               output_names=["outputs"], dynamo=True, external_data=False,
-                              dynamic_shapes=_dynamic_shapes(first, names), verbose=False)
+                              dynamic_shapes=_dynamic_shapes(first, names, declared), verbose=False)
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
         text = str(exc).strip()
         raise ExportError(f"ONNX export failed: {text.splitlines()[0] if text else type(exc).__name__}; "
@@ -156,13 +161,21 @@ def _compare(task: Task, model: nn.Module, loader: DataLoader, first: dict[str, 
         for batch in loader:
             expected, got = _both(task, model, session, batch, names, output)
             worst = max(worst, float(np.abs(got - expected).max()))
-            agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+            agree += _agreeing(got, expected)
             rows += len(expected)
-        longer = _longer(first, names)
+        longer = _longer(first, [n for n in names if n not in getattr(task, "dynamic_axes", {})])
         if longer is not None:  # not counted as rows: it repeats the first batch
             expected, got = _both(task, model, session, longer, names, output)
             worst = max(worst, float(np.abs(got - expected).max()))
     return {"rows": rows, "max_abs_diff": worst, "top1_agreement": agree / max(rows, 1)}
+
+
+def _agreeing(got: np.ndarray, expected: np.ndarray) -> float:
+    """Outputs whose top class agrees (the last axis holds the classes); for (B, K, H, W) class maps,
+    the classes are axis 1 and each image counts its share of agreeing pixels."""
+    if expected.ndim == 4:
+        return float((got.argmax(1) == expected.argmax(1)).reshape(len(expected), -1).mean(1).sum())
+    return float((got.argmax(-1) == expected.argmax(-1)).sum())
 
 
 def _both(task: Task, model: nn.Module, session: Any, batch: dict[str, torch.Tensor], names: list[str],

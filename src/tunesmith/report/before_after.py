@@ -61,6 +61,21 @@ def timing_note(summary: dict[str, Any]) -> str:
     return note + (f", {summary['precision']}" if summary.get("precision") else "")
 
 
+HEADINGS = {"f1": "F1", "iou": "IoU", "dice": "Dice"}
+
+
+def per_class_table(final: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The final record's `per_class` scores as (headers, rows), one row per class: the columns are the
+    scores the task gives (precision/recall/F1/support for labels, IoU/Dice/pixels for masks)."""
+    per_class = final.get("per_class") or {}
+    if not per_class:
+        return [], []
+    keys = list(next(iter(per_class.values())))
+    rows = [[str(name), *[f"{v[k]:.3f}" if isinstance(v[k], float) else str(v[k]) for k in keys]]
+            for name, v in per_class.items()]
+    return ["class", *[HEADINGS.get(k, k) for k in keys]], rows
+
+
 def _number(value: Any) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 

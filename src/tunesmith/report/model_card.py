@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.models.sources import base_model_id
-from tunesmith.report.before_after import before_after_table, features_note, timing_note
+from tunesmith.report.before_after import before_after_table, features_note, per_class_table, timing_note
 from tunesmith.report.html import as_yaml
 
 
@@ -24,12 +24,9 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
     rows = "\n".join(f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *cells])
     note = features_note(baseline)
     note = f"\n{note}\n" if note else ""
-    per_class = "\n".join(
-        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-        for name, v in final.get("per_class", {}).items()
-    )
-    if per_class:  # tasks without labels (regression, generation, recommendation) have no per-class table
-        per_class = "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + per_class
+    class_headers, class_rows = per_class_table(final)  # none for regression, generation, recommendation
+    per_class = "\n".join(f"| {' | '.join(row)} |" for row in [class_headers, ["---"] * len(class_headers), *class_rows]
+                          ) if class_rows else ""
     labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
     frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
     timing = timing_note(facts)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.report.before_after import before_after_table, features_note, starting_point, timing_note
+from tunesmith.report.before_after import before_after_table, features_note, per_class_table, starting_point, timing_note
 from tunesmith.report.html import Raw, as_yaml, esc, image, page, signed, table, thumbnail
 from tunesmith.report.overfitting import read_records
 from tunesmith.report.run_plots import run_plots
@@ -137,6 +137,10 @@ def _worst_section(path: Path) -> str:
     if not path.exists():
         return "<p>No validation predictions were saved.</p>"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pictures = [r[k] for r in records for k in r if k.endswith("_image") and r[k] and Path(r[k]).is_file()]
+    if pictures:  # a task that draws its predictions (segmentation: image, true mask, predicted mask)
+        return (f"<p>The first {len(pictures)} validation images, each beside its true and predicted labels; every "
+                f"row's prediction is in {esc(path.name)}.</p>" + "".join(image(Path(p), Path(p).name) for p in pictures))
     if records and "predicted_label" not in records[0]:  # tagging tasks: one prediction per word, not per row
         return f"<p>Per-row predictions of the best model are in {esc(path.name)}.</p>"
     for r in records:
@@ -175,9 +179,5 @@ def _input_cell(value: Any, root: str | None = None) -> Any:
 
 
 def _per_class_section(final: dict[str, Any]) -> str:
-    per_class = final.get("per_class") or {}
-    if not per_class:
-        return "<p>No per-class results.</p>"
-    rows = [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-            for name, v in per_class.items()]
-    return table(["class", "precision", "recall", "F1", "support"], rows)
+    headers, rows = per_class_table(final)
+    return table(headers, rows) if rows else "<p>No per-class results.</p>"
