@@ -15,6 +15,7 @@ into a (H, W) uint8 map). An image with no objects is a valid, all-background tr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -147,6 +148,8 @@ def _read_pairs(table: Path, image_column: str, mask_column: str, image_root: st
 
 
 def _read_coco(path: Path, key: str, image_root: str | None, reader: MaskReader) -> tuple[LabelledRows, list[str]]:
+    if importlib.util.find_spec("pycocotools") is None:  # before any pair is checked: one clear line, not one per image
+        raise DataError(f"{path}: COCO polygons and RLE need pycocotools: pip install {DETECTION_INSTALL}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -156,7 +156,7 @@ def _compare(task: Task, model: nn.Module, loader: DataLoader, first: dict[str, 
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst, agree, rows = 0.0, 0, 0
+    worst, agree, rows = 0.0, 0.0, 0
     with torch.no_grad():
         for batch in loader:
             expected, got = _both(task, model, session, batch, names, output)
