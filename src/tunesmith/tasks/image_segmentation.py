@@ -215,8 +215,18 @@ class ImageSegmentationTask:
         return SegmentationDataset(rows.inputs[self.image_key], rows.labels if labelled else None, self.reader,
                                    transform, seed)
 
-    def lengths(self, dataset: SegmentationDataset) -> None:
-        return None
+    def lengths(self, dataset: SegmentationDataset) -> list[int] | None:
+        """Pixels per whole image, so evaluation batches hold images of like sizes (less padding); None for
+        training crops, which all have one size."""
+        if dataset.transform.scale_range is not None:
+            return None
+        from PIL import Image
+
+        def pixels(path: str) -> int:
+            with Image.open(path) as image:  # reads the header only
+                return image.width * image.height
+
+        return [pixels(p) for p in dataset.images]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return pad_batch(features)
