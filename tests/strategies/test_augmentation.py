@@ -11,7 +11,7 @@ import torch
 from tunesmith.config import AugmentationConfig
 from tunesmith.data.images import ImageDataset, read_images
 from tunesmith.engine.batching import make_loader
-from tunesmith.strategies.augmentation import eval_transform, keyed_rng, mix_batch, train_transform
+from tunesmith.strategies.augmentation import WeatherShift, eval_transform, keyed_rng, mix_batch, train_transform
 
 DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
                "std": (0.5, 0.5, 0.5), "crop_pct": 0.875, "crop_mode": "center"}
@@ -41,10 +41,30 @@ def test_keyed_rng_is_repeatable_and_leaves_global_state_alone():
     assert (torch.rand(1), random.random(), np.random.rand()) == expected
 
 
-@pytest.mark.parametrize("preset", ["none", "light", "strong"])
+@pytest.mark.parametrize("preset", ["none", "light", "strong", "weather"])
 def test_presets_give_the_model_input_size(color_images, preset):
     item = dataset(color_images, preset)[0]
     assert item["pixel_values"].shape == (3, 32, 32) and item["pixel_values"].dtype == torch.float32
+
+
+def test_weather_shifts_conditions_repeatably_without_moving_pixels():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    scene = np.zeros((48, 64, 3), dtype=np.uint8)
+    scene[10:30, 20:40] = rng.integers(150, 255, size=(20, 20, 3))  # a bright object on a dark road
+    image = Image.fromarray(scene)
+    shifted = []
+    for key in range(12):
+        with keyed_rng(0, 0, key):
+            shifted.append(np.asarray(WeatherShift()(image), dtype=np.float32))
+    with keyed_rng(0, 0, 3):
+        assert np.array_equal(np.asarray(WeatherShift()(image), dtype=np.float32), shifted[3])  # keyed: repeats
+    brightness = [s.mean() for s in shifted]
+    assert max(brightness) - min(brightness) > 10  # darker and foggier versions of one scene
+    for s in shifted:  # conditions change, geometry does not: the object stays where it was
+        inside, outside = s[12:28, 22:38].mean(), np.concatenate([s[:, :10].ravel(), s[:, 50:].ravel()]).mean()
+        assert inside > outside + 20
 
 
 def test_trivial_augment_and_overrides(color_images):

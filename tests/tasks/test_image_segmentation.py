@@ -220,6 +220,14 @@ def test_run_saves_predicts_mask_pngs_and_draws_overlays(squares, tmp_path):
     with Image.open(rows[0]["mask_file"]) as mask:
         assert mask.mode == "P" and mask.size == (48, 40)
     assert float(rows[0]["fraction_background"]) + float(rows[0]["fraction_class_1"]) == pytest.approx(1.0, abs=1e-5)
+    from pycocotools import mask as coco_mask
+
+    results = json.loads((tmp_path / "masks_files" / "segmentation_results.json").read_text())
+    assert len(results) == sum(float(r["fraction_class_1"]) > 0 for r in rows)  # one per image showing the class
+    for r in results:  # COCO run-length results decode to the very pixels of the PNG
+        row = next(x for x in rows if x["image"] == r["file_name"])
+        decoded = coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()})
+        assert np.array_equal(decoded, np.asarray(Image.open(row["mask_file"])) == r["category_id"])
     assert set(tunesmith.evaluate(str(run), str(squares))) >= {"miou", "dice", "pixel_accuracy", "per_class"}
 
 

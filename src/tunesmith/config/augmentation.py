@@ -14,10 +14,12 @@ from tunesmith.config._section import Section
 
 
 class AugmentationConfig(Section):
-    preset: Literal["none", "light", "strong"] = "light"
+    preset: Literal["none", "light", "strong", "weather"] = "light"
     """Images: training augmentation. `none`: resize and centre crop, as in evaluation; `light`:
     random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
-    (0.08-1), flip, RandAugment and random erasing. Evaluation always resizes and centre-crops."""
+    (0.08-1), flip, RandAugment and random erasing; `weather`: `light` plus shifted conditions
+    (low light, lost contrast, fog, blur, sensor noise), for cameras outdoors or a new site.
+    Evaluation always resizes and centre-crops."""
     hflip: bool = True
     """Images: whether the `light` and `strong` presets flip training images left-right at random
     (probability 0.5). Turn it off where a mirror image means something else: text, digits, road

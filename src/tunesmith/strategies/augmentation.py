@@ -32,6 +32,7 @@ class Preset:
     hflip: float = 0.0
     auto_augment: str | None = None
     re_prob: float = 0.0
+    weather: bool = False
 
 
 PRESETS = {
@@ -40,7 +41,32 @@ PRESETS = {
     "light": Preset(random_crop=True, scale=(0.35, 1.0), hflip=0.5),
     # timm's ImageNet training recipe (RandAugment m9, random erasing 0.25).
     "strong": Preset(random_crop=True, scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25),
+    "weather": Preset(random_crop=True, scale=(0.35, 1.0), hflip=0.5, weather=True),
 }
+
+
+class WeatherShift:
+    """Shifted capture conditions on a PIL image, each drawn independently from Python's generator
+    (which `keyed_rng` seeds per sample): low light or glare (brightness x0.4-1.3), lost contrast
+    (x0.5-1.1), fog (a blend toward light grey, 15-50%), blur (Gaussian, radius 0.5-2: rain, defocus)
+    and sensor noise (Gaussian, sigma 3-15 of 255). Pixels do not move, so masks and boxes stay put."""
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image, ImageEnhance, ImageFilter
+
+        if random.random() < 0.8:
+            image = ImageEnhance.Brightness(image).enhance(random.uniform(0.4, 1.3))
+        if random.random() < 0.5:
+            image = ImageEnhance.Contrast(image).enhance(random.uniform(0.5, 1.1))
+        if random.random() < 0.4:
+            image = Image.blend(image, Image.new("RGB", image.size, (200, 200, 205)), random.uniform(0.15, 0.5))
+        if random.random() < 0.3:
+            image = image.filter(ImageFilter.GaussianBlur(random.uniform(0.5, 2.0)))
+        if random.random() < 0.3:
+            pixels = np.asarray(image, dtype=np.float32)
+            noise = np.random.default_rng(random.getrandbits(32)).normal(0, random.uniform(3, 15), pixels.shape)
+            image = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+        return image
 
 
 def eval_transform(data_config: dict[str, Any]) -> Callable:
@@ -67,7 +93,7 @@ def train_transform(data_config: dict[str, Any], aug: AugmentationConfig) -> Cal
         auto_augment=None if policy == "trivial" else policy,
         interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
         re_prob=preset.re_prob if aug.re_prob is None else aug.re_prob, re_mode="pixel", separate=True)
-    steps = [primary, secondary, final]
+    steps = [primary, *([WeatherShift()] if preset.weather else []), secondary, final]
     if policy == "trivial":
         steps.insert(1, transforms.TrivialAugmentWide(interpolation=transforms.InterpolationMode.BICUBIC))
     return transforms.Compose(steps)

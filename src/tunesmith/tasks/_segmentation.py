@@ -3,7 +3,8 @@
 Training pairs get the augmentation preset with torchvision's `transforms.v2`, which moves a
 `tv_tensors.Mask` with the pixels (nearest-neighbour resize, the same crop and flips): `light`
 rescales by a random factor in `scale_range`, crops `crop_size` squares (padding what is smaller
-with the ignore value) and flips; `strong` adds colour jitter. `none` trains on whole images, as
+with the ignore value) and flips; `strong` adds colour jitter; `weather` adds shifted conditions
+(`strategies.augmentation.WeatherShift`: low light, fog, blur, noise) to the image alone. `none` trains on whole images, as
 evaluation does. Every draw is keyed on (seed, epoch, index) like the other image tasks'. Batches
 of whole images are padded to a multiple of 32 (pixels 0 after normalisation, the mean; masks 255,
 ignored) and each output is cut back to its image's size.
@@ -11,6 +12,7 @@ ignored) and each output is cut back to its image's size.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,10 @@ class PairTransform:
                  scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True, vflip: bool = False):
         from torchvision.transforms import v2
 
+        from tunesmith.strategies.augmentation import WeatherShift
+
         steps: list[Any] = [v2.ToImage()]
+        self.weather = WeatherShift() if preset == "weather" else None
         self.scale_range = scale_range if preset != "none" else None
         if preset != "none":
             steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=self._fills(IGNORE)))
@@ -58,6 +63,8 @@ class PairTransform:
             factor = low + (high - low) * float(torch.rand(()))
             size = [max(1, round(image.height * factor)), max(1, round(image.width * factor))]
             image, target = F.resize(image, size), F.resize(target, size)  # the mask is resized nearest
+        if self.weather is not None:
+            image = self.weather(image)
         pixels, target = self.steps(image, target)
         return pixels.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor).long()
 
@@ -147,6 +154,27 @@ def write_mask(mask: np.ndarray, path: Path) -> None:
     image = Image.fromarray(mask, mode="P")
     image.putpalette(np.resize(PALETTE, (256, 3)).flatten().tolist())
     image.save(path)
+
+
+def coco_results(images: list[str], maps: list[np.ndarray], names: list[str], path: Path) -> bool:
+    """Writes the class maps as COCO results (one run-length-encoded `segmentation` per image and
+    predicted foreground class, with `file_name`, `category_id` = class index and its name); False,
+    writing nothing, where pycocotools is not installed."""
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        return False
+    results = []
+    for image, predicted in zip(images, maps):
+        for cls in np.unique(predicted):
+            if cls == 0:
+                continue
+            rle = coco_mask.encode(np.asfortranarray(predicted == cls, dtype=np.uint8))
+            results.append({"file_name": image, "category_id": int(cls), "category": names[int(cls)],
+                            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                            "area": int((predicted == cls).sum()), "score": 1.0})
+    path.write_text(json.dumps(results) + "\n", encoding="utf-8")
+    return True
 
 
 def write_overlay(image_path: str, truth: np.ndarray | None, predicted: np.ndarray, path: Path) -> None:

@@ -25,7 +25,8 @@ from torch import nn
 from tunesmith.config import RunConfig, Section
 from tunesmith.data.file_rows import check_files
 from tunesmith.data.labelled import LabelledRows, random_split, sample
-from tunesmith.data.masks import IGNORE, SEGMENTATION_IMAGES, MaskReader, pair_problem, read_segmentation
+from tunesmith.data.masks import (
+    DETECTION_INSTALL, IGNORE, SEGMENTATION_IMAGES, MaskReader, pair_problem, read_segmentation)
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.torchvision_segmentation import (
@@ -34,9 +35,11 @@ from tunesmith.models.torchvision_segmentation import (
 from tunesmith.report.segmentation_metrics import segmentation_metrics
 from tunesmith.tasks import register_task
 from tunesmith.tasks._segmentation import (
-    PairTransform, SegmentationDataset, class_maps, dice_loss, pad_batch, write_mask, write_overlay)
+    PairTransform, SegmentationDataset, class_maps, coco_results, dice_loss, pad_batch, write_mask, write_overlay)
 
 log = logging.getLogger("tunesmith")
+
+COCO_RESULTS = "segmentation_results.json"
 
 
 class ImageSegmentationConfig(Section):
@@ -269,8 +272,9 @@ class ImageSegmentationTask:
 
     def write_predicted_files(self, rows: LabelledRows, outputs: list[Any], folder: Path,
                               examples: int) -> dict[str, list[str | None]]:
-        """Each class map as a palette PNG (`mask_file`); the first `examples` images also drawn beside
-        their true and predicted masks (`overlay_image`, what the run report shows)."""
+        """Each class map as a palette PNG (`mask_file`) and all of them as COCO run-length results
+        (`segmentation_results.json`); the first `examples` images also drawn beside their true and
+        predicted masks (`overlay_image`, what the run report shows)."""
         folder.mkdir(parents=True, exist_ok=True)
         masks: list[str | None] = []
         overlays: list[str | None] = []
@@ -283,4 +287,7 @@ class ImageSegmentationTask:
                 truth = self.reader.read(rows.labels[i]) if labelled else None
                 write_overlay(path, truth, predicted, folder / f"{name}_overlay.png")
             overlays.append(str(folder / f"{name}_overlay.png") if i < examples else None)
+        if not coco_results(rows.inputs[self.image_key], outputs, self.label_names, folder / COCO_RESULTS):
+            log.info("predicted masks are PNGs only; pip install %s to also write them as COCO RLE (%s)",
+                     DETECTION_INSTALL, COCO_RESULTS)
         return {"mask_file": masks, "overlay_image": overlays}
