@@ -247,7 +247,7 @@ def table(runs: dict[str, dict], args: argparse.Namespace) -> str:
              "| other processes' share of its cores |", "|---|---|---|---|---|---|---|---|"]
     for arm, r in runs.items():
         lines.append(f"| {arm} | {r['images_per_second']:.2f} | {r['epoch_seconds'][0]:.1f} | {r['epoch_seconds'][-1]:.1f} "
-                     f"| {r['miou']:.4f} | {r['dice']:.4f} | {r['peak_rss_mib']} MiB ({r['peak_rss_workers_mib']} MiB) "
+                     f"| {r['miou']:.4f} | {r['dice']:.4f} | {r['peak_rss_mib']} MiB ({r['peak_rss_children_mib']} MiB) "
                      f"| {r['other_processes_share_of_its_cores']:.0%} |")
     ours = [a for a in runs if a in TUNESMITH_ARMS]
     anchors = [a for a in runs if a in REFERENCE_ARMS]
@@ -286,7 +286,7 @@ def main() -> None:
         result.update(arm=args.arm, images_per_second=args.max_train / result["epoch_seconds"][-1],
                       wall_seconds=round(time.perf_counter() - start, 1), torch_threads=torch.get_num_threads(),
                       peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                      peak_rss_workers_mib=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
+                      peak_rss_children_mib=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
         print(json.dumps(result))
         return
     arms = ARMS if args.arms == "all" else tuple(a.strip() for a in args.arms.split(","))
