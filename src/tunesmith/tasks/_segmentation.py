@@ -5,9 +5,10 @@ Training pairs get the augmentation preset with torchvision's `transforms.v2`, w
 rescales by a random factor in `scale_range`, crops `crop_size` squares (padding what is smaller
 with the ignore value) and flips; `strong` adds colour jitter; `weather` adds shifted conditions
 (`strategies.augmentation.WeatherShift`: low light, fog, blur, noise) to the image alone. `none` trains on whole images, as
-evaluation does. Every draw is keyed on (seed, epoch, index) like the other image tasks'. Batches
-of whole images are padded to a multiple of 32 (pixels 0 after normalisation, the mean; masks 255,
-ignored) and each output is cut back to its image's size.
+evaluation does. Every draw is keyed on (seed, epoch, index) like the other image tasks'. A batch of
+whole images of different sizes is padded to its largest (pixels 0 after normalisation, the mean;
+masks 255, ignored) and each output is cut back to its image's size; evaluation runs one image per
+batch by default, because LR-ASPP's and DeepLabV3's image-level pooling would also average the padding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from tunesmith.data.images import KeyedDraws, open_rgb, spare_cores
 from tunesmith.data.masks import IGNORE, MaskReader
 
 OVERLAY_WIDTH = 960
-PAD_TO = 32  # the trunks' largest stride: padded sizes divide evenly at every scale
 
 
 class PairTransform:
@@ -108,10 +108,10 @@ class SegmentationDataset(KeyedDraws):
 
 
 def pad_batch(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """(B, 3, H, W) pixels, (B, H, W) masks and (B, 2) true sizes, padded to the batch's largest
-    image rounded up to a multiple of 32."""
-    height = -(-max(f["pixel_values"].shape[1] for f in features) // PAD_TO) * PAD_TO
-    width = -(-max(f["pixel_values"].shape[2] for f in features) // PAD_TO) * PAD_TO
+    """(B, 3, H, W) pixels, (B, H, W) masks and (B, 2) true sizes, padded to the batch's largest image
+    (the models take any size: they upsample their output to the input's)."""
+    height = max(f["pixel_values"].shape[1] for f in features)
+    width = max(f["pixel_values"].shape[2] for f in features)
     pixels = torch.zeros((len(features), 3, height, width))
     masks = torch.full((len(features), height, width), IGNORE, dtype=torch.long)
     for i, f in enumerate(features):
