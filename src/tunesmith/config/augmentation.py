@@ -19,7 +19,8 @@ class AugmentationConfig(Section):
     random resized crop (scale 0.35-1) and horizontal flip; `strong`: random resized crop
     (0.08-1), flip, RandAugment and random erasing; `weather`: `light` plus shifted conditions
     (low light, lost contrast, fog, blur, sensor noise), for cameras outdoors or a new site.
-    Evaluation always resizes and centre-crops."""
+    Evaluation always resizes and centre-crops. Segmentation reads `light` as a rescale within
+    `scale_range`, a square crop and flips, and evaluates whole images."""
     hflip: bool = True
     """Images: whether the `light` and `strong` presets flip training images left-right at random
     (probability 0.5). Turn it off where a mirror image means something else: text, digits, road

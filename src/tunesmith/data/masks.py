@@ -38,19 +38,35 @@ SEGMENTATION_IMAGES = FileKind("image", "images", IMAGE_EXTENSIONS, "image_segme
 DETECTION_INSTALL = "'tunesmith[detection]'"
 
 
+CACHED_BYTES = 1 << 30  # rasterised COCO maps kept, in all (beyond it, rasterised again on each read)
+
+
 @dataclass
 class MaskReader:
-    """Turns a row's mask reference into a (H, W) uint8 class map; picklable, for data-loader workers."""
+    """Turns a row's mask reference into a (H, W) uint8 class map; picklable, for data-loader workers.
+
+    A COCO image's map is rasterised once (the preflight's check reads every one) and kept, up to
+    `CACHED_BYTES` in all: rasterising is a third of a training item's cost, and data loading is what
+    a CPU run waits on. Workers get the kept maps with the dataset."""
 
     mask_values: str = "classes"
     coco: dict[str, CocoImage] = field(default_factory=dict)
+    rasterised: dict[str, np.ndarray] = field(default_factory=dict)
+    rasterised_bytes: int = 0
 
     def read(self, ref: str) -> np.ndarray:
         """Raises:
             ValueError, OSError: the mask cannot be decoded or holds values that are no class index.
         """
+        if ref in self.rasterised:
+            return self.rasterised[ref]
         if ref in self.coco:
-            return rasterize(self.coco[ref])
+            mask = rasterize(self.coco[ref])
+            if self.rasterised_bytes + mask.nbytes <= CACHED_BYTES:
+                mask.flags.writeable = False  # shared by every read: a transform must copy, never write
+                self.rasterised[ref] = mask
+                self.rasterised_bytes += mask.nbytes
+            return mask
         from PIL import Image
 
         with Image.open(ref) as mask:

@@ -39,7 +39,7 @@ class PairTransform:
         self.weather = WeatherShift() if preset == "weather" else None
         self.scale_range = scale_range if preset != "none" else None
         if preset != "none":
-            steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=self._fills(IGNORE)))
+            steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=self._fills(mean)))
             steps += [v2.RandomHorizontalFlip()] if hflip else []
             steps += [v2.RandomVerticalFlip()] if vflip else []
         if preset == "strong":
@@ -48,16 +48,17 @@ class PairTransform:
         self.steps = v2.Compose(steps)
 
     @staticmethod
-    def _fills(ignore: int) -> dict[type, int]:
+    def _fills(mean: list[float]) -> dict[type, Any]:
+        """Crop padding: the mean colour (0 once normalised, as batch padding is), and the ignore value."""
         from torchvision import tv_tensors
 
-        return {tv_tensors.Image: 0, tv_tensors.Mask: ignore}
+        return {tv_tensors.Image: [round(255 * m) for m in mean], tv_tensors.Mask: IGNORE}
 
     def __call__(self, image: Any, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as F
 
-        target = tv_tensors.Mask(torch.from_numpy(mask))
+        target = tv_tensors.Mask(torch.from_numpy(mask.copy()))  # the reader's maps are shared and read-only
         if self.scale_range is not None:  # drawn from torch's generator, which keyed_rng has seeded
             low, high = self.scale_range
             factor = low + (high - low) * float(torch.rand(()))

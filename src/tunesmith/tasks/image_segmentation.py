@@ -78,7 +78,9 @@ class ImageSegmentationTask:
         # A new head on a trunk: 5e-5 barely moves it in a short run. Evaluation runs whole images one
         # at a time: padding a batch to its largest image would enter the heads' image-level pooling.
         "training.learning_rate": 1e-3, "training.per_device_train_batch_size": 8,
-        "training.per_device_eval_batch_size": 1}
+        "training.per_device_eval_batch_size": 1,
+        # NHWC: 0.32-0.40 s against 0.44-0.52 s a bf16 step of 8 crops of 256 px on a 2-core CPU (LR-ASPP).
+        "model.channels_last": True}
     pipeline_tag: ClassVar[str] = "image-segmentation"
     dynamic_axes: ClassVar[dict[str, tuple[int, ...]]] = {"pixel_values": (2, 3), "sizes": ()}  # ONNX: whole images
 
@@ -96,6 +98,7 @@ class ImageSegmentationTask:
         self.label_names: list[str] = []
         self.bad_pairs: dict[str, list[dict[str, Any]]] = {}
         self.spec: dict[str, Any] = {}
+        self.channels_last = False
         self.truncated = 0  # images are never cut
 
     # ---- data -------------------------------------------------------------------------------
@@ -182,13 +185,18 @@ class ImageSegmentationTask:
         m = self.config.model
         model, self.spec = create_segmentation_model(m.source, len(self.label_names), m.architecture,
                                                      self.options.head, m.pretrained)
-        return model
+        return self._prepare(model)
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model as saved (its class names included), for evaluate/predict."""
         model, self.spec = load_segmentation(Path(self.config.model.source).expanduser())
         self.label_names = list(self.spec["label_names"])
-        return model
+        return self._prepare(model)
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        choice = self.config.model.channels_last
+        self.channels_last = torch.cuda.is_available() if choice == "auto" else bool(choice)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model  # type: ignore[call-overload]  # torch's stub lacks memory_format
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return segmentation_layer_groups(model, self.config.model.train_batchnorm)
@@ -238,14 +246,17 @@ class ImageSegmentationTask:
     # ---- loss, metrics, predictions ---------------------------------------------------------
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["pixel_values"])["out"]  # (B, K, H, W)
+        pixels = batch["pixel_values"]
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return model(pixels)["out"]  # (B, K, H, W)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(model, batch)
         labels = batch["labels"]
-        if not (labels != IGNORE).any():  # a crop of padding alone: nothing to learn, but keep the graph
-            return logits.sum() * 0.0, logits
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+        # The mean over labelled pixels, written out so a batch of padding alone gives 0, not NaN, without
+        # asking the device whether it is one (a host sync every step).
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / (labels != IGNORE).sum().clamp(min=1)
         if self.options.loss == "dice_ce":
             loss = loss + dice_loss(logits, labels)
         return loss, logits

@@ -77,7 +77,7 @@ class ObjectDetectionTask:
     supports_activation_cache: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         # A new detector on a trunk: 5e-5 barely moves its heads in a short run; whole images evaluate one by one.
-        "training.learning_rate": 3e-4, "training.per_device_train_batch_size": 4,
+        "training.learning_rate": 1e-3, "training.per_device_train_batch_size": 4,
         "training.per_device_eval_batch_size": 1}
     pipeline_tag: ClassVar[str] = "object-detection"
 
