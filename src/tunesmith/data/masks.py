@@ -61,7 +61,7 @@ class MaskReader:
         if ref in self.rasterised:
             return self.rasterised[ref]
         if ref in self.coco:
-            mask = rasterize(self.coco[ref])
+            mask: np.ndarray = rasterize(self.coco[ref])
             if self.rasterised_bytes + mask.nbytes <= CACHED_BYTES:
                 mask.flags.writeable = False  # shared by every read: a transform must copy, never write
                 self.rasterised[ref] = mask
@@ -69,11 +69,11 @@ class MaskReader:
             return mask
         from PIL import Image
 
-        with Image.open(ref) as mask:
-            if mask.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
-                raise ValueError(f"mask mode {mask.mode}: save one class index per pixel as a single-channel (grey or "
+        with Image.open(ref) as png:
+            if png.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
+                raise ValueError(f"mask mode {png.mode}: save one class index per pixel as a single-channel (grey or "
                                  "palette) PNG")
-            values = np.asarray(mask)
+            values = np.asarray(png)
         if self.mask_values == "instances":
             return (values != 0).astype(np.uint8)
         if values.max(initial=0) > IGNORE:

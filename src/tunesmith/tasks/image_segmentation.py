@@ -196,7 +196,7 @@ class ImageSegmentationTask:
     def _prepare(self, model: nn.Module) -> nn.Module:
         choice = self.config.model.channels_last
         self.channels_last = torch.cuda.is_available() if choice == "auto" else bool(choice)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model  # type: ignore[call-overload]  # torch's stub lacks memory_format
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return segmentation_layer_groups(model, self.config.model.train_batchnorm)
