@@ -246,6 +246,10 @@ def register_task(name: str) -> Callable[[TaskClass], TaskClass]:
     training batches; one whose prediction is a vector names its column in `vector_column`, and
     `predict` can then write those vectors alone as `.npy`. `ordered_by` names the key of the
     task's section holding a time column: `tunesmith update` then holds out the latest rows, not random ones.
+    A task whose predictions are files (masks) gives `write_predicted_files(rows, outputs, folder, examples)`
+    (`prediction_file.task_records`); one whose labels are no names (masks, boxes) gives `check_labels(rows)`
+    in place of `evaluate`'s known-label check; one whose inputs vary along more axes than the batch names
+    them for the ONNX export in `dynamic_axes` (`{"pixel_values": (2, 3)}`).
     """
 
     def wrap(cls: TaskClass) -> TaskClass:
