@@ -52,7 +52,7 @@ def test_contradictory_warmup_keys(tmp_path):
 
 
 def test_unknown_metric_lists_choices():
-    with pytest.raises(ConfigError, match="choose one of accuracy, macro_f1, loss"):
+    with pytest.raises(ConfigError, match="choose one of accuracy, macro_f1, roc_auc, loss"):
         load_config({"training": {"metric_for_best_model": "f1"}})
 
 

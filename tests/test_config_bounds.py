@@ -88,7 +88,7 @@ def test_a_key_moved_to_its_task_section_points_there():
 
 def test_metric_for_best_model_is_checked_against_the_task():
     with pytest.raises(ConfigError, match="unknown metric 'bleu' for text-classification; choose one of accuracy, "
-                                          "macro_f1, loss"):
+                                          "macro_f1, roc_auc, loss"):
         load_config({"training": {"metric_for_best_model": "bleu"}})
     assert not load_config({"task": "seq2seq"}).greater_is_better
 

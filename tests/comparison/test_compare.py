@@ -80,7 +80,9 @@ def test_outputs(comparison):
     summary = json.loads((folder / "compare.json").read_text())
     assert [a["arm"] for a in summary["arms"]] == list(ARM_ORDER) and summary["metric"] == "accuracy"
     table = (folder / "summary.md").read_text()
-    assert table.startswith("| arm | accuracy | macro_f1 | loss | train s | wall s | trainable params |")
+    header = table.splitlines()[0]
+    assert header.startswith("| arm | accuracy | macro_f1 | ") and "| roc_auc | " in header and "| ece | " in header
+    assert header.endswith("| loss | train s | wall s | trainable params |")
     assert table.count("\n| ") == len(ARM_ORDER)  # one row per arm below the header
     html = comparison.report.read_text()
     for anchor in ("arms", "overfitting", "runs"):

@@ -112,10 +112,13 @@ def test_full_disk_at_a_metrics_append(small_disk, tiny_config):
 
     def fill_before_a_page_boundary(record):
         # tmpfs appends into the file's last page without a new block, so the disk is filled when the
-        # next record surely crosses into a new page, and only where no checkpoint comes first.
+        # next record likely crosses into a new page, and only where no checkpoint comes first (the
+        # next step's checkpoint, every third step, is written before its record). A record that still
+        # fitted (it was shorter) frees the disk again, to try at the next page.
+        (small_disk / "filler").unlink(missing_ok=True)
         size = metrics.stat().st_size
         length, sizes[0] = size - sizes[0], size
-        if record["phase"] == "train" and record["step"] % 3 != 0 and 4096 - size % 4096 < 0.8 * length:
+        if record["phase"] == "train" and (record["step"] + 1) % 3 != 0 and 4096 - size % 4096 < length:
             fill(small_disk)
 
     with pytest.raises(tunesmith.RunDirError, match=r"disk full while appending the train record of step (\d+) to "

@@ -20,7 +20,7 @@ from tunesmith.config import load_config
 from tunesmith.report.run_report import write_run_report
 
 SECTIONS = ["run", "results", "overfitting", "curves", "confusion-matrix", "worst-examples", "per-class"]
-PLOTS = ["loss", "metrics", "learning_rates", "trainable_groups", "confusion_matrix"]
+PLOTS = ["loss", "metrics", "learning_rates", "trainable_groups", "confusion_matrix", "reliability"]
 
 
 @pytest.fixture(scope="module")

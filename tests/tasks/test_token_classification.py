@@ -105,7 +105,7 @@ def test_random_split_is_seeded_and_disjoint(tmp_path):
 def test_entity_f1_is_the_default_metric_for_tagging():
     assert load_config({"task": "token-classification"}).training.metric_for_best_model == "f1"
     assert load_config({}).training.metric_for_best_model == "accuracy"
-    with pytest.raises(ConfigError, match="unknown metric 'f1' for text-classification; choose one of accuracy, macro_f1, loss"):
+    with pytest.raises(ConfigError, match="unknown metric 'f1' for text-classification; choose one of accuracy, macro_f1, roc_auc, loss"):
         load_config({"training": {"metric_for_best_model": "f1"}})
 
 

@@ -219,7 +219,8 @@ def feature_probe(model: nn.Module, task: Task, eval_data, accelerator: Accelera
         log.warning("out of memory while scoring the pre-trained features; the baseline has no linear-probe score")
         return None
     probabilities = linear_probe(train_x, train_y, val_x, len(task.label_names))
-    metrics = task.metrics(read_rows(task.eval_rows, "validation"), list(probabilities))
+    # the task's metrics read logits: log-probabilities are the logits of these probabilities
+    metrics = task.metrics(read_rows(task.eval_rows, "validation"), list(np.log(np.clip(probabilities, 1e-12, 1))))
     probe = {"probe": "logistic regression", "train_rows": len(rows),
              **{m: metrics[m] for m in task.metric_names if m in metrics},
              "seconds": round(time.perf_counter() - started, 2)}

@@ -61,7 +61,7 @@ def timing_note(summary: dict[str, Any]) -> str:
     return note + (f", {summary['precision']}" if summary.get("precision") else "")
 
 
-HEADINGS = {"f1": "F1", "iou": "IoU", "dice": "Dice", "ap": "AP", "ap_50": "AP@.5"}
+HEADINGS = {"roc_auc": "ROC AUC", "f1": "F1", "iou": "IoU", "dice": "Dice", "ap": "AP", "ap_50": "AP@.5"}
 
 
 def per_class_table(final: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -28,6 +28,7 @@ def write_model_card(path: Path, config: RunConfig, data: dict[str, Any], baseli
     per_class = "\n".join(f"| {' | '.join(row)} |" for row in [class_headers, ["---"] * len(class_headers), *class_rows]
                           ) if class_rows else ""
     labels = f"Labels: {', '.join(data['labels'])}\n\n" if data.get("labels") else ""
+    calibrated = calibration_note(final)
     frozen = f", frozen by name: {', '.join(s.freeze_groups)}" if s.freeze_groups else ""
     timing = timing_note(facts)
     splits = "\n".join(
@@ -68,5 +69,15 @@ Load it without tunesmith:
 {rows}
 {note}
 {per_class}
-"""
+{calibrated}"""
     path.write_text(text, encoding="utf-8")
+
+
+def calibration_note(final: dict[str, Any]) -> str:
+    """How to get the calibrated probabilities, where the task fitted a temperature (tasks/_calibration.py)."""
+    if not final.get("temperature"):
+        return ""
+    t = final["temperature"]
+    return (f"\nCalibrated probabilities: divide the logits by the temperature {t:.4f} (fitted on the validation "
+            f"split, kept in `calibration.json`) before the softmax; expected calibration error "
+            f"{final['ece']:.4f} raw, {final['ece_calibrated']:.4f} scaled, on that split.\n")

@@ -151,6 +151,11 @@ def reliability_plot(baseline: dict[str, Any], final: dict[str, Any]) -> Any:
         if bins:
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=color,
                     label=f"{name} (ECE {record.get('ece', float('nan')):.3f})")
+    scaled = final.get("reliability_calibrated") or []
+    if scaled:
+        ax.plot([b["confidence"] for b in scaled], [b["accuracy"] for b in scaled], marker="s", color=COLORS[2],
+                linestyle=":", label=f"fine-tuned, temperature {final['temperature']:.2f} "
+                                     f"(ECE {final['ece_calibrated']:.3f})")
     style(ax, "Reliability (validation)", "confidence of the predicted label", "share correct")
     ax.legend(frameon=False)
     return fig

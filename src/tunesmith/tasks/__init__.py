@@ -171,11 +171,13 @@ def stacked(outputs: list[Any], width: int) -> np.ndarray:
     return np.stack(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
 
 
-def label_probabilities(outputs: list[Any], names: list[str]) -> list[dict[str, Any]]:
-    """Per row of single-label logits: `predicted_label`, its `score` and `prob_<label>` for each label."""
+def label_probabilities(outputs: list[Any], names: list[str], temperature: float | None = None) -> list[dict[str, Any]]:
+    """Per row of single-label logits: `predicted_label`, its `score` and `prob_<label>` for each label;
+    the probabilities are those of the logits divided by `temperature` where one is given (calibrated)."""
     import torch
 
-    probs = torch.softmax(torch.from_numpy(stacked(outputs, len(names))), dim=-1).numpy()
+    logits = torch.from_numpy(stacked(outputs, len(names)))
+    probs = torch.softmax(logits / (temperature or 1.0), dim=-1).numpy()
     return [{"predicted_label": names[int(p.argmax())], "score": round(float(p.max()), 6),
              **{f"prob_{n}": round(float(v), 6) for n, v in zip(names, p)}} for p in probs]
 

@@ -40,7 +40,6 @@ from tunesmith.models.demos import check_task
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import ResolvedSource, source_label_names
-from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
 from tunesmith.tasks._audio import (
     AudioModel,
@@ -52,6 +51,7 @@ from tunesmith.tasks._audio import (
     whisper_features,
     whisper_states,
 )
+from tunesmith.tasks._calibration import TemperatureScaling
 
 log = logging.getLogger("tunesmith")
 
@@ -70,7 +70,7 @@ def feature_extractor(resolved: ResolvedSource, kwargs: dict[str, Any]) -> Any:
 @register_task("audio-classification")
 class AudioClassificationTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
-    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "roc_auc")
     settings: ClassVar[type[Section] | None] = AudioClassificationConfig
     # Whisper's encoder attends over every frame it is given: under `pad` a frozen prefix's output
     # would repeat, but under `crop` it is only exact with the mask this task builds, which the
@@ -90,6 +90,7 @@ class AudioClassificationTask(OneOutputPerRow):
         self.source = AudioModel("AutoModelForAudioClassification", config.model, feature_extractor)
         self.train_rows: LabelledRows | None = None
         self.class_weights = ClassWeights()  # training.class_weights: balanced
+        self.calibration = TemperatureScaling()  # fitted on validation, saved as calibration.json
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.bad_clips: dict[str, list[dict[str, Any]]] = {}
@@ -183,6 +184,8 @@ class AudioClassificationTask(OneOutputPerRow):
         """Loads a fine-tuned model as saved (head and labels included), for evaluate/predict."""
         model = self.hf.load_trained()
         self.extractor = self.hf.tokenizer
+        if self.hf.resolved.local:
+            self.calibration.read(self.hf.resolved.location)
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]  # type: ignore[index, arg-type]  # a saved classifier's config has both; transformers types them Optional
         return model
 
@@ -216,6 +219,7 @@ class AudioClassificationTask(OneOutputPerRow):
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.hf.save(model, folder, weights)
+        self.calibration.write(folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
@@ -274,12 +278,14 @@ class AudioClassificationTask(OneOutputPerRow):
         return loss, logits
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
-        """Accuracy, macro F1, per-class table and confusion matrix."""
+        """Accuracy, macro F1, per-class table and confusion matrix, ROC AUC, and calibration before and
+        after temperature scaling (tasks/_calibration.py)."""
         logits = stacked(outputs, len(self.label_names))
-        return classification_metrics(logits.argmax(-1), label_ids(rows, self.label_names), self.label_names)
+        return self.calibration.scores(logits, label_ids(rows, self.label_names), self.label_names,
+                                       fit=rows is self.eval_rows and self.train_rows is not None)
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per clip: its path, the predicted label and the probability of each label."""
         return [{self.audio_key: path, **record}
-                for path, record in zip(rows.inputs[self.audio_key], label_probabilities(outputs, self.label_names))]
+                for path, record in zip(rows.inputs[self.audio_key], label_probabilities(outputs, self.label_names, self.calibration.temperature))]
 

@@ -28,9 +28,9 @@ from tunesmith.data.labelled import LabelledRows, check_known_labels, label_name
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.timm_models import create_timm_model, load_timm, save_timm, timm_folder, timm_layer_groups
-from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.strategies.augmentation import eval_transform, is_random, key_seed, mix_batch, mixes, train_transform
 from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks._calibration import TemperatureScaling
 
 log = logging.getLogger("tunesmith")
 
@@ -48,7 +48,7 @@ class ImageClassificationConfig(Section):
 @register_task("image-classification")
 class ImageClassificationTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
-    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "roc_auc")
     settings: ClassVar[type[Section] | None] = ImageClassificationConfig
     supports_activation_cache: ClassVar[bool] = True  # with augmentation `none`: the same pixels, so the same frozen features
 
@@ -62,6 +62,7 @@ class ImageClassificationTask(OneOutputPerRow):
         self.image_key = self.options.image_column
         self.train_rows: LabelledRows | None = None
         self.class_weights = ClassWeights()  # training.class_weights: balanced
+        self.calibration = TemperatureScaling()  # fitted on validation, saved as calibration.json
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.bad_images: dict[str, list[dict[str, Any]]] = {}
@@ -145,7 +146,9 @@ class ImageClassificationTask(OneOutputPerRow):
 
     def load_trained(self) -> nn.Module:
         """Loads a fine-tuned model as saved (head and label names included), for evaluate/predict."""
-        model, self.label_names = load_timm(Path(self.config.model.source).expanduser())
+        folder = Path(self.config.model.source).expanduser()
+        model, self.label_names = load_timm(folder)
+        self.calibration.read(folder)
         return self._prepare(model)
 
     def _prepare(self, model: nn.Module) -> nn.Module:
@@ -177,6 +180,7 @@ class ImageClassificationTask(OneOutputPerRow):
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         save_timm(model, folder, self.label_names, self.data_config, weights)
+        self.calibration.write(folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
@@ -237,9 +241,11 @@ class ImageClassificationTask(OneOutputPerRow):
         return loss, logits
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
-        """Top-1 accuracy, macro F1, per-class table, confusion matrix; top-5 with more than 5 classes."""
+        """Top-1 accuracy, macro F1, per-class table, confusion matrix, ROC AUC, calibration before and
+        after temperature scaling (tasks/_calibration.py); top-5 with more than 5 classes."""
         logits, labels = stacked(outputs, len(self.label_names)), label_ids(rows, self.label_names)
-        results = classification_metrics(logits.argmax(-1), labels, self.label_names)
+        results = self.calibration.scores(logits, labels, self.label_names,
+                                          fit=rows is self.eval_rows and self.train_rows is not None)
         if len(self.label_names) > 5:
             top5 = np.argsort(-logits, axis=-1)[:, :5]
             results["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=1).mean()) if len(labels) else 0.0
@@ -248,4 +254,4 @@ class ImageClassificationTask(OneOutputPerRow):
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per image: its path, the predicted label and the probability of each label."""
         return [{self.image_key: path, **record}
-                for path, record in zip(rows.inputs[self.image_key], label_probabilities(outputs, self.label_names))]
+                for path, record in zip(rows.inputs[self.image_key], label_probabilities(outputs, self.label_names, self.calibration.temperature))]

@@ -9,8 +9,9 @@ Rare positives are the usual case, so the default metric that selects the best m
 accuracy; the report adds ROC AUC, log loss, Brier score, calibration (ECE and the reliability
 bins), and for two labels the decision threshold chosen on validation (best F1, or lowest cost
 given the cost of a false positive and of a false negative), precision, recall and cost at it, and
-precision and recall in the top-k scores. The threshold is saved with the model and `predict`
-decides with it. `training.class_weights: balanced` and `loss: focal` weigh the rare class up.
+precision and recall in the top-k scores, and sensitivity and specificity at the thresholds that
+reach a sensitivity of 0.90 and 0.95 on validation (`operating_points`, tasks/_calibration.py). All
+thresholds are saved with the model; `predict` decides with `threshold`. `training.class_weights: balanced` and `loss: focal` weigh the rare class up.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tunesmith.errors import DataError
 from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.report.probability_metrics import choose_threshold, decisions, ranking_and_calibration
 from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks._calibration import operating_points, sensitivity_thresholds
 from tunesmith.tasks._tabular import TabularSettings, TabularTask
 
 log = logging.getLogger("tunesmith")
@@ -86,6 +88,8 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
         self.positive: str | None = None
         self.threshold: float | None = None  # the one in use: fixed, saved, or chosen at the last full evaluation
         self.fixed_threshold = self.options.threshold
+        self.screening: dict[str, float] | None = None  # target sensitivity -> threshold, chosen like `threshold`
+        self.saved_screening: dict[str, float] | None = None
         self.class_weights = ClassWeights()  # training.class_weights: balanced
         self.column_auc: dict[str, float] = {}
 
@@ -138,11 +142,12 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
     def loaded_spec(self, spec: dict[str, Any]) -> None:
         self.label_names, self.positive = list(spec["labels"]), spec.get("positive_label")
         self.fixed_threshold = self.threshold = self.options.threshold or spec.get("threshold")
+        self.saved_screening = spec.get("sensitivity_thresholds")
 
     def saved_spec(self) -> dict[str, Any]:
         shares = self._label_shares() if self.train_rows is not None else self.spec.get("label_shares")
         return {**self.spec, "labels": self.label_names, "positive_label": self.positive, "threshold": self.threshold,
-                "label_shares": shares}
+                "sensitivity_thresholds": self.screening, "label_shares": shares}
 
     def booster_weights(self) -> np.ndarray | None:
         if self.config.training.class_weights != "balanced" or self.train_rows is None:
@@ -190,11 +195,16 @@ class TabularClassificationTask(OneOutputPerRow, TabularTask):
             self.threshold = self.fixed_threshold
         elif rows is self.eval_rows or self.threshold is None:
             self.threshold = choose_threshold(p, is_pos, costs)
+        if self.saved_screening is not None:
+            self.screening = self.saved_screening
+        elif rows is self.eval_rows or self.screening is None:
+            self.screening = sensitivity_thresholds(p, is_pos)
         top = self.options.top_k
         k = int(top) if top >= 1 else max(1, round(top * len(p)))
         predicted = np.where(p >= self.threshold, pos, 1 - pos)
         return {**classification_metrics(predicted, y, self.label_names), **ranking_and_calibration(probs, y, pos),
-                **decisions(p, is_pos, self.threshold, costs, k)}
+                **decisions(p, is_pos, self.threshold, costs, k),
+                "operating_points": operating_points(p, is_pos, self.screening)}
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """Per row: the probability of each label and the decision (two labels: at the saved threshold)."""

@@ -31,8 +31,8 @@ from tunesmith.errors import DataError, ModelSourceError
 from tunesmith.models.hf_family import HFModel
 from tunesmith.models.layer_groups import LayerGroup
 from tunesmith.models.sources import source_label_names, token_limit
-from tunesmith.report.classification_metrics import classification_metrics
 from tunesmith.tasks import ClassWeights, OneOutputPerRow, label_ids, label_probabilities, register_task, stacked
+from tunesmith.tasks._calibration import TemperatureScaling
 
 log = logging.getLogger("tunesmith")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("tunesmith")
 @register_task("text-classification")
 class TextClassificationTask(OneOutputPerRow):
     name: ClassVar[str]  # set by @register_task
-    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "roc_auc")
     settings: ClassVar[type[Section] | None] = None  # reads only the shared sections
     supports_activation_cache: ClassVar[bool] = True  # inputs are fixed token ids; groups are embeddings + blocks
 
@@ -50,6 +50,7 @@ class TextClassificationTask(OneOutputPerRow):
         self.resolved = self.hf.resolved
         self.train_rows: LabelledRows | None = None
         self.class_weights = ClassWeights()  # training.class_weights: balanced
+        self.calibration = TemperatureScaling()  # fitted on validation, saved as calibration.json
         self.eval_rows: LabelledRows | None = None
         self.label_names: list[str] = []
         self.tokenizer: Any = None  # read with the model (HFModel.tokenizer); transformers types it loosely
@@ -137,6 +138,8 @@ class TextClassificationTask(OneOutputPerRow):
                                    "directory, or score it as the pre-trained baseline with tunesmith evaluate")
         model = self.hf.load_trained()
         self.tokenizer = self.hf.tokenizer
+        if self.resolved.local:
+            self.calibration.read(self.resolved.location)
         self.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]  # type: ignore[index, arg-type]  # a saved classifier's config has both; transformers types them Optional
         return model
 
@@ -152,6 +155,7 @@ class TextClassificationTask(OneOutputPerRow):
 
     def save(self, model: nn.Module, folder: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.hf.save(model, folder, weights)
+        self.calibration.write(folder)
 
     # ---- tensors ----------------------------------------------------------------------------
 
@@ -228,10 +232,13 @@ class TextClassificationTask(OneOutputPerRow):
         return loss, logits
 
     def metrics(self, rows: LabelledRows, outputs: list[Any]) -> dict[str, Any]:
+        """Accuracy, macro F1, per-class table and confusion matrix, ROC AUC, and calibration before and
+        after temperature scaling (tasks/_calibration.py)."""
         logits = stacked(outputs, len(self.label_names))
-        return classification_metrics(logits.argmax(-1), label_ids(rows, self.label_names), self.label_names)
+        return self.calibration.scores(logits, label_ids(rows, self.label_names), self.label_names,
+                                       fit=rows is self.eval_rows and self.train_rows is not None)
 
     def predictions(self, rows: LabelledRows, outputs: list[Any]) -> list[dict[str, Any]]:
         """One record per row: the inputs, the predicted label and the probability of each label."""
         return [{**{c: rows.inputs[c][i] for c in self.input_columns}, **record}
-                for i, record in enumerate(label_probabilities(outputs, self.label_names))]
+                for i, record in enumerate(label_probabilities(outputs, self.label_names, self.calibration.temperature))]
