@@ -118,14 +118,14 @@ def test_inspect_shows_groups_and_schedule(tmp_path, tiny_config):
 def test_the_before_after_table_shows_the_linear_probe_beside_the_untrained_head(capsys):
     from types import SimpleNamespace
 
-    from tunesmith.cli import _print_before_after
+    from tunesmith._cli_tables import print_before_after
     from tunesmith.config import load_config
 
     baseline = {"accuracy": 0.5, "loss": 0.69, "features": {"probe": "logistic regression", "train_rows": 18, "accuracy": 0.95}}
     result = SimpleNamespace(config=load_config(None), baseline=baseline, final={"accuracy": 0.9, "loss": 0.3},
                              run_dir="runs/x", best_model_dir="runs/x/best", best_step=4, stopped_early=False,
                              samples_per_second=10.0, report="runs/x/report.html")
-    _print_before_after(result)
+    print_before_after(result)
     output = " ".join(capsys.readouterr().out.split())
     assert "pre-trained, untrained head" in output and "pre-trained features (linear probe)" in output
     assert "0.5000 0.9500 0.9000 +0.4000" in output and "chance" in output

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from tunesmith._cli_tables import print_before_after, print_compare, print_confusion, print_metrics, print_per_class
 from tunesmith._terminal import console, err_console, print_table, setup_output
 from tunesmith.errors import TunesmithError
 
@@ -59,7 +60,7 @@ def train(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], se
     if resume or resume_from:
         overrides.append(f"resume={resume_from or 'auto'}")
     result = finetune(config, overrides, quiet=quiet)
-    _print_before_after(result)
+    print_before_after(result)
 
 
 @app.command()
@@ -97,23 +98,15 @@ def evaluate(model: Annotated[str, typer.Argument(help="Model folder, run direct
     _setup_logging(True)
     metrics = run_evaluate(model, str(data), set_, output=output, by=by)
     shown = _task_schema(model, set_).shown(metrics, extra=("top5_accuracy",))
-    _print_metrics(f"{model} on {data}", {"all rows": metrics, **(metrics.get("by", {}).get(by) or {})}, shown)
+    print_metrics(f"{model} on {data}", {"all rows": metrics, **(metrics.get("by", {}).get(by) or {})}, shown)
     if "per_class" in metrics:  # classification tasks
-        _print_per_class(metrics)
-        _print_confusion(metrics)
+        print_per_class(metrics)
+        print_confusion(metrics)
     if metrics.get("head") == "untrained":
         console.print(f"note: {model} has no trained head for these labels; these are the scores of the pre-trained "
                       "model with an untrained head (the baseline fine-tuning starts from)", highlight=False)
     if output is not None:
         console.print(f"metrics written to {output}", soft_wrap=True)
-
-
-def _print_metrics(title: str, columns: dict[str, dict], shown: list[str]) -> None:
-    """One row per metric, one column per group of rows (all rows first; then each --by value)."""
-    rows = [["rows", *(str(m.get("rows", "")) for m in columns.values())]] if len(columns) > 1 else []
-    for key in shown:
-        rows.append([key, *(f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in columns.values())])
-    print_table(title, ["metric", *columns], rows)
 
 
 @app.command()
@@ -130,6 +123,32 @@ def predict(model: Annotated[str, typer.Argument(help="Fine-tuned model folder, 
     _setup_logging(True)
     path = run_predict(model, str(data), str(output), set_)
     console.print(f"predictions written to {path}")
+
+
+@app.command()
+@_user_errors
+def adapt(model: Annotated[str, typer.Argument(help="Trained model folder or run directory (with BatchNorm layers).")],
+          data: Annotated[Path, typer.Option("--data", "-d", help="Unlabelled target rows: a folder of images, or a file.")],
+          output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the adapted model to.")],
+          method: Annotated[str, typer.Option(help="batchnorm (re-estimate the statistics) or tent (then entropy "
+                                                   "minimisation on the BatchNorm scales and shifts).")] = "batchnorm",
+          evaluate: Annotated[Path | None, typer.Option("--evaluate", help="Labelled target file: score the source and "
+                                                                          "the adapted model on it.")] = None,
+          epochs: Annotated[int, typer.Option(help="tent: passes over the target rows.", min=1)] = 1,
+          learning_rate: Annotated[float, typer.Option(help="tent: Adam's learning rate.", min=0)] = 1e-3,
+          set_: SetOption = None) -> None:
+    """Adapt a trained model to shifted conditions (fog, night, another scanner) from unlabelled target rows."""
+    from tunesmith.adaptation import adapt as run_adapt
+
+    _setup_logging(True)
+    result = run_adapt(model, str(data), output, method, str(evaluate) if evaluate else None, set_, epochs, learning_rate)
+    console.print(f"{result.method}: {result.batchnorm_layers} BatchNorm layers adapted on {result.target_rows} "
+                  f"target rows; written to {result.output}", soft_wrap=True)
+    if result.stopped:
+        console.print(f"[yellow]{result.stopped}[/]", highlight=False)
+    if result.before is not None and result.after is not None:
+        shown = _task_schema(model, set_).shown(result.after)
+        print_metrics(f"on {evaluate}", {"source": result.before, "adapted": result.after}, shown)
 
 
 @app.command()
@@ -192,7 +211,7 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="Where the run goes
     console.print("tunesmith quickstart: fine-tuning all-MiniLM-L6-v2 (demo:minilm) on 600 product reviews "
                   "(480 train / 120 validation), offline, on this machine")
     result = finetune(quickstart_config(str(output_dir)), quiet=quiet)
-    _print_before_after(result)
+    print_before_after(result)
     console.print(f"\nTry it:  tunesmith predict {result.run_dir} --data your.csv --output predictions.csv")
 
 
@@ -216,7 +235,7 @@ def compare(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
     overrides = list(set_ or []) + (["overwrite_output_dir=true"] if overwrite else [])
     overrides += [f"compare.{key}=[{value}]" for key, value in (("fractions", fractions), ("arms", arms)) if value]
     overrides += [f"compare.seeds={seeds}"] if seeds is not None else []
-    _print_compare(run_compare(config, overrides, quiet=quiet, arm_seeds=arm_seeds))
+    print_compare(run_compare(config, overrides, quiet=quiet, arm_seeds=arm_seeds))
 
 
 UPDATE_ARMS = "update,replay,l2sp,wise,retrain,scratch"  # comparison/update.py ARMS, not imported at startup
@@ -338,54 +357,6 @@ def _task_schema(model: str, overrides: list[str] | None):
     from tunesmith.run import _saved_task
 
     return load_config({"task": _saved_task(model)}, [o for o in overrides or [] if o.startswith("task=")]).task_schema
-
-
-def _print_before_after(result) -> None:
-    from tunesmith.report.before_after import before_after_table, features_note
-
-    metrics = [k for k in result.config.task_schema.shown(result.final) if result.baseline.get(k) is not None]
-    headers, rows = before_after_table(result.baseline, result.final, metrics,
-                                        lower_is_better=result.config.task_schema.minimize)
-    print_table(f"validation results ({result.run_dir})", headers, rows)
-    note = features_note(result.baseline)
-    if note:
-        console.print(note, highlight=False)
-    best = (f"best model: {result.best_model_dir} (step {result.best_step})" if result.best_model_dir is not None
-            else "no best model was saved (no evaluation during training gave a usable score)")
-    console.print(f"{best}{', stopped early' if result.stopped_early else ''}; "
-                  f"{result.samples_per_second:.1f} training samples/s")
-    console.print(f"report: {result.report}")
-
-
-def _print_compare(result) -> None:
-    from tunesmith.comparison.summary import curve_cells, curve_summary_cells, row_dict, shown_metrics, table_cells
-
-    metrics = shown_metrics(result.rows[0].metrics, result.metric)
-    print_table(f"compare ({result.folder}), validation split", ["arm", *metrics, "train s", "wall s", "trainable params"],
-                [table_cells(row_dict(row), metrics) for row in result.rows])
-    if result.curve_summary:
-        headers, rows = curve_summary_cells(result.curve_summary, result.threshold)
-        print_table(f"training curve: validation {result.metric} over steps (area: step-weighted mean)", headers, rows)
-    if result.curve:
-        headers, rows = curve_cells(result.curve)
-        print_table(f"learning curve: validation {result.metric}", headers, rows, left=0)
-    if result.labels_saved:
-        console.print(result.labels_saved)
-    console.print(f"report: {result.report}")
-
-
-def _print_per_class(metrics: dict) -> None:
-    print_table("per class", ["class", "precision", "recall", "f1", "support"],
-                [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
-                 for name, v in metrics["per_class"].items()])
-
-
-def _print_confusion(metrics: dict, most: int = 20) -> None:
-    names = list(metrics["per_class"])
-    if len(names) > most or "confusion_matrix" not in metrics:
-        return  # too wide to read; metrics.jsonl and the report hold it
-    print_table("confusion matrix (rows: true, columns: predicted)", ["", *names],
-                [[name, *(str(v) for v in row)] for name, row in zip(names, metrics["confusion_matrix"])])
 
 
 def main() -> None:

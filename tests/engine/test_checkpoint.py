@@ -69,14 +69,14 @@ def test_a_state_json_with_an_unknown_key_is_one_clear_error(tiny_config, tmp_pa
 
 
 def test_a_run_that_saved_no_best_model_names_none(tiny_config, monkeypatch, capsys):
-    from tunesmith.cli import _print_before_after
+    from tunesmith._cli_tables import print_before_after
     from tunesmith.engine import loop
 
     monkeypatch.setattr(loop, "improved", lambda entry, state, *args: False)  # no evaluation ever improves
     tiny_config["training"].update(max_steps=2)
     result = tunesmith.finetune(tiny_config, quiet=True)
     assert not (result.run_dir / "best").exists() and result.best_model_dir is None
-    _print_before_after(result)
+    print_before_after(result)
     out = capsys.readouterr().out
     assert "no best model was saved" in out and f"{result.run_dir}/best" not in out.replace("\n", "")
 
