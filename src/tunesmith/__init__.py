@@ -5,6 +5,7 @@
     print(result.baseline["accuracy"], "->", result.final["accuracy"])
 """
 
+from tunesmith.adaptation import AdaptResult, adapt
 from tunesmith.comparison import CompareResult, compare
 from tunesmith.comparison.update import UpdateResult, update
 from tunesmith.config import RunConfig, load_config
@@ -14,8 +15,8 @@ from tunesmith.tuning import LRFindResult, TuneResult, lr_find, tune
 
 __all__ = [
     "CompareResult", "ConfigError", "DataError", "ModelSourceError", "RunConfig", "RunDirError", "RunResult",
-    "TunesmithError", "LRFindResult", "TuneResult", "UpdateResult",
-    "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict", "update",
+    "TunesmithError", "LRFindResult", "TuneResult", "UpdateResult", "AdaptResult",
+    "adapt", "compare", "lr_find", "tune", "evaluate", "export_onnx", "finetune", "inspect", "load_config", "predict", "update",
 ]
 __version__ = "0.1.0"
 
