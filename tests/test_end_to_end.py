@@ -34,7 +34,11 @@ def test_fine_tuning_beats_the_pretrained_baseline(sst2_run):
 
 
 def test_best_model_loads_in_plain_transformers(sst2_run, tmp_path):
-    """The saved model works without tunesmith: same predictions as tunesmith's own predict."""
+    """The saved model works without tunesmith: same predictions as tunesmith's own predict.
+
+    tunesmith divides the logits by the temperature it fitted on validation (`calibration.json`
+    beside the weights, as the model card says); plain transformers does the same with that number.
+    """
     texts = ["a gorgeous , moving film", "tedious and far too long", "not bad at all"]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     tunesmith.predict(str(sst2_run.run_dir), str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"))
@@ -46,9 +50,11 @@ path = {str(sst2_run.best_model_dir)!r}
 model = AutoModelForSequenceClassification.from_pretrained(path).eval()
 tokenizer = AutoTokenizer.from_pretrained(path)
 assert "tunesmith" not in sys.modules
+temperature = json.load(open(path + "/calibration.json"))["temperature"]
 texts = {texts!r}
 with torch.no_grad():
-    probs = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, -1)
+    logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+probs = torch.softmax(logits / temperature, -1)
 print(json.dumps([{{"label": model.config.id2label[int(p.argmax())], "probs": p.tolist()}} for p in probs]))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
