@@ -80,3 +80,14 @@ def test_a_fine_tuned_classifier_saves_its_temperature_and_predict_applies_it(ti
     raw = log_odds(tunesmith.predict(str(result.run_dir / "best"), str(data), str(tmp_path / "raw.csv")))
     assert saved["temperature"] != pytest.approx(1.0, abs=0.02)  # else the comparison below would prove nothing
     assert np.allclose(scaled * saved["temperature"], raw, rtol=1e-3, atol=1e-4)
+
+
+def test_an_image_run_directory_applies_the_temperature_its_best_model_keeps(image_config, color_images, tmp_path):
+    """evaluate and predict on a run directory read best/calibration.json, as on best/ itself."""
+    result = tunesmith.finetune(image_config | {"training": image_config["training"] | {"num_train_epochs": 1}},
+                                quiet=True)
+    saved = json.loads((result.run_dir / "best" / "calibration.json").read_text())
+    assert tunesmith.evaluate(str(result.run_dir), str(color_images))["temperature"] == saved["temperature"]
+    on_run, on_best = (tunesmith.predict(str(where), str(color_images), str(tmp_path / f"{name}.csv"))
+                       for name, where in (("run", result.run_dir), ("best", result.run_dir / "best")))
+    assert on_run.read_text() == on_best.read_text()

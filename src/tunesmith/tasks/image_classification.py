@@ -148,7 +148,7 @@ class ImageClassificationTask(OneOutputPerRow):
         """Loads a fine-tuned model as saved (head and label names included), for evaluate/predict."""
         folder = Path(self.config.model.source).expanduser()
         model, self.label_names = load_timm(folder)
-        self.calibration.read(folder)
+        self.calibration.read(timm_folder(folder))  # a run directory keeps it in best/
         return self._prepare(model)
 
     def _prepare(self, model: nn.Module) -> nn.Module:
