@@ -7,7 +7,8 @@ from tunesmith._terminal import console, print_table
 
 def print_metrics(title: str, columns: dict[str, dict], shown: list[str]) -> None:
     """One row per metric, one column per group of rows (all rows first; then each --by value)."""
-    rows = [["rows", *(str(m.get("rows", "")) for m in columns.values())]] if len(columns) > 1 else []
+    counted = len(columns) > 1 and any("rows" in m for m in columns.values())
+    rows = [["rows", *(str(m.get("rows", "")) for m in columns.values())]] if counted else []
     for key in shown:
         rows.append([key, *(f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in columns.values())])
     print_table(title, ["metric", *columns], rows)
@@ -28,6 +29,18 @@ def print_before_after(result) -> None:
     console.print(f"{best}{', stopped early' if result.stopped_early else ''}; "
                   f"{result.samples_per_second:.1f} training samples/s")
     console.print(f"report: {result.report}")
+
+
+def print_self_training(result) -> None:
+    """Labelled-only against self-trained, on the same validation rows (`strategy.pseudo_label`)."""
+    summary = result.self_training
+    shown = [k for k in result.config.task_schema.shown(result.final) if result.final.get(k) is not None]
+    print_metrics("self-training, validation split",
+                  {"labelled only": summary["labelled_only"]["final"], "self-trained": summary["self_trained"]["final"]},
+                  shown)
+    counts = ", ".join(f"{label} {n}" for label, n in summary["pseudo_label_counts"].items()) or "none"
+    console.print(f"pseudo-labelled {summary['pseudo_labelled_rows']} of {summary['unlabelled_rows']} unlabelled rows "
+                  f"at calibrated probability >= {summary['threshold']:g} ({counts})", highlight=False)
 
 
 def print_compare(result) -> None:

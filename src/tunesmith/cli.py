@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith._cli_tables import print_before_after, print_compare, print_confusion, print_metrics, print_per_class
+from tunesmith._cli_tables import print_before_after, print_compare, print_confusion, print_metrics, print_per_class, print_self_training
 from tunesmith._terminal import console, err_console, print_table, setup_output
 from tunesmith.errors import TunesmithError
 
@@ -61,6 +61,8 @@ def train(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], se
         overrides.append(f"resume={resume_from or 'auto'}")
     result = finetune(config, overrides, quiet=quiet)
     print_before_after(result)
+    if result.self_training:
+        print_self_training(result)
 
 
 @app.command()

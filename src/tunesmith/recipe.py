@@ -27,13 +27,17 @@ def prepared(config: str | Path | dict[str, Any] | RunConfig, overrides: list[st
         ConfigError, DataError: problems the user can fix, all found here.
     """
     from tunesmith.strategies.lora import check_lora
+    from tunesmith.strategies.pseudo_label import check_pseudo_label, with_pseudo_labels
     from tunesmith.tasks import get_task
 
     config = load_config(config, overrides)
     check_lora(config)
     task = get_task(config)
+    check_pseudo_label(config, task)
     if data:
         task.preflight()
+        if config.strategy.pseudo_label.labels:
+            with_pseudo_labels(task, config)
     return config, task
 
 

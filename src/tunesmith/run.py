@@ -39,6 +39,8 @@ class RunResult:
     """The overfitting watch's warning, when the run over-fitted after its best evaluation."""
     config: RunConfig | None = None
     """The resolved config the run trained with."""
+    self_training: dict[str, Any] | None = None
+    """Self-training (`strategy.pseudo_label`): `self_train/summary.json`; this result is the last stage's run."""
 
     @property
     def best_model_dir(self) -> Path | None:
@@ -74,7 +76,11 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.run_report import write_run_report
     from tunesmith.report.tracking import open_trackers
     from tunesmith.report.validation_size import warn_small_validation
+    from tunesmith.strategies.lora import merge_on_validation
+    from tunesmith.strategies.pseudo_label import self_train
     config, task = prepared(config, overrides)
+    if config.strategy.pseudo_label.data and not config.strategy.pseudo_label.labels:
+        return self_train(config, quiet, on_record)  # its stages call finetune again
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process  # under DDP only the main process writes the run directory
@@ -122,7 +128,7 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
             overfitting = watch_overfitting(read_records(run_dir / "metrics.jsonl"), config, state.stopped_early,
                                             rows=facts.get("validation", {}).get("rows"))
             if config.lora.enabled and config.lora.merge and (run_dir / "best").exists():
-                merge_lora(task, fp32_model(accelerator, model), run_dir / "best")
+                merge_on_validation(task, fp32_model(accelerator, model), run_dir / "best")
             write_run_report(run_dir, config, summary, overfitting)
     return RunResult(run_dir, result.baseline, result.final, state.best_step, state.stopped_early,
                      state.train_seconds, state.samples / max(state.train_seconds, 1e-9), overfitting, config)
@@ -141,14 +147,6 @@ def _chain(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dic
     return each
 
 
-def merge_lora(task, model, best: Path, rows: int = 8) -> dict[str, Any]:
-    """Writes `best/merged/` from a LoRA model holding the best adapter, checked on `rows` validation rows."""
-    from tunesmith.strategies.lora import merge_best
-
-    data = task.dataset(task.eval_rows.subset(list(range(min(rows, len(task.eval_rows))))), train=False)
-    return merge_best(model, task, task.collate(data), best)
-
-
 def merge(run: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """`tunesmith merge`: folds a LoRA run's adapter (`best/`) into the weights in `best/merged/`.
 
@@ -159,7 +157,7 @@ def merge(run: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         RunDirError: `run` is not a run directory with a LoRA adapter in `best/`.
     """
     from tunesmith.errors import RunDirError
-    from tunesmith.strategies.lora import load_adapter
+    from tunesmith.strategies.lora import load_adapter, merge_on_validation
 
     run_dir = Path(run).expanduser()
     if not (run_dir / "best" / "adapter_config.json").is_file() or not (run_dir / "config.yaml").is_file():
@@ -168,7 +166,7 @@ def merge(run: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     config, task = prepared(run_dir / "config.yaml", overrides)
     quiet_libraries()
     model = load_adapter(task.build_model(), run_dir / "best")  # the base model, then the run's adapter
-    return merge_lora(task, model, run_dir / "best")
+    return merge_on_validation(task, model, run_dir / "best")
 
 
 def _resume_point(run_dir: Path, config: RunConfig, task) -> tuple[Path | None, bool]:

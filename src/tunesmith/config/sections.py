@@ -153,6 +153,19 @@ class TrainingConfig(Section):
     """GPU: halve the micro-batch until a training step fits in memory, raising accumulation to keep the effective batch."""
 
 
+class PseudoLabelConfig(Section):
+    data: str | None = None
+    """Unlabelled rows (a file or folder, the training data's columns without the label) to self-train
+    on: a labelled-only run pseudo-labels them, then the config trains again on the labelled rows plus
+    those whose calibrated probability reaches `threshold` (strategies/pseudo_label.py). Single-label
+    text, image and audio classification."""
+    threshold: float = Field(0.9, gt=0, le=1)
+    """The calibrated top-class probability a row needs to be pseudo-labelled."""
+    labels: str | None = None
+    """A pseudo-label file (`self_train/pseudo_labels.jsonl`: `line` and `label` per row of `data`) to
+    train with directly; self-training sets it for its last stage, so the run's config.yaml repeats it."""
+
+
 class StrategyConfig(Section):
     freeze: Literal["none", "head_only"] | Annotated[int, Field(ge=0)] = "none"
     """Which layer groups are frozen: `none`, `head_only` (train only the head), or an integer k
@@ -170,3 +183,8 @@ class StrategyConfig(Section):
     """L2-SP forgetting guard: after each step, pull every weight `lr x l2_sp` of the way back to its
     starting (pre-trained or parent) value, like weight decay toward the start instead of zero; a new
     head is not pulled. 0 is off; 0.1 to 10 are usual."""
+    pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
+    """Self-training: `data` names unlabelled rows (the training columns without the label); a
+    labelled-only run pseudo-labels those whose calibrated top-class probability reaches `threshold`
+    (0.9 unless set), and the config trains again on both. `labels` (a `pseudo_labels.jsonl`) trains on
+    such a file directly; the last stage sets it. Text, image and audio classification."""

@@ -33,8 +33,8 @@ MANIFEST = ".tunesmith-manifest.json"
 # Never listed, never foreign: the run's own bookkeeping and its temporaries.
 INTERNAL_PREFIXES = (LOCK, MANIFEST, TMP_PREFIX, ".write-test-")
 # Written into output_dir by other tunesmith commands (lr-find, compare, tune; tune's trial.json in
-# a trial's run dir); a run neither counts them as foreign nor removes them.
-OTHER_COMMANDS = ("lr_find", "compare", "trials", "study.db", "trial.json")
+# a trial's run dir; self-training's first stages); a run neither counts them as foreign nor removes them.
+OTHER_COMMANDS = ("lr_find", "compare", "trials", "study.db", "trial.json", "self_train")
 # Keys whose change makes a checkpoint meaningless for the new config.
 FIXED_ON_RESUME = ("task", "model.source", "data.label_column", "data.text_column", "data.text_pair_column")
 # Keys whose change moves the position in the data: the interrupted epoch restarts. So does a new

@@ -182,6 +182,12 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     return PeftModel.from_pretrained(model, str(folder))
 
 
+def merge_on_validation(task, model: nn.Module, best: Path, rows: int = 8) -> dict[str, Any]:
+    """Writes `best/merged/` from a LoRA model holding the best adapter, checked on `rows` validation rows."""
+    data = task.dataset(task.eval_rows.subset(list(range(min(rows, len(task.eval_rows))))), train=False)
+    return merge_best(model, task, task.collate(data), best)
+
+
 @torch.no_grad()
 def merge_best(model: nn.Module, task: Task, batch: dict[str, torch.Tensor], folder: Path, tolerance: float = 1e-4) -> dict[str, Any]:
     """Writes `folder/merged`: the adapter folded into the weights, saved as the task saves a model.
