@@ -112,6 +112,14 @@ def test_resume_from_the_last_step_of_an_epoch_runs_the_next_epoch_in_full(resum
     assert max(c[1] for c in curve(result.run_dir)) == 30  # 5 epochs x 6 steps, none repeated or lost
 
 
+def test_resuming_with_the_same_config_warns_of_no_change(tiny_config, caplog):
+    """config.yaml holds tuples (a task's `scale_range`) as lists; they are the same values, no change."""
+    tiny_config["training"].update(save_steps=2)
+    tunesmith.finetune(tiny_config, ["training.max_steps=2"], quiet=True)
+    tunesmith.finetune(tiny_config, ["training.max_steps=2", "resume=auto"], quiet=True)
+    assert "resuming with a changed config" not in caplog.text
+
+
 def test_resume_auto_without_checkpoints_starts_fresh(tiny_config):
     result = tunesmith.finetune(tiny_config, ["resume=auto"], quiet=True)
     assert result.final["accuracy"] is not None

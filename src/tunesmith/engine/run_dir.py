@@ -282,7 +282,7 @@ def check_resume_config(run_dir: Path, config: RunConfig, checkpoint_labels: lis
     """
     saved_path = run_dir / "config.yaml"
     old = flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8"))) if saved_path.exists() else {}
-    new = flatten(config.model_dump())
+    new = flatten(config.model_dump(mode="json"))  # as config.yaml holds it: tuples as lists
     ignore = {"resume", "overwrite_output_dir", "output_dir"}
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)}
     if checkpoint_labels and checkpoint_labels != label_names:
