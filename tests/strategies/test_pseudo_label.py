@@ -108,7 +108,7 @@ def test_a_run_repeats_from_its_config_yaml_and_an_edited_file_is_checked(self_t
                                                                      | {"labels": str(edited)}}}, quiet=True)
 
 
-def test_the_cli_prints_both_runs_and_a_second_try_is_refused_without_overwrite(tiny_config, pool):
+def test_the_cli_prints_both_runs_refuses_a_second_try_and_resumes(tiny_config, pool):
     config = tiny_config | {"strategy": {"pseudo_label": {"data": str(pool), "threshold": 0.5}},
                             "training": tiny_config["training"] | {"num_train_epochs": 1}}
     path = tmp_config(config)
@@ -117,6 +117,9 @@ def test_the_cli_prints_both_runs_and_a_second_try_is_refused_without_overwrite(
     assert "labelled only" in done.output and "self-trained" in done.output and "pseudo-labelled" in done.output
     again = CliRunner().invoke(app, ["train", str(path), "--quiet"])
     assert again.exit_code != 0 and "already holds a run" in again.output
+    resumed = CliRunner().invoke(app, ["train", str(path), "--quiet", "--resume"])  # the stages done are kept
+    assert resumed.exit_code == 0, resumed.output
+    assert "self-trained" in resumed.output and (Path(config["output_dir"]) / "self_train" / "labelled_only").is_dir()
 
 
 def tmp_config(config: dict):

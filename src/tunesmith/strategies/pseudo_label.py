@@ -10,7 +10,7 @@ Labels are scarce and unlabelled rows plentiful. One round of self-training (pse
    top probability reaches `threshold` are written to `<output_dir>/self_train/pseudo_labels.jsonl`
    (one line each: the row's `line` in the unlabelled file, its `label`, the `probability`, its inputs);
 3. self-trained: the config again, from the same pre-trained source, on the labelled rows plus those,
-   into `output_dir` itself. Its `config.yaml` names the file in `strategy.pseudo_label.labels`, so
+   into `output_dir` itself. `resume: auto` continues where an interrupted self-training stopped. Its `config.yaml` names the file in `strategy.pseudo_label.labels`, so
    the run can be repeated exactly, and a reviewed or edited file can be trained on the same way.
 
 `<output_dir>/self_train/summary.json` holds both runs' final metrics on the same validation rows and
@@ -59,35 +59,48 @@ def self_train(config: RunConfig, quiet: bool, on_record: Callable[[dict[str, An
     from tunesmith.run import finetune
 
     p = config.strategy.pseudo_label
-    prepare_run_dir(config.output_dir, config.overwrite_output_dir)  # the last stage's, refused before the first trains
-    folder = cleared_outputs(Path(config.output_dir) / FOLDER, ("labelled_only", LABELS_FILE, "summary.json"),
-                             config.overwrite_output_dir, "a self-training run",
-                             "choose another output_dir or set overwrite_output_dir: true (--overwrite)")
-    log.info("self-training 1/3: labelled rows only")
-    first = finetune(config, [f"output_dir={json.dumps(str(folder / 'labelled_only'))}", "resume=null",
-                              "strategy.pseudo_label.data=null"], quiet=quiet, on_record=on_record)
-    if first.best_model_dir is None:
-        raise DataError(f"{first.run_dir}: the labelled-only run saved no best model to pseudo-label with "
-                        "(no evaluation ran); give it a validation split and at least one step")
-    log.info("self-training 2/3: pseudo-labelling %s at calibrated probability >= %g", p.data, p.threshold)
-    chosen, pool, highest = pseudo_labels(str(first.best_model_dir), str(p.data), p.threshold)
-    if not chosen:
-        raise DataError(f"strategy.pseudo_label: no row of {p.data} reached calibrated probability {p.threshold:g} "
-                        f"(the highest was {highest:.3f}), so self-training would only repeat the labelled-only run "
-                        f"({first.run_dir}); lower strategy.pseudo_label.threshold")
-    labels_path = folder / LABELS_FILE
-    labels_path.write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
-    log.info("self-training 3/3: %d labelled + %d pseudo-labelled rows (of %d unlabelled)",
-             first_rows(first), len(chosen), pool)
+    folder = Path(config.output_dir) / FOLDER
+    labels_path, summary_path = folder / LABELS_FILE, folder / "summary.json"
+    if config.resume is None:
+        prepare_run_dir(config.output_dir, config.overwrite_output_dir)  # the last stage's, refused before the first trains
+        cleared_outputs(folder, ("labelled_only", LABELS_FILE, "summary.json"), config.overwrite_output_dir,
+                        "a self-training run", "choose another output_dir, set overwrite_output_dir: true (--overwrite), "
+                        "or continue it with resume: auto (--resume)")
+    if config.resume is not None and labels_path.is_file() and summary_path.is_file():
+        log.info("self-training: stages 1 and 2 are done (%s); resuming the last stage", labels_path)
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    else:
+        log.info("self-training 1/3: labelled rows only")
+        first = finetune(config, [f"output_dir={json.dumps(str(folder / 'labelled_only'))}",
+                                  "strategy.pseudo_label.data=null", f"resume={json.dumps(config.resume)}"],
+                         quiet=quiet, on_record=on_record)
+        if first.best_model_dir is None:
+            raise DataError(f"{first.run_dir}: the labelled-only run saved no best model to pseudo-label with "
+                            "(no evaluation ran); give it a validation split and at least one step")
+        log.info("self-training 2/3: pseudo-labelling %s at calibrated probability >= %g", p.data, p.threshold)
+        chosen, pool, highest = pseudo_labels(str(first.best_model_dir), str(p.data), p.threshold)
+        if not chosen:
+            raise DataError(f"strategy.pseudo_label: no row of {p.data} reached calibrated probability {p.threshold:g} "
+                            f"(the highest was {highest:.3f}), so self-training would only repeat the labelled-only "
+                            f"run ({first.run_dir}); lower strategy.pseudo_label.threshold")
+        labels_path.write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
+        summary = {"threshold": p.threshold, "unlabelled_rows": pool, "pseudo_labelled_rows": len(chosen),
+                   "pseudo_label_counts": dict(Counter(r["label"] for r in chosen)), "metric": config.metric,
+                   "labelled_only": {"run_dir": str(first.run_dir), "final": first.final}}
+        write_json(summary_path, summary)  # before the last stage, so a resumed one finds it
+        log.info("self-training 3/3: %d labelled + %d pseudo-labelled rows (of %d unlabelled)",
+                 first_rows(first), len(chosen), pool)
     final = finetune(config, [f"strategy.pseudo_label.labels={json.dumps(str(labels_path))}"], quiet=quiet,
                      on_record=on_record)
-    summary = {"threshold": p.threshold, "unlabelled_rows": pool, "pseudo_labelled_rows": len(chosen),
-               "pseudo_label_counts": dict(Counter(r["label"] for r in chosen)),
-               "labelled_only": {"run_dir": str(first.run_dir), "final": first.final},
-               "self_trained": {"run_dir": str(final.run_dir), "final": final.final}, "metric": config.metric}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    final.self_training = summary
+    summary["self_trained"] = {"run_dir": str(final.run_dir), "final": final.final}
+    final.self_training = write_json(summary_path, summary)
     return final
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Writes `summary` to `path` and returns it as read back (plain JSON values)."""
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def first_rows(result: RunResult) -> int:
