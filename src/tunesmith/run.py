@@ -78,9 +78,10 @@ def finetune(config: str | Path | dict | RunConfig, overrides: list[str] | None 
     from tunesmith.report.validation_size import warn_small_validation
     from tunesmith.strategies.lora import merge_on_validation
     from tunesmith.strategies.pseudo_label import self_train
-    config, task = prepared(config, overrides)
+    config = load_config(config, overrides)
     if config.strategy.pseudo_label.data and not config.strategy.pseudo_label.labels:
-        return self_train(config, quiet, on_record)  # its stages call finetune again
+        return self_train(config, quiet, on_record)  # its stages call finetune, which reads the data
+    config, task = prepared(config)
     run_dir = prepare_run_dir(config.output_dir, config.overwrite_output_dir, resuming=config.resume is not None)
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process  # under DDP only the main process writes the run directory

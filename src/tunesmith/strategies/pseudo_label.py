@@ -10,8 +10,10 @@ Labels are scarce and unlabelled rows plentiful. One round of self-training (pse
    top probability reaches `threshold` are written to `<output_dir>/self_train/pseudo_labels.jsonl`
    (one line each: the row's `line` in the unlabelled file, its `label`, the `probability`, its inputs);
 3. self-trained: the config again, from the same pre-trained source, on the labelled rows plus those,
-   into `output_dir` itself. `resume: auto` continues where an interrupted self-training stopped. Its `config.yaml` names the file in `strategy.pseudo_label.labels`, so
+   into `output_dir` itself. Its `config.yaml` names the file in `strategy.pseudo_label.labels`, so
    the run can be repeated exactly, and a reviewed or edited file can be trained on the same way.
+
+`resume: auto` continues an interrupted self-training from the stage it reached.
 
 `<output_dir>/self_train/summary.json` holds both runs' final metrics on the same validation rows and
 the rows added per label. Single-label classifiers only (text, image, audio): they carry a calibration.
@@ -25,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.data.labelled import LabelledRows
+from tunesmith.data.labelled import LabelledRows, duplicates_and_leaks
 from tunesmith.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -57,7 +59,9 @@ def self_train(config: RunConfig, quiet: bool, on_record: Callable[[dict[str, An
     """The three stages above; returns the self-trained run, its `self_training` summary filled in."""
     from tunesmith.engine.run_dir import cleared_outputs, prepare_run_dir
     from tunesmith.run import finetune
+    from tunesmith.tasks import get_task
 
+    check_pseudo_label(config, get_task(config))  # the first stage runs without strategy.pseudo_label.data
     p = config.strategy.pseudo_label
     folder = Path(config.output_dir) / FOLDER
     labels_path, summary_path = folder / LABELS_FILE, folder / "summary.json"
@@ -150,7 +154,7 @@ def with_pseudo_labels(task: Task, config: RunConfig) -> None:
     known = set(task.label_names)
     picked, labels = [], []
     for n, record in enumerate(records, start=1):
-        line, label = record.get("line") if isinstance(record, dict) else None, record.get("label") if isinstance(record, dict) else None
+        line, label = (record.get("line"), record.get("label")) if isinstance(record, dict) else (None, None)
         if line not in where:
             raise DataError(f"{path}, line {n}: `line` {line!r} is no row of {p.data}; pseudo-labels refer to the "
                             "rows of strategy.pseudo_label.data, as self-training wrote them")
@@ -161,21 +165,10 @@ def with_pseudo_labels(task: Task, config: RunConfig) -> None:
         labels.append(label)
     added = pool.subset(picked)
     added.labels = labels
-    warn_validation_copies(added, task.eval_rows, str(p.data))
+    if task.eval_rows is not None:  # pseudo-labelled copies of validation rows would flatter its score
+        duplicates_and_leaks(added, task.eval_rows)
     task.train_rows = joined(task.train_rows, added, f"{p.data} (pseudo-labelled, {path.name})")
     log.info("training on %d pseudo-labelled rows of %s besides the labelled ones", len(added), p.data)
-
-
-def warn_validation_copies(added: LabelledRows, validation: LabelledRows | None, source: str) -> None:
-    """Warns when pseudo-labelled rows repeat validation rows (the same inputs): trained on, they make the
-    validation score look better than it is."""
-    if validation is None or not set(validation.inputs) <= set(added.inputs):
-        return
-    seen = set(zip(*(map(str, validation.inputs[c]) for c in validation.inputs)))
-    copies = sum(row in seen for row in zip(*(map(str, added.inputs[c]) for c in validation.inputs)))
-    if copies:
-        log.warning("%d pseudo-labelled rows of %s repeat validation rows; their validation score is no longer "
-                    "held out: remove the validation rows from the unlabelled file", copies, source)
 
 
 def joined(train: LabelledRows | None, added: LabelledRows, source: str) -> LabelledRows:
